@@ -1,0 +1,46 @@
+"""The `ampgate` command: one entry point for every service (DESIGN.md §8)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from services.common.logging import configure_logging
+from services.common.settings import ConfigError, load_settings
+
+# command -> module with `run(settings) -> None`
+COMMANDS = {
+    "gateway": ("services.gateway.main", "the unified API gateway"),
+    "history": ("services.history.main", "worker: stores every version, serves history queries"),
+    "webhooks": ("services.webhooks.main", "worker: delivers signed webhooks"),
+    "sandbox": ("services.sandbox.main", "simulators of the five upstream endpoints"),
+    "dev": ("services.devstack", "the whole stack on this machine: sandbox, broker, gateway, workers"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ampgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"ampgate {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        module.run(settings)
+    except ConfigError as exc:
+        print(f"ampgate {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

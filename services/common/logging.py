@@ -1,0 +1,54 @@
+"""structlog set-up: one processor chain, JSON in production, console on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+import structlog
+
+from services.common.settings import LogSettings
+
+
+def configure_logging(settings: LogSettings, *, stream=None) -> None:
+    stream = stream or sys.stderr
+    fmt = settings.format
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fmt == "console":
+        renderer: list[structlog.types.Processor] = [structlog.dev.ConsoleRenderer()]
+        factory = structlog.PrintLoggerFactory(stream)
+    else:
+        renderer = [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
+        factory = structlog.BytesLoggerFactory(stream.buffer if hasattr(stream, "buffer") else stream)
+    level = logging.getLevelNamesMapping()[settings.level.upper()]
+    structlog.configure(
+        processors=[*shared, *renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=factory,
+        cache_logger_on_first_use=False,
+    )
+    # Route stdlib loggers (aiohttp, aiokafka) through the same renderer at WARNING+.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *(renderer if fmt == "console" else [structlog.processors.dict_tracebacks,
+                                                      structlog.processors.JSONRenderer()]),
+            ],
+            foreign_pre_chain=shared,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level, logging.WARNING))

@@ -1,0 +1,25 @@
+"""HTTP metrics every service exports (DESIGN.md §9). Service-specific metrics live in
+each service's own metrics.py, registered on the same per-app CollectorRegistry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "ampgate_http_requests_total",
+            "HTTP requests answered, by route template, method, status and client name.",
+            ["route", "method", "status", "client"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "ampgate_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )

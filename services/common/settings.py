@@ -1,0 +1,300 @@
+"""Configuration: one settings tree for every service (DESIGN.md §8).
+
+Environment variables use the prefix ``AMPGATE_`` and ``__`` between levels
+(``AMPGATE_PASSPORT__BASE_URL``); ``AMPGATE_CONFIG`` may name a TOML file with the
+same tree. Environment wins over the file. Upstream groups are optional here
+because only the gateway and the sandbox need them; ``Settings.require`` lets a
+service demand what it uses, with one clear line naming the missing variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "AMPGATE_"
+SCOPES = (
+    "passports:read",
+    "passports:write",
+    "users:read",
+    "users:write",
+    "stations:read",
+    "prices:read",
+    "history:read",
+    "admin",
+)
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: AnyHttpUrl | None = None
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+
+
+class ClientSpec(_Group):
+    """An inbound caller: we keep only the SHA-256 of its key."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    scopes: list[Literal[SCOPES]]  # type: ignore[valid-type]
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class UpstreamSettings(_Group):
+    """What every upstream has: where it is and how patient we are with it."""
+
+    base_url: AnyHttpUrl
+    timeout_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(3.0, gt=0)
+    max_concurrency: int = Field(100, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    breaker_failures: int = Field(5, gt=0)
+    breaker_reset_s: float = Field(10.0, gt=0)
+
+
+class PassportPaths(_Group):
+    public: str = "/v1/passports/public/{id}"
+    owned_list: str = "/v1/passports"
+    owned_item: str = "/v1/passports/{id}"
+    users_me: str = "/v1/users/me"
+    users: str = "/v1/users"
+
+
+class PassportSettings(UpstreamSettings):
+    token_url: AnyHttpUrl
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    audience: str = "https://api.battery-passport.siemens.com"
+    required_scope: str = "application.bp_portal.data_viewer"
+    paths: PassportPaths = PassportPaths()
+
+
+class CpoSettings(UpstreamSettings):
+    token_url: AnyHttpUrl
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+
+
+class PricingSettings(UpstreamSettings):
+    api_token: SecretStr
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    enable_idempotence: bool = True
+    partitions: int = Field(6, gt=0)
+    replication_factor: int = Field(1, gt=0)
+    client_id: str = "ampgate"
+
+
+class TariffContext(_Group):
+    """A named authentication medium whose tariffs we poll. The medium itself is
+    personal data: events carry only ``name``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    tag_id: SecretStr | None = None
+    emaid: SecretStr | None = None
+    authentication_uuid: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [n for n in ("tag_id", "emaid", "authentication_uuid") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of tag_id, emaid, authentication_uuid")
+        return self
+
+    def upstream_params(self) -> dict[str, str]:
+        """The pricing API's query parameter for this medium (upstream spelling)."""
+        if self.tag_id:
+            return {"tag_id": self.tag_id.get_secret_value()}
+        if self.emaid:
+            return {"emaid": self.emaid.get_secret_value()}
+        assert self.authentication_uuid is not None
+        return {"authendicationUuid": self.authentication_uuid.get_secret_value()}
+
+
+class PollSettings(_Group):
+    passports_interval_s: float = Field(0.0, ge=0)
+    prices_interval_s: float = Field(0.0, ge=0)
+    page_size: int = Field(500, gt=0, le=500)
+
+
+class LogSettings(_Group):
+    # "auto": console renderer on a terminal, JSON otherwise.
+    format: Literal["json", "console", "auto"] = "auto"
+    level: Literal["debug", "info", "warning", "error", "DEBUG", "INFO", "WARNING", "ERROR"] = "info"
+
+
+class CacheRouteSettings(_Group):
+    ttl_s: float | None = Field(None, ge=0)
+    stale_while_revalidate_s: float | None = Field(None, ge=0)
+    stale_if_error_s: float | None = Field(None, ge=0)
+
+
+class CachePolicy(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    ttl_s: float
+    stale_while_revalidate_s: float
+    stale_if_error_s: float
+
+
+class CacheSettings(_Group):
+    max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    default_ttl_s: float = Field(30.0, ge=0)
+    stale_while_revalidate_s: float = Field(30.0, ge=0)
+    stale_if_error_s: float = Field(300.0, ge=0)
+    routes: dict[str, CacheRouteSettings] = {}
+
+    def policy(self, route: str) -> CachePolicy:
+        o = self.routes.get(route, CacheRouteSettings())
+        return CachePolicy(
+            ttl_s=self.default_ttl_s if o.ttl_s is None else o.ttl_s,
+            stale_while_revalidate_s=(
+                self.stale_while_revalidate_s
+                if o.stale_while_revalidate_s is None
+                else o.stale_while_revalidate_s
+            ),
+            stale_if_error_s=(
+                self.stale_if_error_s if o.stale_if_error_s is None else o.stale_if_error_s
+            ),
+        )
+
+
+class HistorySettings(_Group):
+    url: AnyHttpUrl | None = None
+    # A plain path or sqlite:///path for SQLite, postgresql://... for PostgreSQL.
+    # Empty: <state_dir>/history.sqlite3.
+    database_url: str = ""
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class WebhookSubscription(_Group):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    url: AnyHttpUrl
+    events: list[str] = Field(min_length=1)
+    secret: SecretStr
+    entity_ids: list[str] | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith("whsec_"):
+            raise ValueError("must start with whsec_ (Standard Webhooks)")
+        return v
+
+
+class WebhookSettings(_Group):
+    subscriptions: list[WebhookSubscription] = []
+    timeout_s: float = Field(10.0, gt=0)
+    # Delays before attempts 2..n; the last failure goes to the dead-letter topic.
+    retry_schedule_s: list[float] = [1.0, 5.0, 30.0, 120.0, 600.0]
+
+
+class ConsumerSettings(_Group):
+    max_attempts: int = Field(5, gt=0)
+    retry_backoff_s: float = Field(0.5, gt=0)
+    batch_size: int = Field(500, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    http: HttpSettings = HttpSettings()
+    clients: list[ClientSpec] = []
+    passport: PassportSettings | None = None
+    cpo: CpoSettings | None = None
+    pricing: PricingSettings | None = None
+    kafka: KafkaSettings = KafkaSettings()
+    state_dir: Path = Path("./state")
+    tariff_contexts: list[TariffContext] = []
+    poll: PollSettings = PollSettings()
+    log: LogSettings = LogSettings()
+    cache: CacheSettings = CacheSettings()
+    history: HistorySettings = HistorySettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path := os.environ.get(f"{ENV_PREFIX}CONFIG"):
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def require(self, *groups: str) -> None:
+        """Fail with a ConfigError naming the first variable of a missing group."""
+        for group in groups:
+            if getattr(self, group) is None:
+                raise ConfigError(f"{ENV_PREFIX}{group.upper()}__BASE_URL is required")
+
+    @property
+    def history_database_url(self) -> str:
+        return self.history.database_url or str(self.state_dir / "history.sqlite3")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """('passport', 'base_url') -> AMPGATE_PASSPORT__BASE_URL (list indexes kept)."""
+    parts = [str(p) for p in loc if not re.fullmatch(r"function-after\[.*\]", str(p))]
+    return ENV_PREFIX + "__".join(parts).upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (+ TOML); raise ConfigError on the first problem."""
+    path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{ENV_PREFIX}CONFIG: no such file: {path}")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(p for p in err["loc"] if not isinstance(p, str) or "[" not in p)
+        raise ConfigError(f"{env_name(loc)}: {err['msg']}") from None
+    except SettingsError as exc:  # malformed JSON in a complex env value
+        m = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{m.group(1).upper()}" if m else "settings"
+        raise ConfigError(f"{name}: not valid JSON") from None
