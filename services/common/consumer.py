@@ -1,0 +1,479 @@
+"""The consumer runtime every worker uses, so no worker writes its own loop.
+
+Delivery is at least once, effect exactly once:
+
+* ``enable_auto_commit=False``; a ``getmany()`` batch is parsed, handed to the worker's
+  ``handle_batch`` and only THEN committed (``{tp: last.offset + 1}``). A crash or a
+  cancellation mid-batch commits nothing, so the batch is delivered again.
+* The first time a group starts it reads from the earliest offset: nothing is missed.
+* A message that is not a valid event (``parse_event`` raises ``InvalidEvent``) goes to
+  the dead-letter topic at once. A batch whose handler raises ``TransientError`` is
+  retried with exponential backoff, ``settings.consumer.max_attempts`` times in all; then
+  its events are retried one by one so a single bad event cannot sink its neighbours, and
+  those that still fail are dead-lettered. Any other exception is not retried as a batch;
+  the events are isolated the same way. Nothing is retried forever.
+* Dead letters keep key, value and original headers, plus ``dlq_reason``,
+  ``dlq_source_topic``, ``dlq_source_partition``, ``dlq_source_offset``, ``dlq_service``.
+* A rebalance listener waits for the batch in flight, commits it, then lets the
+  partitions go; records fetched for partitions we no longer own are dropped unprocessed.
+* ``stop()`` (SIGTERM) finishes the batch in flight, commits, leaves the group.
+* A failed commit is kept and retried on the next loop; if it is never committed the
+  batch comes again after a restart, which the handler's idempotence absorbs.
+
+THE HANDLER'S RULE (idempotent effect): the same transition delivered twice (two gateway
+replicas, an outbox resend, a replay after a crash) is applied once; a value that flips
+back and forth (A→B→A→B) is recorded every time. Handlers decide "same transition" by the
+event id (``ce_id``) and by (entity, previous_digest, digest) — never by digest alone.
+
+Metrics (DESIGN.md §9): ``ampgate_consumer_messages_total{service,topic,outcome}`` with
+outcome ok|retried|dead_lettered|invalid, and ``ampgate_consumer_lag{service,topic,partition}``
+= end offset − next offset not yet processed, refreshed every loop, also when idle.
+
+Use::
+
+    consumer = EventConsumer("history", "ampgate-history", [PASSPORT_TOPIC, PRICE_TOPIC],
+                             settings, handle_batch, registry,
+                             dead_letter_topic="history-dead-letter")
+    app = worker_app(registry, consumer)        # /healthz /readyz /metrics + start/stop
+    run_worker(app, settings)                   # SIGTERM: graceful stop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import suppress
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.common.events import ConsumedEvent, InvalidEvent, parse_event
+from services.common.http import READINESS_KEY, base_app
+from services.common.settings import Settings
+
+log = structlog.get_logger("ampgate.consumer")
+
+HandleBatch = Callable[[list[ConsumedEvent]], Awaitable[None]]
+
+# How long getmany() waits when idle: also the bound on how late stop() is noticed and
+# how often the lag gauge is refreshed while nothing arrives.
+POLL_TIMEOUT_MS = 250
+# Lag refresh when idle (end_offsets is one request per broker; keep it cheap).
+LAG_REFRESH_S = 0.5
+COMMIT_TIMEOUT_S = 10.0
+# The longest we wait for Kafka before (re)trying to connect.
+MAX_RECONNECT_DELAY_S = 5.0
+
+
+class TransientError(Exception):
+    """Raised by a handler for a failure worth retrying (database busy, endpoint down).
+    The batch is retried with backoff, a bounded number of times, then dead-lettered."""
+
+
+class ConsumerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter(
+            "ampgate_consumer_messages_total",
+            "Messages consumed, by service, topic and outcome (ok, retried, dead_lettered, "
+            "invalid).",
+            ["service", "topic", "outcome"], registry=registry)
+        self.lag = Gauge(
+            "ampgate_consumer_lag",
+            "Messages on the partition not yet processed by this service's group.",
+            ["service", "topic", "partition"], registry=registry)
+
+
+# One set of collectors per registry: two consumers on one registry share them.
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ConsumerMetrics] = (
+    weakref.WeakKeyDictionary())
+
+
+def consumer_metrics(registry: CollectorRegistry) -> ConsumerMetrics:
+    metrics = _METRICS.get(registry)
+    if metrics is None:
+        metrics = _METRICS[registry] = ConsumerMetrics(registry)
+    return metrics
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, owner: EventConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._owner._on_assigned(assigned)
+
+
+class EventConsumer:
+    """A consumer group member that hands parsed events to ``handle_batch``."""
+
+    def __init__(
+        self,
+        service: str,
+        group_id: str,
+        topics: Sequence[str],
+        settings: Settings,
+        handle_batch: HandleBatch,
+        registry: CollectorRegistry,
+        *,
+        dead_letter_topic: str,
+    ) -> None:
+        self.service = service
+        self.group_id = group_id
+        self.topics = tuple(topics)
+        self.dead_letter_topic = dead_letter_topic
+        self._settings = settings
+        self._handle_batch = handle_batch
+        self._metrics = consumer_metrics(registry)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        # Held while a batch is processed and committed; the rebalance listener takes it,
+        # so partitions are never handed over in the middle of a batch.
+        self._batch_lock = asyncio.Lock()
+        # Next offset to process per partition (what we committed or are about to).
+        self._done: dict[TopicPartition, int] = {}
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._end: dict[TopicPartition, int] = {}
+        self._lag_at = 0.0
+        self._connected = False
+        self._last_error: str | None = None
+        self._last_poll = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start consuming in a background task; returns at once. The task connects (and
+        reconnects) to Kafka on its own; ``status()`` tells when it is consuming."""
+        if self._task is not None:
+            return
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.service}")
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Graceful: finish the batch in flight, commit it, leave the group. A batch that
+        does not finish within ``timeout_s`` is cancelled and NOT committed."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            log.warning("consumer_stop_timeout", service=self.service, timeout_s=timeout_s)
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        except asyncio.CancelledError:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            raise
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        """For /readyz: ready once connected and assigned a place in the group."""
+        running = self._task is not None and not self._task.done()
+        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in self._done)
+        detail: dict[str, Any] = {
+            "status": "ok" if running and self._connected else "down",
+            "group": self.group_id,
+            "partitions": len(assigned),
+            "lag": sum(max(0, self._end.get(tp, off) - off) for tp, off in self._done.items()),
+        }
+        if self._last_error:
+            detail["last_error"] = self._last_error
+        return running and self._connected, detail
+
+    def lag(self) -> int:
+        """Messages on our partitions not yet processed (as last measured)."""
+        return self.status()[1]["lag"]
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self._settings.consumer.retry_backoff_s
+        while not self._stopping.is_set():
+            try:
+                await self._connect()
+                delay = self._settings.consumer.retry_backoff_s
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Kafka gone, or a bug: never let the worker die
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("consumer_error", service=self.service, error=self._last_error,
+                            retry_in_s=delay)
+                await self._disconnect(commit=False)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY_S)
+            else:
+                await self._disconnect(commit=True)
+
+    async def _connect(self) -> None:
+        kafka = self._settings.kafka
+        await _ensure_topics(self._settings, [*self.topics, self.dead_letter_topic])
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=f"{kafka.client_id}-{self.service}-dlq",
+            acks="all",
+            enable_idempotence=kafka.enable_idempotence,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=f"{kafka.client_id}-{self.service}",
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._settings.consumer.batch_size,
+        )
+        await producer.start()
+        # Set before start(): the rebalance listener may run while start() is awaited.
+        self._producer, self._consumer = producer, consumer
+        try:
+            consumer.subscribe(list(self.topics), listener=_Listener(self))
+            await consumer.start()
+        except BaseException:
+            self._producer = self._consumer = None
+            await producer.stop()
+            raise
+        self._connected = True
+        self._last_error = None
+        log.info("consumer_started", service=self.service, group=self.group_id,
+                 topics=list(self.topics))
+
+    async def _disconnect(self, *, commit: bool) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        self._connected = False
+        if consumer is not None:
+            if commit:
+                async with self._batch_lock:
+                    await self._commit(consumer)
+            # Leaves the group: the partitions move to another member at once.
+            with suppress(Exception):
+                await consumer.stop()
+        if producer is not None:
+            with suppress(Exception):
+                await producer.stop()
+        self._done.clear()
+        self._end.clear()
+        if commit:
+            log.info("consumer_stopped", service=self.service, group=self.group_id)
+
+    async def _consume(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS,
+                                           max_records=self._settings.consumer.batch_size)
+            self._last_poll = time.monotonic()
+            async with self._batch_lock:
+                # A rebalance between getmany() and here may have taken partitions away.
+                owned = consumer.assignment()
+                records = [r for tp, rs in batch.items() if tp in owned for r in rs]
+                if records:
+                    await self._process(records)
+                    for r in records:
+                        tp = TopicPartition(r.topic, r.partition)
+                        self._done[tp] = max(self._done.get(tp, 0), r.offset + 1)
+                        self._uncommitted[tp] = self._done[tp]
+                await self._commit(consumer)
+            await self._refresh_lag(consumer, force=bool(records))
+
+    # -- processing ----------------------------------------------------------------
+
+    async def _process(self, records: list[ConsumerRecord]) -> None:
+        valid: list[tuple[ConsumerRecord, ConsumedEvent]] = []
+        for record in records:
+            try:
+                valid.append((record, parse_event(record)))
+            except InvalidEvent as exc:
+                log.warning("event_invalid", service=self.service, topic=record.topic,
+                            partition=record.partition, offset=record.offset, reason=str(exc))
+                await self._dead_letter(record, f"invalid event: {exc}")
+                self._metrics.messages.labels(self.service, record.topic, "invalid").inc()
+        if not valid:
+            return
+        error = await self._attempt([e for _, e in valid])
+        if error is None:
+            self._count(valid, "ok")
+            return
+        # Isolate: one by one, so only the events that really fail are dead-lettered.
+        for record, event in valid:
+            single_error = await self._attempt([event]) if len(valid) > 1 else error
+            if single_error is None:
+                self._count([(record, event)], "ok")
+                continue
+            log.error("event_dead_lettered", service=self.service, topic=record.topic,
+                      partition=record.partition, offset=record.offset, event_id=event.id,
+                      reason=single_error)
+            await self._dead_letter(record, single_error)
+            self._count([(record, event)], "dead_lettered")
+
+    async def _attempt(self, events: list[ConsumedEvent]) -> str | None:
+        """Run the handler with bounded retries; None on success, else the reason."""
+        cfg = self._settings.consumer
+        for attempt in range(1, cfg.max_attempts + 1):
+            try:
+                await self._handle_batch(events)
+                return None
+            except TransientError as exc:
+                reason = f"transient: {exc}"
+                if attempt == cfg.max_attempts:
+                    return f"{reason} (after {attempt} attempts)"
+                for e in events:
+                    self._metrics.messages.labels(self.service, e.topic, "retried").inc()
+                delay = cfg.retry_backoff_s * 2 ** (attempt - 1)
+                log.warning("batch_retry", service=self.service, events=len(events),
+                            attempt=attempt, retry_in_s=delay, error=str(exc))
+                # A retry sleep is not worth finishing on SIGTERM: stop() would wait for
+                # it; the batch is simply not committed and comes again.
+                await asyncio.sleep(delay)
+            except Exception as exc:  # a handler bug or bad data: do not retry as is
+                log.exception("batch_failed", service=self.service, events=len(events))
+                return f"{type(exc).__name__}: {exc}"
+        return "no attempt made"  # pragma: no cover (max_attempts > 0)
+
+    def _count(self, items: list[tuple[ConsumerRecord, ConsumedEvent]], outcome: str) -> None:
+        for record, _ in items:
+            self._metrics.messages.labels(self.service, record.topic, outcome).inc()
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        assert self._producer is not None
+        headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")]
+        headers += [
+            ("dlq_reason", reason[:1000].encode()),
+            ("dlq_source_topic", record.topic.encode()),
+            ("dlq_source_partition", str(record.partition).encode()),
+            ("dlq_source_offset", str(record.offset).encode()),
+            ("dlq_service", self.service.encode()),
+        ]
+        # If this fails the exception ends the loop iteration WITHOUT a commit, so the
+        # batch is read again after the reconnect: a dead letter is never lost.
+        await self._producer.send_and_wait(self.dead_letter_topic, value=record.value,
+                                           key=record.key, headers=headers)
+
+    # -- offsets and lag -----------------------------------------------------------
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        owned = consumer.assignment()
+        offsets = {tp: off for tp, off in self._uncommitted.items() if tp in owned}
+        if not offsets:
+            self._uncommitted.clear()
+            return
+        try:
+            # Bounded: with the coordinator gone aiokafka would retry forever.
+            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("commit_timeout", service=self.service)
+            self._last_error = "commit: timed out"
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on; the new owner re-reads from the last commit.
+            log.warning("commit_failed_rebalanced", service=self.service, error=str(exc))
+            self._uncommitted.clear()
+        except KafkaError as exc:
+            log.warning("commit_failed", service=self.service, error=str(exc))
+            self._last_error = f"commit: {exc}"
+        else:
+            for tp in offsets:
+                self._uncommitted.pop(tp, None)
+
+    async def _refresh_lag(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._done or (not force and now - self._lag_at < LAG_REFRESH_S):
+            return
+        self._lag_at = now
+        tps = list(self._done)
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("lag_unavailable", service=self.service, error=str(exc))
+            return
+        for tp, end in ends.items():
+            self._end[tp] = end
+            done = self._done.get(tp)
+            if done is not None:
+                self._metrics.lag.labels(self.service, tp.topic, str(tp.partition)).set(
+                    max(0, end - done))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in assigned:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                committed = (await consumer.beginning_offsets([tp]))[tp]
+            self._done[tp] = committed
+        log.info("partitions_assigned", service=self.service,
+                 partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        # Show the backlog before the first batch is even fetched.
+        await self._refresh_lag(consumer, force=True)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is None or not revoked:
+            return
+        async with self._batch_lock:  # let the batch in flight finish, then commit it
+            await self._commit(consumer)
+        for tp in revoked:
+            self._done.pop(tp, None)
+            self._uncommitted.pop(tp, None)
+            self._end.pop(tp, None)
+            with suppress(KeyError):
+                self._metrics.lag.remove(self.service, tp.topic, str(tp.partition))
+        log.info("partitions_revoked", service=self.service,
+                 partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+
+async def _ensure_topics(settings: Settings, topics: Sequence[str]) -> None:
+    """Create missing topics (tansu: records produced before the topic exists may never be
+    readable). Delegates to services.common.kafka.ensure_topics."""
+    from services.common.kafka import ensure_topics
+
+    await ensure_topics(settings.kafka, topics)
+
+
+# -- the worker's HTTP side ----------------------------------------------------------
+
+CONSUMER_KEY = web.AppKey("consumer", EventConsumer)
+
+
+async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
+    consumer = app[CONSUMER_KEY]
+    await consumer.start()
+    yield
+    await consumer.stop()
+
+
+def attach_consumer(app: web.Application, consumer: EventConsumer) -> None:
+    """Start ``consumer`` with the app, stop it (gracefully) with the app, report it in
+    /readyz. Add it AFTER the cleanup contexts of what its handler uses, so those are
+    opened before and closed after it."""
+    app[CONSUMER_KEY] = consumer
+    app[READINESS_KEY]["consumer"] = consumer.status
+    app.cleanup_ctx.append(_consumer_ctx)
+
+
+def worker_app(registry: CollectorRegistry, consumer: EventConsumer) -> web.Application:
+    """A bare worker: /healthz /readyz /metrics and the consumer's lifecycle."""
+    app = base_app(registry)
+    attach_consumer(app, consumer)
+    return app
+
+
+def run_worker(app: web.Application, settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT; the app's cleanup stops the consumer gracefully."""
+    web.run_app(app, host=settings.http.host, port=settings.http.port, print=None,
+                access_log=None, shutdown_timeout=5.0)

@@ -1,0 +1,383 @@
+"""Change detection (DESIGN.md §7, §11): is what we just saw different from what we saw last?
+
+The detector keeps, per entity, the digest and the document it saw last, in the SAME
+SQLite file as the outbox. Remembering the new state and adding the event happen in
+one ``outbox.transaction()``, so a crash can neither lose an event nor announce a
+change twice, and a restart does not re-announce what was already seen.
+
+Entities are passports (key: passport id) and prices (key: tariff context name + EVSE
+id). A deleted entity keeps a tombstone row (empty digest, no document): if it comes
+back, that is CREATED, not a SNAPSHOT.
+
+Kinds: a write announces what its method says (POST created, PUT updated, DELETE
+deleted), always. A read or poll announces only a differing digest: UPDATED, DELETED
+(document gone), or for an entity not currently known SNAPSHOT (first sighting) /
+CREATED (seen deleted before, or the caller says so: a poll after its first complete
+pass). Pollers also keep here which keys their last pass saw ("members") and whether
+a pass ever completed, so vanished entities are those a complete pass no longer
+finds, never entities that only a read has seen.
+
+Calls are synchronous and cheap on the common path: last digests are held in memory
+(loaded once), so an unchanged entity costs one canonical dump and one hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import jsonpatch
+import orjson
+import structlog
+
+from services.common.events import (
+    PASSPORT_CE_TYPE,
+    PASSPORT_TOPIC,
+    PRICE_CE_TYPE,
+    PRICE_TOPIC,
+    build_event,
+)
+from services.common.outbox import Outbox
+from services.gateway.metrics import GatewayMetrics
+
+log = structlog.get_logger(__name__)
+
+PASSPORT = "passport"
+PRICE = "price"
+
+
+class ChangeKind(StrEnum):
+    SNAPSHOT = "CHANGE_KIND_SNAPSHOT"
+    CREATED = "CHANGE_KIND_CREATED"
+    UPDATED = "CHANGE_KIND_UPDATED"
+    DELETED = "CHANGE_KIND_DELETED"
+
+
+class Detection(StrEnum):
+    WRITE = "DETECTION_WRITE"
+    READ = "DETECTION_READ"
+    POLL = "DETECTION_POLL"
+
+    @property
+    def label(self) -> str:
+        """The metric label: write, read, poll."""
+        return self.value.removeprefix("DETECTION_").lower()
+
+
+def digest(doc: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON (keys sorted at every level)."""
+    return "sha256:" + hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# --- tariffs -------------------------------------------------------------------------------
+
+# Per price-structure element, amounts computed for the request's consumption/duration.
+_REQUEST_DEPENDENT_ELEMENT_FIELDS = frozenset({"stepCosts"})
+
+
+def tariff_of(pricing_entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The tariff-defining part of a pricing answer, as the proto3 JSON of ``Tariff``.
+
+    Kept: rate name, cost id, currency, the price structure (with its tax rates) minus the
+    per-request ``stepCosts``, the session fee (``costSessionFee`` in single/batch,
+    ``sessionFee`` in all_paged), a top-level ``tax`` if the vendor sends one. Field names
+    are those of ``ampgate.events.v1.Tariff``. Dropped: ``costTotal``, ``costTime``, ``costPower``,
+    ``costTotalLocalCurrency``, ``currencyConversionRate`` — they depend on the request's
+    consumption/duration or the day's exchange rate, so a different ``consumption`` is
+    not a different tariff. Absent upstream fields are absent here (proto3 JSON omits
+    defaults), so ``{}`` and a missing field digest alike.
+    """
+    tariff: dict[str, Any] = {}
+    if (v := pricing_entry.get("rateName")) is not None:
+        tariff["rate_name"] = str(v)
+    if (v := _integer(pricing_entry.get("costId"))) is not None:
+        tariff["cost_id"] = v
+    if (v := pricing_entry.get("currency")) is not None:
+        tariff["currency"] = str(v)
+    structure = pricing_entry.get("priceStructure")
+    if isinstance(structure, Mapping):
+        tariff["price_structure"] = _strip_request_dependent(structure)
+    fee = pricing_entry.get("costSessionFee")
+    if fee is None:
+        fee = pricing_entry.get("sessionFee")
+    if isinstance(fee, int | float) and not isinstance(fee, bool):
+        tariff["session_fee"] = float(fee)  # a double in the proto: 1 and 1.0 are one fee
+    if (v := pricing_entry.get("tax")) is not None:
+        tariff["tax"] = v
+    return tariff
+
+
+def _integer(value: Any) -> int | None:
+    """``Tariff.cost_id`` is an int64: upstream sends a number (a numeric string is taken)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _strip_request_dependent(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip_request_dependent(v) for k, v in value.items()
+                if k not in _REQUEST_DEPENDENT_ELEMENT_FIELDS}
+    if isinstance(value, list):
+        return [_strip_request_dependent(v) for v in value]
+    return value
+
+
+# --- the detector --------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS change_seen (
+    entity   TEXT NOT NULL,             -- passport | price
+    context  TEXT NOT NULL DEFAULT '',  -- tariff context name; '' for passports
+    key      TEXT NOT NULL,             -- passport id | EVSE id
+    digest   TEXT NOT NULL,             -- '' once deleted (tombstone)
+    document BLOB,                      -- zlib(orjson(doc)); NULL once deleted
+    seen_at  TEXT NOT NULL,
+    PRIMARY KEY (entity, context, key)
+);
+CREATE TABLE IF NOT EXISTS poll_member (
+    scope TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS poll_pass (
+    scope        TEXT PRIMARY KEY,
+    completed_at TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One thing seen: ``document`` None means gone."""
+
+    key: str
+    document: Mapping[str, Any] | None
+
+
+class ChangeDetector:
+    """Compares what the gateway sees with what it saw last; announces differences.
+
+    The outbox must be open: the detector's tables live in its file.
+    """
+
+    def __init__(self, outbox: Outbox, metrics: GatewayMetrics, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._outbox = outbox
+        self._metrics = metrics
+        self._clock = clock
+        # (entity, context, key) -> last digest ('' = tombstone). Only this detector writes
+        # these rows, so memory and file agree once loaded.
+        self._seen: dict[tuple[str, str, str], str] = {}
+        with outbox.transaction() as conn:
+            _create_schema(conn)
+            for entity, context, key, dig in conn.execute(
+                    "SELECT entity, context, key, digest FROM change_seen"):
+                self._seen[(entity, context, key)] = dig
+
+    # -- public API --------------------------------------------------------------------
+
+    def passport(self, passport_id: str, document: Mapping[str, Any] | None,
+                 detected_by: Detection, change: ChangeKind | None = None) -> bool:
+        """Record a passport as seen; True if an event was enqueued. ``None`` = deleted."""
+        return self._observe(PASSPORT, "", [Observation(passport_id, document)],
+                             detected_by, change) > 0
+
+    def tariff(self, evse_id: str, context: str, tariff: Mapping[str, Any] | None,
+               detected_by: Detection, change: ChangeKind | None = None) -> bool:
+        """Record an EVSE's tariff (``tariff_of(...)``) under a context NAME; True if announced."""
+        return self._observe(PRICE, context, [Observation(evse_id, tariff)],
+                             detected_by, change) > 0
+
+    def passports(self, observations: Iterable[Observation], detected_by: Detection,
+                  change: ChangeKind | None = None) -> int:
+        """Several passports in one transaction (pollers); returns how many were announced."""
+        return self._observe(PASSPORT, "", list(observations), detected_by, change)
+
+    def tariffs(self, context: str, observations: Iterable[Observation],
+                detected_by: Detection, change: ChangeKind | None = None) -> int:
+        """A page of tariffs in one transaction (pollers); returns how many were announced."""
+        return self._observe(PRICE, context, list(observations), detected_by, change)
+
+    def known_evses(self, context: str) -> set[str]:
+        """EVSEs with a live (not deleted) tariff under this context."""
+        return {k for (e, c, k), d in self._seen.items() if e == PRICE and c == context and d}
+
+    def last_digest(self, entity: str, key: str, context: str = "") -> str | None:
+        """The digest last seen (None if never seen or deleted)."""
+        return self._seen.get((entity, context, key)) or None
+
+    # -- poll bookkeeping --------------------------------------------------------------
+
+    def pass_completed(self, scope: str) -> bool:
+        """Has a poller ever completed a whole pass over ``scope``?"""
+        with self._outbox.transaction() as conn:
+            return conn.execute("SELECT 1 FROM poll_pass WHERE scope = ?",
+                                (scope,)).fetchone() is not None
+
+    def members(self, scope: str) -> set[str]:
+        """Keys the poller's passes over ``scope`` have found (and not yet seen vanish)."""
+        with self._outbox.transaction() as conn:
+            return {k for (k,) in conn.execute("SELECT key FROM poll_member WHERE scope = ?",
+                                               (scope,))}
+
+    def add_members(self, scope: str, keys: Iterable[str]) -> None:
+        with self._outbox.transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO poll_member (scope, key) VALUES (?, ?)",
+                             [(scope, k) for k in keys])
+
+    def complete_pass(self, scope: str, keys: Iterable[str]) -> None:
+        """A whole pass found exactly ``keys``: they are the members now."""
+        keys = set(keys)
+        with self._outbox.transaction() as conn:
+            gone = {k for (k,) in conn.execute("SELECT key FROM poll_member WHERE scope = ?",
+                                               (scope,))} - keys
+            conn.executemany("DELETE FROM poll_member WHERE scope = ? AND key = ?",
+                             [(scope, k) for k in gone])
+            conn.executemany("INSERT OR IGNORE INTO poll_member (scope, key) VALUES (?, ?)",
+                             [(scope, k) for k in keys])
+            conn.execute("INSERT OR REPLACE INTO poll_pass (scope, completed_at) VALUES (?, ?)",
+                         (scope, _rfc3339(self._clock())))
+
+    # -- the work ----------------------------------------------------------------------
+
+    def _observe(self, entity: str, context: str, observations: list[Observation],
+                 detected_by: Detection, change: ChangeKind | None) -> int:
+        # Cheap pass first, outside any transaction: most observations are unchanged.
+        pending: list[tuple[Observation, str, str | None]] = []
+        for obs in observations:
+            new = digest(obs.document) if obs.document is not None else ""
+            last = self._seen.get((entity, context, obs.key))
+            if detected_by is not Detection.WRITE and new == (last or ""):
+                continue  # unchanged (or still gone / never known and absent)
+            pending.append((obs, new, last))
+        if not pending:
+            return 0
+        now = self._clock()
+        announced = 0
+        with self._outbox.transaction() as conn:
+            for obs, new, last in pending:
+                previous = _load_document(conn, entity, context, obs.key) if last else None
+                kind = _kind(detected_by, change, obs.document, last)
+                record = _build(entity, context, obs.key, kind, detected_by, last or "", new,
+                                previous, obs.document, now)
+                self._outbox.add(conn, record)
+                if obs.document is None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO change_seen VALUES (?, ?, ?, '', NULL, ?)",
+                        (entity, context, obs.key, _rfc3339(now)))
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO change_seen VALUES (?, ?, ?, ?, ?, ?)",
+                        (entity, context, obs.key, new,
+                         zlib.compress(orjson.dumps(obs.document)), _rfc3339(now)))
+                announced += 1
+        # Committed: now memory may follow (a failed transaction leaves it as it was).
+        for obs, new, _ in pending:
+            self._seen[(entity, context, obs.key)] = new
+        self._metrics.changes_detected.labels(entity=entity,
+                                              detected_by=detected_by.label).inc(announced)
+        if announced:
+            log.debug("changes_detected", entity=entity, detected_by=detected_by.label,
+                      count=announced)
+        return announced
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    # executescript() would COMMIT the outbox's open transaction; run statement by statement.
+    for stmt in _SCHEMA.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+def _load_document(conn: sqlite3.Connection, entity: str, context: str,
+                   key: str) -> Any | None:
+    row = conn.execute("SELECT document FROM change_seen WHERE entity = ? AND context = ? "
+                       "AND key = ?", (entity, context, key)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return orjson.loads(zlib.decompress(row[0]))
+
+
+def _kind(detected_by: Detection, change: ChangeKind | None,
+          document: Mapping[str, Any] | None, last: str | None) -> ChangeKind:
+    if detected_by is Detection.WRITE:
+        if change is not None:
+            return change
+        if document is None:
+            return ChangeKind.DELETED
+        return ChangeKind.UPDATED if last else ChangeKind.CREATED
+    if document is None:
+        return ChangeKind.DELETED
+    if last:  # known and live: its digest differs
+        return ChangeKind.UPDATED
+    if change is not None:  # not currently known: the caller may say "created" (polls)
+        return change
+    return ChangeKind.CREATED if last == "" else ChangeKind.SNAPSHOT
+
+
+def _changed_paths(kind: ChangeKind, previous: Any | None, current: Any | None) -> list[str]:
+    """RFC 6901 pointers of what changed. Whole-entity changes are the root pointer ``""``;
+    a snapshot changed nothing we know of."""
+    if kind is ChangeKind.SNAPSHOT:
+        return []
+    if previous is None or current is None:
+        return [""]
+    paths: list[str] = []
+    for op in jsonpatch.make_patch(previous, current):
+        for p in (op.get("from"), op["path"]):  # a move changes both ends
+            if p is not None and p not in paths:
+                paths.append(p)
+    return paths
+
+
+def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: Detection,
+           previous_digest: str, new_digest: str, previous: Any | None,
+           current: Mapping[str, Any] | None, now: datetime):
+    """The event, in proto3 JSON: defaults (empty strings, empty lists) omitted."""
+    paths = _changed_paths(kind, previous, current)
+    data: dict[str, Any] = {
+        "passport_id" if entity == PASSPORT else "evse_id": key,
+    }
+    if entity == PRICE:
+        data["tariff_context"] = context
+    data["change"] = kind.value
+    data["detected_by"] = detected_by.value
+    if previous_digest:
+        data["previous_digest"] = previous_digest
+    if new_digest:
+        data["digest"] = new_digest
+    if paths:
+        data["changed_paths"] = paths
+    if entity == PASSPORT:
+        if current is not None:
+            data["passport"] = current
+        topic, ce_type = PASSPORT_TOPIC, PASSPORT_CE_TYPE
+    else:
+        if previous is not None:
+            data["previous"] = previous
+        if current is not None:
+            data["current"] = current
+        topic, ce_type = PRICE_TOPIC, PRICE_CE_TYPE
+    data["observed_at"] = _rfc3339(now)
+    return build_event(topic, ce_type, key, data, time=now)
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+__all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Detection", "Observation",
+           "digest", "tariff_of"]

@@ -1,0 +1,32 @@
+"""History queries, proxied path for path to the history service."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.common.errors import Problem
+from services.gateway.handlers.respond import passthrough, trace, upstreams
+from services.gateway.validation import HistoryQuery, PriceHistoryQuery, evse_path_id, path_id
+
+
+def _params(query: HistoryQuery) -> dict[str, str]:
+    return {k: v for k, v in query.model_dump(by_alias=True).items() if v is not None}
+
+
+async def _proxy(request: web.Request, operation: str, path: str, params: dict[str, str]):
+    client = upstreams(request).history
+    if client is None:
+        raise Problem(503, "History unavailable", "AMPGATE_HISTORY__URL is not configured")
+    resp = await client.request(operation, "GET", path, params=params, accept_statuses=(404,),
+                                **trace(request))
+    return passthrough(resp)
+
+
+async def passport_history(request: web.Request, query: HistoryQuery) -> web.Response:
+    pid = path_id(request, "passport_id")
+    return await _proxy(request, "passport_history", f"/v1/passports/{pid}/history", _params(query))
+
+
+async def price_history(request: web.Request, query: PriceHistoryQuery) -> web.Response:
+    evse = evse_path_id(request)
+    return await _proxy(request, "price_history", f"/v1/prices/{evse}/history", _params(query))

@@ -1,0 +1,134 @@
+"""Battery passports: public (cached), owned (cached), and writes (evict + announce)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.gateway.cache import make_response
+from services.gateway.handlers.respond import cached_get, passthrough, trace, upstreams
+from services.gateway.keys import CACHE_KEY, DETECTOR_KEY, SETTINGS_KEY
+from services.gateway.validation import Passport, path_id, read_json_body
+
+OWNED_LIST_TAG = ("passports", "owned")
+
+
+def passport_tag(passport_id: str) -> tuple[str, str]:
+    return ("passport", passport_id)
+
+
+def _paths(request: web.Request):
+    return request.app[SETTINGS_KEY].passport.paths
+
+
+def _detect(request: web.Request, passport_id: str, doc: Any, how: str, change: str | None = None) -> None:
+    detector = request.app.get(DETECTOR_KEY)
+    if detector is None:
+        return
+    from services.gateway.changes import ChangeKind, Detection
+
+    detector.passport(passport_id, doc, Detection(how), ChangeKind(change) if change else None)
+
+
+async def get_public(request: web.Request, query: Any) -> web.Response:
+    pid = path_id(request, "passport_id")
+    client = upstreams(request).passport
+    ids = trace(request)
+
+    async def fetch():
+        resp = await client.request("public_get", "GET", _paths(request).public.format(id=pid), **ids)
+        if resp.status == 200:
+            doc = resp.json()
+            if isinstance(doc, dict):
+                _detect(request, pid, doc, "DETECTION_READ")
+        return make_response(resp.status, resp.body, resp.content_type or "application/json")
+
+    return await cached_get(request, "passport_public", ("passport", "public", pid), fetch,
+                            tags=[passport_tag(pid)])
+
+
+async def list_owned(request: web.Request, query: Any) -> web.Response:
+    client = upstreams(request).passport
+    ids = trace(request)
+
+    async def fetch():
+        resp = await client.request("owned_list", "GET", _paths(request).owned_list, **ids)
+        return make_response(resp.status, resp.body, resp.content_type or "application/json")
+
+    return await cached_get(request, "passport_owned_list", ("passport", "owned_list"), fetch,
+                            tags=[OWNED_LIST_TAG])
+
+
+async def get_owned(request: web.Request, query: Any) -> web.Response:
+    pid = path_id(request, "passport_id")
+    client = upstreams(request).passport
+    ids = trace(request)
+
+    async def fetch():
+        resp = await client.request("owned_get", "GET", _paths(request).owned_item.format(id=pid), **ids)
+        return make_response(resp.status, resp.body, resp.content_type or "application/json")
+
+    return await cached_get(request, "passport_owned", ("passport", "owned", pid), fetch,
+                            tags=[passport_tag(pid)])
+
+
+def passport_id_of(doc: Any) -> str | None:
+    if not isinstance(doc, dict):
+        return None
+    if isinstance(doc.get("id"), str):
+        return doc["id"]
+    uid = (((doc.get("general_information") or {}).get("identification") or {}).get("uid"))
+    return uid if isinstance(uid, str) else None
+
+
+def _evict(request: web.Request, passport_id: str | None) -> None:
+    cache = request.app[CACHE_KEY]
+    cache.invalidate_tag(OWNED_LIST_TAG)
+    if passport_id:
+        cache.invalidate_tag(passport_tag(passport_id))
+
+
+def _written_doc(resp_body: bytes, sent: bytes) -> dict | None:
+    for raw in (resp_body, sent):
+        try:
+            doc = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    return None
+
+
+async def create(request: web.Request, query: Any) -> web.Response:
+    body = await read_json_body(request, Passport)
+    resp = await upstreams(request).passport.request(
+        "create", "POST", _paths(request).owned_list, body=body, content_type="application/json",
+        **trace(request))
+    doc = _written_doc(resp.body, body)
+    pid = passport_id_of(doc)
+    if pid:
+        _detect(request, pid, doc, "DETECTION_WRITE", "CHANGE_KIND_CREATED")
+    _evict(request, pid)
+    return passthrough(resp)
+
+
+async def update(request: web.Request, query: Any) -> web.Response:
+    pid = path_id(request, "passport_id")
+    body = await read_json_body(request, Passport)
+    resp = await upstreams(request).passport.request(
+        "update", "PUT", _paths(request).owned_item.format(id=pid), body=body,
+        content_type="application/json", **trace(request))
+    _detect(request, pid, _written_doc(resp.body, body), "DETECTION_WRITE", "CHANGE_KIND_UPDATED")
+    _evict(request, pid)
+    return passthrough(resp)
+
+
+async def delete(request: web.Request, query: Any) -> web.Response:
+    pid = path_id(request, "passport_id")
+    resp = await upstreams(request).passport.request(
+        "delete", "DELETE", _paths(request).owned_item.format(id=pid), **trace(request))
+    _detect(request, pid, None, "DETECTION_WRITE", "CHANGE_KIND_DELETED")
+    _evict(request, pid)
+    return passthrough(resp)

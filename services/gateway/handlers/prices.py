@@ -1,0 +1,79 @@
+"""Pricing: single, batch and all_paged, cached; tariffs seen on a fill feed change detection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from services.gateway.cache import make_response
+from services.gateway.handlers.respond import cached_get, trace, upstreams
+from services.gateway.keys import CONTEXTS_KEY, DETECTOR_KEY
+from services.gateway.validation import PriceAllQuery, PriceBatchQuery, PriceQuery
+
+log = structlog.get_logger("ampgate.gateway")
+
+
+def price_tag(evse_id: str) -> tuple[str, str]:
+    return ("price", evse_id)
+
+
+def _context(request: web.Request, medium: dict[str, str]) -> str | None:
+    """Only media configured as a tariff context are tracked: events carry the context's
+    name, never the raw tag id / EMAID / UUID."""
+    ((param, value),) = medium.items()
+    return request.app[CONTEXTS_KEY].get((param, value))
+
+
+def _detect(request: web.Request, context: str | None, tariffs: dict[str, Any]) -> None:
+    detector = request.app.get(DETECTOR_KEY)
+    if detector is None or context is None:
+        return
+    from services.gateway.changes import Detection, tariff_of
+
+    for evse_id, entry in tariffs.items():
+        if isinstance(entry, dict):
+            detector.tariff(evse_id, context, tariff_of(entry), Detection.READ)
+
+
+async def _priced(request: web.Request, route: str, operation: str, path: str,
+                  params: dict[str, str], tags: list, medium: dict[str, str], pick) -> web.Response:
+    client = upstreams(request).pricing
+    ids = trace(request)
+    context = _context(request, medium)
+
+    async def fetch():
+        resp = await client.request(operation, "GET", path, params=params, **ids)
+        if resp.status == 200 and context is not None:
+            try:
+                _detect(request, context, pick(resp.json()))
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                log.warning("pricing_unparsable", operation=operation)
+        return make_response(resp.status, resp.body, resp.content_type or "application/json")
+
+    key = ("pricing", operation, tuple(sorted(params.items())))
+    return await cached_get(request, route, key, fetch, tags=tags)
+
+
+async def single(request: web.Request, query: PriceQuery) -> web.Response:
+    params = query.upstream_params()
+    return await _priced(request, "prices", "single", "/api/pricing/", params,
+                         [price_tag(query.evseId)], query.medium_params(),
+                         lambda doc: {query.evseId: doc})
+
+
+async def batch(request: web.Request, query: PriceBatchQuery) -> web.Response:
+    params = query.upstream_params()
+    return await _priced(request, "prices_batch", "batch", "/api/pricing/batch", params,
+                         [price_tag(e) for e in query.evseIds], query.medium_params(),
+                         lambda doc: doc)
+
+
+async def all_paged(request: web.Request, query: PriceAllQuery) -> web.Response:
+    params = query.upstream_params()
+    # A page's content is unknown before the fill: tag it so any price change evicts it.
+    return await _priced(request, "prices_all", "all_paged", "/api/pricing/all_paged", params,
+                         [("price", "*")], query.medium_params(),
+                         lambda doc: doc.get("data") or {})

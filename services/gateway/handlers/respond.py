@@ -1,0 +1,83 @@
+"""Turning upstream answers and cache entries into client responses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Collection, Hashable
+
+from aiohttp import web
+
+from services.gateway.cache import CachedResponse, CacheResult, make_response
+from services.gateway.keys import CACHE_KEY, SETTINGS_KEY, UPSTREAMS_KEY
+from services.gateway.upstream import UpstreamClient, UpstreamResponse
+
+X_CACHE = {
+    CacheResult.HIT: "HIT",
+    CacheResult.MISS: "MISS",
+    CacheResult.COALESCED: "MISS",
+    CacheResult.STALE: "STALE",
+    CacheResult.BYPASS: "BYPASS",
+}
+
+
+def trace(request: web.Request) -> dict[str, str]:
+    return {"request_id": request["request_id"], "traceparent": request["traceparent"]}
+
+
+def send(request: web.Request, entry: CachedResponse, x_cache: str) -> web.Response:
+    headers = {"X-Cache": x_cache, "ETag": entry.etag,
+               "Age": str(max(0, int(time.time() - entry.stored_at)))}
+    headers.update(entry.headers)
+    inm = request.headers.get("If-None-Match")
+    if inm and entry.status == 200 and _etag_matches(inm, entry.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=entry.body, status=entry.status, headers=headers,
+                        content_type=entry.content_type)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    return any(t.strip().removeprefix("W/") == etag for t in header.split(","))
+
+
+async def cached_get(
+    request: web.Request,
+    route: str,
+    key: Hashable,
+    fetch: Callable[[], Awaitable[CachedResponse]],
+    tags: Collection[Hashable] = (),
+) -> web.Response:
+    cache = request.app[CACHE_KEY]
+    policy = request.app[SETTINGS_KEY].cache.policy(route)
+    cache_control = request.headers.get("Cache-Control", "").lower()
+    revalidate = "no-cache" in cache_control or "max-age=0" in cache_control
+    entry, result = await cache.get_or_fetch(key, fetch, policy, route=route,
+                                             revalidate=revalidate, tags=tags)
+    return send(request, entry, X_CACHE[result])
+
+
+def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: str,
+            params: dict[str, str] | None = None,
+            transform: Callable[[UpstreamResponse], bytes] | None = None,
+            ) -> Callable[[], Awaitable[CachedResponse]]:
+    """A fill function for the cache: one upstream GET, optionally rewritten."""
+    ids = trace(request)
+
+    async def fetch() -> CachedResponse:
+        resp = await client.request(operation, "GET", path, params=params, **ids)
+        body = transform(resp) if transform else resp.body
+        return make_response(resp.status, body, resp.content_type or "application/json")
+
+    return fetch
+
+
+def passthrough(resp: UpstreamResponse, x_cache: str = "BYPASS") -> web.Response:
+    if resp.status == 204 or not resp.body:
+        return web.Response(status=resp.status, headers={"X-Cache": x_cache})
+    return web.Response(body=resp.body, status=resp.status, headers={"X-Cache": x_cache},
+                        content_type=(resp.content_type or "application/json"))
+
+
+def upstreams(request: web.Request):
+    return request.app[UPSTREAMS_KEY]

@@ -1,0 +1,77 @@
+"""The upstream clients, each with its credential, built once per app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from services.common.settings import UpstreamSettings
+from services.gateway.keys import METRICS_KEY, SESSION_KEY, SETTINGS_KEY, UPSTREAMS_KEY
+from services.gateway.tokens import (
+    StaticToken,
+    TokenManager,
+    cognito_fetcher,
+    siemensid_fetcher,
+)
+from services.gateway.upstream import UpstreamClient
+
+log = structlog.get_logger("ampgate.gateway")
+
+
+@dataclass
+class Upstreams:
+    passport: UpstreamClient
+    cpo: UpstreamClient
+    pricing: UpstreamClient
+    history: UpstreamClient | None
+    token_managers: dict[str, TokenManager] = field(default_factory=dict)
+
+    @property
+    def all(self) -> list[UpstreamClient]:
+        return [c for c in (self.passport, self.cpo, self.pricing, self.history) if c is not None]
+
+
+async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    # One pooled session for every upstream; per-upstream limits live in the clients.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                    json_serialize=None, raise_for_status=False)
+    app[SESSION_KEY] = session
+    yield
+    await session.close()
+
+
+async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics, session = app[SETTINGS_KEY], app[METRICS_KEY], app[SESSION_KEY]
+    assert settings.passport and settings.cpo and settings.pricing  # checked in create_app
+    siemens = TokenManager(
+        "siemensid", siemensid_fetcher(settings.passport), session, metrics,
+        breaker_failures=settings.passport.breaker_failures,
+        breaker_reset_s=settings.passport.breaker_reset_s)
+    cognito = TokenManager(
+        "cognito", cognito_fetcher(settings.cpo), session, metrics,
+        breaker_failures=settings.cpo.breaker_failures, breaker_reset_s=settings.cpo.breaker_reset_s)
+    history = None
+    if settings.history.url is not None:
+        history = UpstreamClient(
+            "history",
+            UpstreamSettings(base_url=settings.history.url, timeout_s=settings.history.timeout_s),
+            session, None, metrics)
+    upstreams = Upstreams(
+        passport=UpstreamClient("passport", settings.passport, session, siemens, metrics),
+        cpo=UpstreamClient("cpo", settings.cpo, session, cognito, metrics),
+        pricing=UpstreamClient("pricing", settings.pricing, session,
+                               StaticToken("x-api-token", settings.pricing.api_token), metrics),
+        history=history,
+        token_managers={"siemensid": siemens, "cognito": cognito},
+    )
+    for manager in upstreams.token_managers.values():
+        await manager.start()
+    app[UPSTREAMS_KEY] = upstreams
+    yield
+    for manager in upstreams.token_managers.values():
+        await manager.stop()

@@ -1,0 +1,346 @@
+"""Input validation: every parameter and body is checked here, before any upstream call.
+
+Query parameters are pydantic models (unknown parameters are rejected); their errors
+become problem+json ``errors[]`` entries naming the parameter (or a JSON pointer for
+bodies). The models also feed the OpenAPI document, so the contract has one source.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Self
+from uuid import UUID
+
+import orjson
+from aiohttp import web
+from multidict import MultiMapping
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from services.common.errors import ValidationProblem, param_error
+
+# eMI3 EVSE id, separators used consistently (DESIGN.md §3).
+EVSE_RE = re.compile(r"^([A-Z]{2})([*-]?)([A-Z0-9]{3})\2E([A-Z0-9*]{1,30})$", re.IGNORECASE)
+EMAID_RE = re.compile(r"^[A-Z]{2}-?[A-Z0-9]{3}-?[A-Z0-9]{9}(-?[A-Z0-9])?$", re.IGNORECASE)
+# Passport ids: a bounded, safe charset. No '/', no '..', no control characters.
+PASSPORT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~-]{0,127}$")
+TAG_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
+CONTEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _evse(value: str) -> str:
+    if not EVSE_RE.match(value):
+        raise ValueError("not an eMI3 EVSE id (e.g. DE*EEE*E000001 or BE-BEC-E041503001)")
+    return value.upper()
+
+
+def _emaid(value: str) -> str:
+    if not EMAID_RE.match(value):
+        raise ValueError("not an ISO 15118 EMAID")
+    return value.upper()
+
+
+def _tag_id(value: str) -> str:
+    if not TAG_ID_RE.match(value):
+        raise ValueError("must be 1-64 letters, digits, '_', ':' or '-'")
+    return value
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(UUID(value))
+    except ValueError:
+        raise ValueError("not a UUID") from None
+
+
+def _flag(value: Any) -> bool:
+    # The pricing docs use a bare `&include_tax`: present and empty means true.
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("", "true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _evse_list(value: str) -> list[str]:
+    items = [v.strip() for v in str(value).split(",")]
+    if not items or any(not v for v in items):
+        raise ValueError("a comma-separated list of EVSE ids, without empty items")
+    if len(items) > 100:
+        raise ValueError("at most 100 EVSE ids")
+    out = []
+    for v in items:
+        try:
+            out.append(_evse(v))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an eMI3 EVSE id") from None
+    return out
+
+
+EvseId = Annotated[str, Field(max_length=40), AfterValidator(_evse)]
+Emaid = Annotated[str, Field(max_length=20), AfterValidator(_emaid)]
+TagId = Annotated[str, AfterValidator(_tag_id)]
+AuthUuid = Annotated[str, AfterValidator(_uuid)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")]
+NonNegInt = Annotated[int, Field(ge=0, le=10**9)]
+
+
+class Query(BaseModel):
+    """Base for query models: unknown parameters are errors; names are the wire names."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class AuthMedium(Query):
+    tag_id: TagId | None = Field(None, description="RFID tag id of the card or token")
+    emaid: Emaid | None = Field(None, description="ISO 15118 EMAID")
+    authenticationUuid: AuthUuid | None = Field(None, description="authentication medium UUID")
+    authendicationUuid: AuthUuid | None = Field(
+        None, description="upstream spelling of authenticationUuid; accepted too")
+
+    @model_validator(mode="after")
+    def _one_medium(self) -> Self:
+        if self.authenticationUuid and self.authendicationUuid:
+            raise _ParamError("authenticationUuid", "give authenticationUuid once, in one spelling")
+        given = [n for n in ("tag_id", "emaid", "authenticationUuid", "authendicationUuid")
+                 if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise _ParamError("tag_id", "give exactly one of tag_id, emaid, authenticationUuid"
+                              f" (got {len(given)})")
+        return self
+
+    def medium_params(self) -> dict[str, str]:
+        """The one medium, in the upstream spelling."""
+        if self.tag_id is not None:
+            return {"tag_id": self.tag_id}
+        if self.emaid is not None:
+            return {"emaid": self.emaid}
+        return {"authendicationUuid": self.authenticationUuid or self.authendicationUuid or ""}
+
+
+class _Costing(AuthMedium):
+    consumption: NonNegInt | None = Field(None, description="fictional consumption in Wh")
+    duration: NonNegInt | None = Field(None, description="total duration in seconds")
+    duration_in_minutes: NonNegInt | None = Field(None, description="total duration in minutes")
+    currency: Currency | None = None
+
+    @model_validator(mode="after")
+    def _one_duration(self) -> Self:
+        if self.duration is not None and self.duration_in_minutes is not None:
+            raise _ParamError("duration_in_minutes", "give duration or duration_in_minutes, not both")
+        return self
+
+    def costing_params(self) -> dict[str, str]:
+        out = self.medium_params()
+        for name in ("consumption", "duration", "duration_in_minutes", "currency"):
+            if (v := getattr(self, name)) is not None:
+                out[name] = str(v)
+        return out
+
+
+class PriceQuery(_Costing):
+    evseId: EvseId = Field(description="eMI3 EVSE id, e.g. DE*EEE*E000001")
+    include_tax: Flag = Field(False, description="add the tax to the price structure")
+
+    def upstream_params(self) -> dict[str, str]:
+        out = {"evseId": self.evseId, **self.costing_params()}
+        if self.include_tax:
+            out["include_tax"] = "true"
+        return out
+
+
+class PriceBatchQuery(_Costing):
+    evseIds: Annotated[list[str], BeforeValidator(_evse_list)] = Field(
+        description="comma-separated eMI3 EVSE ids (at most 100)")
+
+    def upstream_params(self) -> dict[str, str]:
+        return {"evseIds": ",".join(self.evseIds), **self.costing_params()}
+
+
+class PriceAllQuery(AuthMedium):
+    cursor: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")] = Field(
+        "start", description="`start`, then the previous page's pagination.nextCursorId")
+    limit: Annotated[int, Field(ge=1, le=500)] = Field(100, description="page size (1-500)")
+
+    def upstream_params(self) -> dict[str, str]:
+        return {"cursor": self.cursor, "limit": str(self.limit), **self.medium_params()}
+
+
+class StationsQuery(Query):
+    page_limit: Annotated[int, Field(ge=1, le=500)] = Field(
+        50, alias="page[limit]", description="page size; the upstream clamps at 500")
+    page_offset: Annotated[int, Field(ge=0, le=10**9)] = Field(
+        0, alias="page[offset]", description="offset of the first station")
+
+
+class NoQuery(Query):
+    pass
+
+
+class HistoryQuery(Query):
+    at: Annotated[str | None, AfterValidator(lambda v: _rfc3339(v) if v is not None else v)] = Field(
+        None, description="RFC 3339 instant: answer the version in force then")
+    from_: Annotated[str | None, Field(alias="from", pattern=DIGEST_RE.pattern)] = Field(
+        None, description="digest of the older version of a diff")
+    to: Annotated[str | None, Field(pattern=DIGEST_RE.pattern)] = Field(
+        None, description="digest of the newer version of a diff")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Self:
+        if (self.from_ is None) != (self.to is None):
+            raise _ParamError("from" if self.from_ is None else "to", "give both from and to")
+        if self.at is not None and self.from_ is not None:
+            raise _ParamError("at", "give either at or from/to")
+        return self
+
+
+class PriceHistoryQuery(HistoryQuery):
+    context: Annotated[str, Field(pattern=CONTEXT_RE.pattern)] = Field(
+        description="tariff context name (AMPGATE_TARIFF_CONTEXTS)")
+
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: str) -> str:
+    from datetime import datetime
+
+    if not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time with offset, e.g. 2026-01-31T12:00:00Z")
+    try:
+        datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise ValueError("not a valid date-time") from None
+    return value
+
+
+class _ParamError(ValueError):
+    """Raised inside model validators to name the parameter at fault."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.message = message
+
+
+def parse_query(model: type[Query], query: MultiMapping[str]) -> Query:
+    errors: list[dict[str, str]] = []
+    data: dict[str, str] = {}
+    for name in query:
+        if name in data:
+            errors.append({"parameter": name, "message": "given more than once"})
+        data[name] = query[name]
+    if errors:
+        raise ValidationProblem(errors)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationProblem(_pydantic_errors(exc, model)) from None
+
+
+def _pydantic_errors(exc: ValidationError, model: type[BaseModel]) -> list[dict[str, str]]:
+    aliases = {n: (f.alias or n) for n, f in model.model_fields.items()}
+    out = []
+    for err in exc.errors(include_url=False):
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _ParamError):
+            out.append({"parameter": ctx_error.parameter, "message": ctx_error.message})
+            continue
+        loc = err["loc"]
+        name = aliases.get(str(loc[0]), str(loc[0])) if loc else "query"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown parameter"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append({"parameter": name, "message": msg})
+    return out
+
+
+def path_id(request: web.Request, name: str, pattern: re.Pattern[str] = PASSPORT_ID_RE,
+            *, upper: bool = False) -> str:
+    """A path id, checked against a safe charset. aiohttp has already percent-decoded it,
+    so an encoded slash or control character shows up here and is rejected."""
+    raw = request.match_info[name]
+    if len(raw) > 128:
+        raise param_error(name, "at most 128 characters")
+    if ".." in raw or not pattern.match(raw):
+        raise param_error(name, "contains characters that are not allowed")
+    return raw.upper() if upper else raw
+
+
+def evse_path_id(request: web.Request, name: str = "evse_id") -> str:
+    raw = request.match_info[name]
+    if len(raw) > 40 or not EVSE_RE.match(raw):
+        raise param_error(name, "not an eMI3 EVSE id (e.g. DE*EEE*E000001)")
+    return raw.upper()
+
+
+# -- bodies -------------------------------------------------------------------------------
+
+
+class Passport(BaseModel):
+    """Types of what we know of the Siemens passport; unknown fields pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: Annotated[str, Field(pattern=PASSPORT_ID_RE.pattern)] | None = None
+    status: dict[str, Any] | None = None
+    general_information: dict[str, Any] | None = None
+    compliance: dict[str, Any] | None = None
+    materials: dict[str, Any] | None = None
+    carbon_footprint: dict[str, Any] | None = None
+    supply_chain_due_diligence: dict[str, Any] | None = None
+    circularity: dict[str, Any] | None = None
+    performance: dict[str, Any] | None = None
+
+
+class User(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)] | None = None
+    name: Annotated[str, Field(max_length=256)] | None = None
+    roles: list[Annotated[str, Field(max_length=128)]] | None = None
+
+
+class NewUser(User):
+    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)]
+
+
+async def read_json_body(request: web.Request, model: type[BaseModel]) -> bytes:
+    """Check content type, size and shape; answer the bytes to forward unchanged."""
+    ctype = request.content_type
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        from services.common.errors import Problem
+
+        raise Problem(415, "Unsupported media type",
+                      f"send application/json, not {ctype or 'nothing'}")
+    raw = await request.read()  # client_max_size enforces the limit (413)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationProblem([{"pointer": "", "message": f"not valid JSON: {exc}"}]) from None
+    if not isinstance(doc, dict):
+        raise ValidationProblem([{"pointer": "", "message": "must be a JSON object"}])
+    try:
+        model.model_validate(doc)
+    except ValidationError as exc:
+        raise ValidationProblem([
+            {"pointer": "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in e["loc"]),
+             "message": e["msg"]}
+            for e in exc.errors(include_url=False)
+        ]) from None
+    return raw

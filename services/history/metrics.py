@@ -1,0 +1,13 @@
+"""The history service's metrics (DESIGN.md §9); consumer metrics come from the runtime."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class HistoryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.versions = Counter(
+            "ampgate_history_versions_total",
+            "Versions recorded (duplicates excluded), by entity (passport, price).",
+            ["entity"], registry=registry)

@@ -1,0 +1,313 @@
+"""The durable delivery queue: one SQLite file (WAL) in the state directory.
+
+The consumer writes one job per (event, matching subscription) here and only then
+lets its offset be committed, so a crash never loses a webhook; workers drain the
+jobs at their own pace. A job's life:
+
+    pending ──2xx──▶ delivered
+       │ └─failure──▶ pending (attempts+1, next_attempt_at later)
+       ├─last attempt failed / subscription disabled──▶ dead_letter ──published──▶ dead
+
+Effect-once rules (DESIGN.md §7), enforced in ``enqueue``:
+- the same event (CloudEvent id) for a subscription is queued once (unique key);
+- an event repeating the latest transition queued for that subscription and entity
+  (same previous_digest and digest: another gateway replica saw the same change)
+  is skipped; a value flipping back and forth (A→B→A→B) is queued every time.
+
+All calls are short synchronous transactions on the event-loop thread: the file is
+local, WAL keeps readers and the writer apart, and there is no concurrent writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription    TEXT    NOT NULL,
+    event_id        TEXT    NOT NULL,
+    entity          TEXT    NOT NULL,      -- ordering key: the CloudEvent subject
+    ce_type         TEXT    NOT NULL,
+    source_topic    TEXT    NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset   INTEGER NOT NULL,
+    body            BLOB    NOT NULL,      -- the exact bytes every attempt sends
+    event_headers   BLOB    NOT NULL,      -- the original Kafka headers, for the dead letter
+    event_value     BLOB    NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL,
+    created_at      REAL    NOT NULL,
+    finished_at     REAL,
+    last_error      TEXT,
+    dlq_reason      TEXT,
+    UNIQUE (subscription, event_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_heads ON jobs (subscription, state, entity, id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+CREATE TABLE IF NOT EXISTS latest_transition (
+    subscription    TEXT NOT NULL,
+    transition_key  TEXT NOT NULL,
+    previous_digest TEXT NOT NULL,
+    digest          TEXT NOT NULL,
+    PRIMARY KEY (subscription, transition_key)
+);
+CREATE TABLE IF NOT EXISTS disabled_subscriptions (
+    subscription    TEXT PRIMARY KEY,
+    url_sha256      TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    disabled_at     REAL NOT NULL
+);
+"""
+
+_JOB_COLUMNS = ("id, subscription, event_id, entity, ce_type, source_topic, source_partition, "
+                "source_offset, body, attempts, next_attempt_at, created_at")
+
+
+def url_fingerprint(url: str) -> str:
+    """Disabling is remembered per URL: pointing a subscription elsewhere re-enables it."""
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewJob:
+    subscription: str
+    event_id: str
+    entity: str
+    ce_type: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    body: bytes
+    event_headers: Sequence[tuple[str, bytes]]
+    event_value: bytes
+    # (key, previous_digest, digest) when the event is a transition, else None
+    transition: tuple[str, str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    subscription: str
+    event_id: str
+    entity: str
+    ce_type: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    body: bytes
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeadJob:
+    id: int
+    subscription: str
+    entity: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    event_headers: list[tuple[str, bytes]]
+    event_value: bytes
+    attempts: int
+    reason: str
+    last_error: str | None
+
+
+@dataclass
+class EnqueueResult:
+    queued: int = 0
+    duplicate_event: int = 0
+    duplicate_transition: int = 0
+
+
+def _encode_headers(headers: Iterable[tuple[str, bytes]]) -> bytes:
+    # Header values are UTF-8 for CloudEvents; latin-1 round-trips any byte anyway.
+    return orjson.dumps([[k, v.decode("latin-1")] for k, v in headers])
+
+
+def _decode_headers(blob: bytes) -> list[tuple[str, bytes]]:
+    return [(k, v.encode("latin-1")) for k, v in orjson.loads(blob)]
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a queued job survives power loss, not only a process crash; the offset
+        # is committed to Kafka right after, so the queue is the only copy left.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("JobStore is not open")
+        return self._db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    def enqueue(self, jobs: Iterable[NewJob], *, now: float | None = None) -> EnqueueResult:
+        """Queue a batch in ONE transaction (all or nothing)."""
+        now = time.time() if now is None else now
+        result = EnqueueResult()
+        with self._tx() as db:
+            for job in jobs:
+                if job.transition is not None:
+                    key, previous, digest = job.transition
+                    row = db.execute(
+                        "SELECT previous_digest, digest FROM latest_transition "
+                        "WHERE subscription = ? AND transition_key = ?",
+                        (job.subscription, key)).fetchone()
+                    if row is not None and tuple(row) == (previous, digest):
+                        result.duplicate_transition += 1
+                        continue
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO jobs (subscription, event_id, entity, ce_type, "
+                    "source_topic, source_partition, source_offset, body, event_headers, "
+                    "event_value, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job.subscription, job.event_id, job.entity, job.ce_type, job.source_topic,
+                     job.source_partition, job.source_offset, job.body,
+                     _encode_headers(job.event_headers), job.event_value, now, now))
+                if cur.rowcount == 0:
+                    result.duplicate_event += 1
+                    continue
+                result.queued += 1
+                if job.transition is not None:
+                    db.execute(
+                        "INSERT INTO latest_transition VALUES (?,?,?,?) "
+                        "ON CONFLICT (subscription, transition_key) DO UPDATE SET "
+                        "previous_digest = excluded.previous_digest, digest = excluded.digest",
+                        (job.subscription, *job.transition))
+        return result
+
+    # -- delivery -------------------------------------------------------------------------
+
+    def heads(self, subscription: str, limit: int) -> list[Job]:
+        """The oldest pending job of each entity (only a head may be attempted: per-entity
+        order), earliest due first."""
+        rows = self.db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ("
+            "  SELECT MIN(id) FROM jobs WHERE subscription = ? AND state = 'pending' GROUP BY entity"
+            ") ORDER BY next_attempt_at, id LIMIT ?",
+            (subscription, limit)).fetchall()
+        return [Job(*row) for row in rows]
+
+    def mark_delivered(self, job_id: int, attempts: int, *, now: float | None = None) -> None:
+        # A job dead-lettered by a concurrent disable but not yet published counts as delivered.
+        self.db.execute(
+            "UPDATE jobs SET state = 'delivered', attempts = ?, finished_at = ?, last_error = NULL "
+            "WHERE id = ? AND state IN ('pending', 'dead_letter')",
+            (attempts, time.time() if now is None else now, job_id))
+
+    def schedule_retry(self, job_id: int, attempts: int, next_attempt_at: float, error: str) -> None:
+        self.db.execute(
+            "UPDATE jobs SET attempts = ?, next_attempt_at = ?, last_error = ? "
+            "WHERE id = ? AND state = 'pending'",
+            (attempts, next_attempt_at, error, job_id))
+
+    def mark_failed(self, job_id: int, attempts: int, error: str, reason: str) -> None:
+        """Give up on a job: it waits in state dead_letter until published there."""
+        self.db.execute(
+            "UPDATE jobs SET state = 'dead_letter', attempts = ?, last_error = ?, dlq_reason = ? "
+            "WHERE id = ? AND state = 'pending'",
+            (attempts, error, reason, job_id))
+
+    def pending_count(self, subscription: str) -> int:
+        return self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE subscription = ? AND state = 'pending'",
+            (subscription,)).fetchone()[0]
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    def dead_letters(self, limit: int) -> list[DeadJob]:
+        rows = self.db.execute(
+            "SELECT id, subscription, entity, source_topic, source_partition, source_offset, "
+            "event_headers, event_value, attempts, dlq_reason, last_error FROM jobs "
+            "WHERE state = 'dead_letter' ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [DeadJob(r[0], r[1], r[2], r[3], r[4], r[5], _decode_headers(r[6]), r[7], r[8],
+                        r[9] or "unknown", r[10]) for r in rows]
+
+    def mark_dead_lettered(self, ids: Sequence[int], *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.executemany("UPDATE jobs SET state = 'dead', finished_at = ? "
+                           "WHERE id = ? AND state = 'dead_letter'", [(now, i) for i in ids])
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    def disable(self, subscription: str, url: str, reason: str, *,
+                now: float | None = None) -> int:
+        """Persist the disabling and move the subscription's pending jobs to the dead
+        letter; returns how many were moved."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO disabled_subscriptions VALUES (?,?,?,?) ON CONFLICT (subscription) "
+                "DO UPDATE SET url_sha256 = excluded.url_sha256, reason = excluded.reason, "
+                "disabled_at = excluded.disabled_at",
+                (subscription, url_fingerprint(url), reason, now))
+            cur = db.execute(
+                "UPDATE jobs SET state = 'dead_letter', dlq_reason = 'subscription_disabled' "
+                "WHERE subscription = ? AND state = 'pending'", (subscription,))
+            return cur.rowcount
+
+    def is_disabled(self, subscription: str, url: str) -> bool:
+        """Disabled for this URL? A disabling recorded for another URL is forgotten."""
+        row = self.db.execute(
+            "SELECT url_sha256 FROM disabled_subscriptions WHERE subscription = ?",
+            (subscription,)).fetchone()
+        if row is None:
+            return False
+        if row[0] == url_fingerprint(url):
+            return True
+        self.enable(subscription)
+        return False
+
+    def enable(self, subscription: str) -> None:
+        self.db.execute("DELETE FROM disabled_subscriptions WHERE subscription = ?", (subscription,))
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def prune(self, older_than_s: float, *, now: float | None = None) -> int:
+        """Forget finished jobs. Their event ids stop deduplicating after this: keep the
+        retention longer than any replay you expect (default 7 days)."""
+        now = time.time() if now is None else now
+        cur = self.db.execute(
+            "DELETE FROM jobs WHERE state IN ('delivered', 'dead') AND finished_at < ?",
+            (now - older_than_s,))
+        return cur.rowcount

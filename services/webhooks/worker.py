@@ -1,0 +1,186 @@
+"""One delivery worker per subscription, draining that subscription's queue.
+
+Ordering: only the oldest pending job of an entity (passport id / EVSE id) may be in
+flight or retried, so one endpoint sees an entity's events strictly in order, while
+other entities on the same endpoint proceed (up to ``concurrency`` at once). A
+failing entity therefore waits for its own retries without holding back the rest.
+
+Isolation: each worker has its own task, connection pool and queue; a slow or dead
+endpoint only ever delays itself.
+
+Responses: 2xx delivered; 410 Gone disables the subscription (persisted, pending jobs
+go to the dead-letter topic, later events are not queued); anything else is retried
+on the schedule (with jitter, never sooner than ``Retry-After``; a 429/5xx
+Retry-After also pauses the whole endpoint), and after the last attempt the job
+goes to the dead-letter topic. A delivery interrupted by a shutdown or a crash is
+attempted again (at least once, with the same ``webhook-id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from contextlib import suppress
+
+import structlog
+
+from services.common.settings import WebhookSubscription
+from services.webhooks.dead_letter import DeadLetterPublisher
+from services.webhooks.delivery import Attempt, Sender, retry_delay
+from services.webhooks.metrics import WebhookMetrics
+from services.webhooks.store import Job, JobStore
+from services.webhooks.subscriptions import safe_endpoint
+
+log = structlog.get_logger("ampgate.webhooks")
+
+
+class SubscriptionWorker:
+    def __init__(self, subscription: WebhookSubscription, store: JobStore, sender: Sender,
+                 dead_letters: DeadLetterPublisher, metrics: WebhookMetrics, *,
+                 schedule: list[float], concurrency: int = 8,
+                 rng: random.Random | None = None) -> None:
+        self.subscription = subscription
+        self.name = subscription.name
+        self._store = store
+        self._sender = sender
+        self._dead_letters = dead_letters
+        self._metrics = metrics
+        self._schedule = list(schedule)
+        self._max_attempts = len(self._schedule) + 1
+        self._concurrency = concurrency
+        self._rng = rng or random.Random()
+        self._endpoint = safe_endpoint(str(subscription.url))
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # entity -> its delivery
+        self._paused_until = 0.0
+        self.disabled = False
+
+    def load(self) -> None:
+        """Read the persisted state (store open): is this subscription disabled?"""
+        self.disabled = self._store.is_disabled(self.name, str(self.subscription.url))
+        self._metrics.disabled.labels(self.name).set(1 if self.disabled else 0)
+        # Counted at scrape time: a COUNT per delivery would cost O(backlog) each time.
+        self._metrics.pending.labels(self.name).set_function(self._pending)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _pending(self) -> float:
+        try:
+            return self._store.pending_count(self.name)
+        except RuntimeError:  # store closed (shutting down)
+            return 0
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                delay = self._dispatch()
+                if delay is None:
+                    await self._wake.wait()
+                else:
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+        finally:
+            await self._drain(grace_s=0)
+
+    async def stop(self, task: asyncio.Task[None], grace_s: float) -> None:
+        """Let in-flight deliveries finish for up to ``grace_s``, then cancel them (they
+        stay pending and are attempted again after the restart)."""
+        await self._drain(grace_s)
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+    async def _drain(self, grace_s: float) -> None:
+        tasks = list(self._in_flight.values())
+        if not tasks:
+            return
+        if grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _dispatch(self) -> float | None:
+        """Start every due head there is room for; seconds until the next one is due
+        (None: nothing scheduled, wait for a wake-up)."""
+        if self.disabled:
+            return None
+        now = time.time()
+        if now < self._paused_until:
+            return self._paused_until - now
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return None  # a finishing delivery wakes us
+        next_due: float | None = None
+        for job in self._store.heads(self.name, free + len(self._in_flight)):
+            if job.entity in self._in_flight:
+                continue
+            if job.next_attempt_at > now:
+                next_due = job.next_attempt_at if next_due is None else min(next_due, job.next_attempt_at)
+                continue
+            if free == 0:
+                break
+            free -= 1
+            self._in_flight[job.entity] = asyncio.create_task(
+                self._deliver(job), name=f"webhook-{self.name}-{job.id}")
+        return None if next_due is None else max(next_due - now, 0.0)
+
+    # -- one delivery ---------------------------------------------------------------------
+
+    async def _deliver(self, job: Job) -> None:
+        try:
+            started = time.perf_counter()
+            attempt = await self._sender.send(job.event_id, job.body)
+            self._metrics.duration.labels(self.name).observe(time.perf_counter() - started)
+            self._record(job, attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never let one job kill the worker: count it as a failed attempt.
+            log.exception("webhook_delivery_error", subscription=self.name, event_id=job.event_id)
+            self._record(job, Attempt(None, "internal_error"))
+        finally:
+            self._in_flight.pop(job.entity, None)
+            self._wake.set()
+
+    def _record(self, job: Job, attempt: Attempt) -> None:
+        attempts = job.attempts + 1
+        fields = dict(subscription=self.name, event_id=job.event_id, entity=job.entity,
+                      attempt=attempts, status=attempt.status)
+        if attempt.ok:
+            self._store.mark_delivered(job.id, attempts)
+            self._metrics.deliveries.labels("success").inc()
+            log.info("webhook_delivered", **fields)
+            return
+        if attempt.gone:
+            self._disable(job, attempts, fields)
+            return
+        if attempt.retry_after_s:
+            # The endpoint asked everyone to wait, not just this entity.
+            self._paused_until = max(self._paused_until, time.time() + attempt.retry_after_s)
+        if attempts >= self._max_attempts:
+            self._store.mark_failed(job.id, attempts, attempt.error, reason="max_attempts")
+            self._metrics.deliveries.labels("failed").inc()
+            log.warning("webhook_delivery_failed", error=attempt.error, final=True, **fields)
+            self._dead_letters.wake()
+            return
+        delay = retry_delay(attempts, self._schedule, attempt.retry_after_s, self._rng)
+        self._store.schedule_retry(job.id, attempts, time.time() + delay, attempt.error)
+        self._metrics.deliveries.labels("retry").inc()
+        log.info("webhook_delivery_failed", error=attempt.error, final=False,
+                 retry_in_s=round(delay, 3), **fields)
+
+    def _disable(self, job: Job, attempts: int, fields: dict) -> None:
+        self._store.schedule_retry(job.id, attempts, job.next_attempt_at, "http_410")
+        moved = self._store.disable(self.name, str(self.subscription.url), "http_410")
+        self.disabled = True
+        self._metrics.disabled.labels(self.name).set(1)
+        self._metrics.deliveries.labels("disabled").inc()
+        log.warning("webhook_endpoint_disabled", endpoint=self._endpoint, reason="http_410",
+                    dead_lettered=moved, **fields)
+        self._dead_letters.wake()

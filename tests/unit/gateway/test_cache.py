@@ -1,0 +1,308 @@
+"""ResponseCache: single-flight, SWR, stale-if-error, byte budget, invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from services.common.settings import CachePolicy
+from services.gateway.cache import CachedResponse, CacheResult, ResponseCache, make_response
+from services.gateway.errors import UpstreamStatus, UpstreamTimeout
+from services.gateway.metrics import GatewayMetrics
+
+POLICY = CachePolicy(ttl_s=10, stale_while_revalidate_s=5, stale_if_error_s=100)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Fetcher:
+    """A fetch callable that counts calls; its answer and delay can be changed."""
+
+    def __init__(self, body: bytes = b'{"v": 1}', status: int = 200, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.body = body
+        self.status = status
+        self.delay = delay
+        self.error: Exception | None = None
+
+    async def __call__(self) -> CachedResponse:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return make_response(self.status, self.body, "application/json")
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry) -> GatewayMetrics:
+    return GatewayMetrics(registry)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def cache(metrics, clock):
+    c = ResponseCache(1024 * 1024, metrics, clock=clock)
+    yield c
+    await c.close()
+
+
+def lookups(registry: CollectorRegistry, route: str, result: str) -> float:
+    return registry.get_sample_value("ampgate_cache_lookups_total",
+                                     {"route": route, "result": result}) or 0.0
+
+
+@pytest.fixture
+async def slow_upstream(aiohttp_server):
+    """A real upstream that answers after 200 ms and counts calls."""
+    state = {"calls": 0}
+
+    async def handle(request: web.Request) -> web.Response:
+        state["calls"] += 1
+        await asyncio.sleep(0.2)
+        return web.json_response({"id": "p1", "pad": "x" * 1000})
+
+    app = web.Application()
+    app.router.add_get("/p1", handle)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+
+        async def fetch() -> CachedResponse:
+            async with session.get(server.make_url("/p1")) as resp:
+                return make_response(resp.status, await resp.read(), resp.content_type)
+
+        yield fetch, state
+
+
+async def test_cold_burst_makes_one_upstream_call_and_releases_everyone_at_once(
+        slow_upstream, metrics, registry):
+    fetch, state = slow_upstream
+    cache = ResponseCache(1024 * 1024, metrics)
+    done_at: list[float] = []
+
+    async def caller() -> tuple[CachedResponse, CacheResult]:
+        r = await cache.get_or_fetch("k", fetch, POLICY, route="passport")
+        done_at.append(time.perf_counter())
+        return r
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(caller() for _ in range(1000)))
+    assert state["calls"] == 1
+    bodies = {id(r.body) for r, _ in results}
+    assert len(bodies) == 1 and b'"p1"' in results[0][0].body  # everyone got the same bytes
+    assert [res for _, res in results].count(CacheResult.MISS) == 1
+    assert [res for _, res in results].count(CacheResult.COALESCED) == 999
+    # released when the call returned, not in polling steps (nginx: up to 500 ms later)
+    assert max(done_at) - started < 0.45
+    assert max(done_at) - min(done_at) < 0.1
+    assert lookups(registry, "passport", "coalesced") == 999
+    # and now it is a hit
+    again, res = await cache.get_or_fetch("k", fetch, POLICY, route="passport")
+    assert res is CacheResult.HIT and again is results[0][0]
+    await cache.close()
+
+
+async def test_hit_returns_the_stored_object_without_fetching(cache, registry):
+    fetch = Fetcher()
+    first, res1 = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    second, res2 = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert (res1, res2) == (CacheResult.MISS, CacheResult.HIT)
+    assert second is first and fetch.calls == 1
+    assert first.etag.startswith('"') and first.etag == make_response(200, b'{"v": 1}', "x").etag
+    assert lookups(registry, "r", "hit") == 1 and lookups(registry, "r", "miss") == 1
+
+
+async def test_cancelled_first_caller_does_not_break_the_fill(cache):
+    fetch = Fetcher(delay=0.1)
+    first = asyncio.create_task(cache.get_or_fetch("k", fetch, POLICY, route="r"))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(cache.get_or_fetch("k", fetch, POLICY, route="r"))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    resp, res = await second
+    assert resp.body == b'{"v": 1}' and res is CacheResult.COALESCED
+    assert first.cancelled()
+    _, res = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert res is CacheResult.HIT and fetch.calls == 1
+
+
+async def test_each_waiter_has_its_own_deadline(cache):
+    fetch = Fetcher(delay=0.3)
+    patient = asyncio.create_task(cache.get_or_fetch("k", fetch, POLICY, route="r"))
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    with pytest.raises(UpstreamTimeout) as err:
+        await cache.get_or_fetch("k", fetch, POLICY, route="r", wait_timeout_s=0.05)
+    assert time.perf_counter() - started < 0.2 and err.value.status == 504
+    resp, res = await patient  # the fill went on for the others
+    assert resp.body == b'{"v": 1}'
+    assert res is CacheResult.MISS and fetch.calls == 1
+    assert (await cache.get_or_fetch("k", fetch, POLICY, route="r"))[1] is CacheResult.HIT
+
+
+async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(cache, clock):
+    fetch = Fetcher(body=b"old")
+    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    clock.now += 11  # expired, within the 5 s SWR window
+    fetch.body, fetch.delay = b"new", 0.05
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(cache.get_or_fetch("k", fetch, POLICY, route="r") for _ in range(20)))
+    assert time.perf_counter() - started < 0.03  # nobody waited for the refresh
+    assert {(r.body, res) for r, res in results} == {(b"old", CacheResult.STALE)}
+    await asyncio.sleep(0.1)
+    assert fetch.calls == 2  # one background refresh for 20 stale reads
+    resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert (resp.body, res) == (b"new", CacheResult.HIT)
+
+
+async def test_past_swr_a_reader_waits_for_the_fetch(cache, clock):
+    fetch = Fetcher(body=b"old")
+    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    clock.now += 16  # past ttl + swr
+    fetch.body = b"new"
+    resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert (resp.body, res) == (b"new", CacheResult.MISS)
+
+
+async def test_stale_if_error_then_the_error_for_everyone(cache, clock):
+    fetch = Fetcher(body=b"old")
+    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    clock.now += 50  # past SWR, within ttl + stale_if_error (110 s)
+    fetch.error = UpstreamStatus("passport", 503, "down")
+    resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert (resp.body, res) == (b"old", CacheResult.STALE)
+
+    fetch.error = None
+    fetch.status, fetch.body = 500, b"boom"  # a 5xx answer counts as an error too
+    resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert (resp.body, res) == (b"old", CacheResult.STALE)
+
+    clock.now += 100  # past the stale-if-error window: the error reaches every waiter
+    fetch.status, fetch.delay = 200, 0.05
+    fetch.error = UpstreamStatus("passport", 503, "down")
+    calls = fetch.calls
+    results = await asyncio.gather(
+        *(cache.get_or_fetch("k", fetch, POLICY, route="r") for _ in range(5)),
+        return_exceptions=True)
+    assert all(isinstance(r, UpstreamStatus) for r in results)
+    assert fetch.calls == calls + 1
+
+
+async def test_non_200_answers_reach_waiters_but_are_not_stored(cache):
+    fetch = Fetcher(body=b'{"title":"not found"}', status=404, delay=0.05)
+    results = await asyncio.gather(
+        *(cache.get_or_fetch("k", fetch, POLICY, route="r") for _ in range(10)))
+    assert {(r.status, res) for r, res in results} == {
+        (404, CacheResult.MISS), (404, CacheResult.COALESCED)}
+    assert fetch.calls == 1 and cache.entries == 0
+    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert fetch.calls == 2
+
+    fetch.status = 502  # a 5xx without anything stale is handed over as it is
+    resp, _ = await cache.get_or_fetch("k2", fetch, POLICY, route="r")
+    assert resp.status == 502 and cache.entries == 0
+
+
+async def test_revalidate_fetches_even_when_fresh(cache):
+    fetch = Fetcher(body=b"v1")
+    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    fetch.body = b"v2"
+    resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r", revalidate=True)
+    assert (resp.body, res) == (b"v2", CacheResult.MISS)
+    assert (await cache.get_or_fetch("k", fetch, POLICY, route="r"))[0].body == b"v2"
+
+
+async def test_zero_ttl_bypasses(cache, registry):
+    fetch = Fetcher()
+    policy = CachePolicy(ttl_s=0, stale_while_revalidate_s=0, stale_if_error_s=0)
+    for _ in range(3):
+        _, res = await cache.get_or_fetch("k", fetch, policy, route="r")
+        assert res is CacheResult.BYPASS
+    assert fetch.calls == 3 and cache.entries == 0
+    assert lookups(registry, "r", "bypass") == 3
+
+
+async def test_byte_budget_holds_under_ten_times_the_budget(metrics, registry, clock):
+    budget = 100_000
+    cache = ResponseCache(budget, metrics, clock=clock)
+    body = b"x" * 5_000
+    for i in range(200):  # 1 MB written
+        await cache.get_or_fetch(i, Fetcher(body=body), POLICY, route="r")
+        assert cache.bytes <= budget
+        # key 0 is read all the time: LRU keeps it
+        assert (await cache.get_or_fetch(0, Fetcher(), POLICY, route="r"))[1] is CacheResult.HIT
+    assert cache.entries < 20
+    assert registry.get_sample_value("ampgate_cache_bytes") == cache.bytes
+    assert registry.get_sample_value("ampgate_cache_entries") == cache.entries
+    assert registry.get_sample_value("ampgate_cache_evictions_total", {"reason": "lru"}) > 150
+    # an entry bigger than a quarter of the budget is served but never stored
+    resp, _ = await cache.get_or_fetch("big", Fetcher(body=b"y" * 30_000), POLICY, route="r")
+    assert len(resp.body) == 30_000 and (await cache.get_or_fetch(
+        "big", Fetcher(body=b"z"), POLICY, route="r"))[0].body == b"z"
+    await cache.close()
+
+
+async def test_invalidate_tag_and_clear(cache, registry):
+    await cache.get_or_fetch("a", Fetcher(), POLICY, route="r", tags=[("passport", "p1")])
+    await cache.get_or_fetch("b", Fetcher(), POLICY, route="r", tags=[("passport", "p1")])
+    await cache.get_or_fetch("c", Fetcher(), POLICY, route="r", tags=[("passport", "p2")])
+    assert cache.invalidate_tag(("passport", "p1")) == 2
+    assert cache.entries == 1
+    assert cache.invalidate_tag(("passport", "nope")) == 0
+    assert (await cache.get_or_fetch("a", Fetcher(), POLICY, route="r"))[1] is CacheResult.MISS
+    assert cache.clear() == 2 and cache.entries == 0 and cache.bytes == 0
+    assert registry.get_sample_value("ampgate_cache_evictions_total",
+                                     {"reason": "invalidated"}) == 2
+    assert registry.get_sample_value("ampgate_cache_evictions_total", {"reason": "purged"}) == 2
+
+
+@pytest.mark.parametrize("how", ["tag", "clear"])
+async def test_invalidation_during_a_fetch_keeps_the_old_body_out(cache, how):
+    tag = ("passport", "p1")
+    before_write = Fetcher(body=b"before-write", delay=0.1)
+    inflight = asyncio.create_task(
+        cache.get_or_fetch("k", before_write, POLICY, route="r", tags=[tag]))
+    await asyncio.sleep(0.02)
+    cache.invalidate_tag(tag) if how == "tag" else cache.clear()  # a write happened upstream
+    after_write = Fetcher(body=b"after-write")
+    # a reader arriving after the write does not join the outdated fetch
+    resp, res = await cache.get_or_fetch("k", after_write, POLICY, route="r", tags=[tag])
+    assert (resp.body, res) == (b"after-write", CacheResult.MISS)
+    old, _ = await inflight
+    assert old.body == b"before-write"  # its own caller still gets its answer...
+    resp, res = await cache.get_or_fetch("k", Fetcher(), POLICY, route="r")
+    assert (resp.body, res) == (b"after-write", CacheResult.HIT)  # ...but it was not stored
+
+
+async def test_close_cancels_background_refreshes(metrics, clock):
+    cache = ResponseCache(1024 * 1024, metrics, clock=clock)
+    fetch = Fetcher(body=b"old")
+    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    clock.now += 11
+    fetch.delay = 10
+    assert (await cache.get_or_fetch("k", fetch, POLICY, route="r"))[1] is CacheResult.STALE
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    await cache.close()
+    assert time.perf_counter() - started < 0.1

@@ -1,0 +1,348 @@
+"""UpstreamClient against real aiohttp servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from services.common.settings import PassportSettings, UpstreamSettings
+from services.gateway.errors import CircuitOpen, UpstreamError, UpstreamStatus, UpstreamTimeout
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.tokens import StaticToken, TokenManager, siemensid_fetcher
+from services.gateway.upstream import UpstreamClient
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Upstream:
+    """A scriptable upstream: ``script`` is a list of (status, body, headers) answered in
+    order (the last one repeats); it also issues and checks bearer tokens."""
+
+    def __init__(self) -> None:
+        self.calls: list[web.Request] = []
+        self.bodies: list[bytes] = []
+        self.script: list[tuple[int, bytes, dict[str, str]]] = [(200, b'{"ok": true}', {})]
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.valid_tokens: set[str] = set()
+        self.check_tokens = False
+        self.token_calls = 0
+        self._n = itertools.count(1)
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.token_calls += 1
+        await asyncio.sleep(0.02)
+        token = f"tok-{next(self._n)}"
+        self.valid_tokens = {token}  # a new token revokes the old ones
+        return web.json_response({"access_token": token, "expires_in": 3600})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.append(request)
+        self.bodies.append(await request.read())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.check_tokens:
+                auth = request.headers.get("Authorization", "")
+                if auth.removeprefix("Bearer ") not in self.valid_tokens:
+                    return web.json_response({"message": "Unauthorized"}, status=401)
+            i = min(len(self.calls) - 1, len(self.script) - 1)
+            status, body, headers = self.script[i]
+            return web.Response(status=status, body=body, headers=headers,
+                                content_type="application/json")
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def upstream(aiohttp_server):
+    up = Upstream()
+    app = web.Application()
+    app.router.add_post("/oauth/token", up.token)
+    app.router.add_route("*", "/{tail:.*}", up.handle)
+    server = await aiohttp_server(app)
+    up.url = str(server.make_url("/"))  # type: ignore[attr-defined]
+    return up
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry) -> GatewayMetrics:
+    return GatewayMetrics(registry)
+
+
+def settings(base_url: str, **kw) -> UpstreamSettings:
+    return UpstreamSettings(base_url=base_url, **kw)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_url_prefix_params_and_forwarded_headers(upstream, session, metrics, registry):
+    client = UpstreamClient("pricing", settings(upstream.url + "prefix"), session,
+                            StaticToken("x-api-token", SecretStr("pt")), metrics)
+    resp = await client.request(
+        "single", "GET", "/api/pricing/",
+        params={"evseId": "DE*EEE*E000001", "page[limit]": "5", "q": "a b&c"},
+        request_id="req-1", traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert resp.status == 200 and resp.json() == {"ok": True}
+    assert resp.content_type == "application/json"
+    req = upstream.calls[0]
+    assert req.path == "/prefix/api/pricing/"
+    assert dict(req.query) == {"evseId": "DE*EEE*E000001", "page[limit]": "5", "q": "a b&c"}
+    assert req.headers["x-api-token"] == "pt"
+    assert req.headers["X-Request-ID"] == "req-1"
+    assert req.headers["traceparent"].startswith("00-0af76519")
+    assert sample(registry, "ampgate_upstream_requests_total",
+                  upstream="pricing", operation="single", status="200") == 1
+    assert sample(registry, "ampgate_upstream_request_duration_seconds_count",
+                  upstream="pricing", operation="single") == 1
+
+
+async def test_base_url_with_trailing_slash_and_sequence_params(upstream, session, metrics):
+    client = UpstreamClient("cpo", settings(upstream.url + "cpo/"), session, None, metrics)
+    await client.request("stations", "GET", "api/cpoapi/v1/charging_stations/",
+                         params=[("page[limit]", "500"), ("page[offset]", "0")])
+    req = upstream.calls[0]
+    assert req.path == "/cpo/api/cpoapi/v1/charging_stations/"
+    assert list(req.query.items()) == [("page[limit]", "500"), ("page[offset]", "0")]
+
+
+async def test_write_sends_body_and_content_type(upstream, session, metrics):
+    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    await client.request("create", "POST", "/v1/passports", body=b'{"id":"p1"}',
+                         content_type="application/json")
+    assert upstream.calls[0].method == "POST"
+    assert upstream.bodies[0] == b'{"id":"p1"}'
+    assert upstream.calls[0].headers["Content-Type"] == "application/json"
+
+
+async def test_timeout_is_a_504_within_the_budget(upstream, session, metrics, registry):
+    upstream.delay = 2.0
+    client = UpstreamClient("cpo", settings(upstream.url, timeout_s=0.3), session, None, metrics)
+    started = time.perf_counter()
+    with pytest.raises(UpstreamTimeout) as err:
+        await client.request("stations", "GET", "/x")
+    assert time.perf_counter() - started < 0.8
+    assert err.value.status == 504
+    assert sample(registry, "ampgate_upstream_requests_total",
+                  upstream="cpo", operation="stations", status="timeout") == 1
+
+
+async def test_get_is_retried_on_503_then_succeeds(upstream, session, metrics, registry):
+    upstream.script = [(503, b"", {}), (502, b"", {}), (200, b"{}", {})]
+    client = UpstreamClient("cpo", settings(upstream.url, retries=2), session, None, metrics)
+    resp = await client.request("stations", "GET", "/x")
+    assert resp.status == 200 and len(upstream.calls) == 3
+    assert sample(registry, "ampgate_upstream_requests_total",
+                  upstream="cpo", operation="stations", status="503") == 1
+
+
+async def test_5xx_after_retries_is_a_502(upstream, session, metrics):
+    upstream.script = [(503, b'{"status":"error","message":"down"}', {})]
+    client = UpstreamClient("cpo", settings(upstream.url, retries=1), session, None, metrics)
+    with pytest.raises(UpstreamStatus) as err:
+        await client.request("stations", "GET", "/x")
+    assert err.value.status == 502 and err.value.upstream_status == 503
+    assert "down" in err.value.extra["upstream_excerpt"]
+    assert len(upstream.calls) == 2
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+async def test_writes_are_never_retried(upstream, session, metrics, method):
+    upstream.script = [(503, b"", {}), (200, b"{}", {})]
+    client = UpstreamClient("passport", settings(upstream.url, retries=3), session, None, metrics)
+    with pytest.raises(UpstreamStatus):
+        await client.request("write", method, "/v1/passports/p1")
+    assert len(upstream.calls) == 1
+
+
+async def test_small_retry_after_is_honoured_large_one_is_not_waited_for(upstream, session,
+                                                                          metrics):
+    upstream.script = [(429, b"", {"Retry-After": "0"}), (200, b"{}", {})]
+    client = UpstreamClient("pricing", settings(upstream.url), session, None, metrics)
+    assert (await client.request("single", "GET", "/x")).status == 200
+    assert len(upstream.calls) == 2
+
+    upstream.calls.clear()
+    upstream.script = [(429, b"slow down", {"Retry-After": "120"})]
+    started = time.perf_counter()
+    with pytest.raises(UpstreamStatus) as err:
+        await client.request("single", "GET", "/x")
+    assert err.value.upstream_status == 429 and len(upstream.calls) == 1
+    assert time.perf_counter() - started < 0.5
+
+
+async def test_connection_refused_is_retried_then_a_502(session, metrics, registry,
+                                                        unused_tcp_port):
+    client = UpstreamClient("cpo", settings(f"http://127.0.0.1:{unused_tcp_port}", retries=2),
+                            session, None, metrics)
+    with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamError) as err:
+        await client.request("stations", "GET", "/x")
+    assert type(err.value) is UpstreamError and err.value.status == 502
+    assert sample(registry, "ampgate_upstream_requests_total",
+                  upstream="cpo", operation="stations", status="error") == 3
+    assert [e["attempt"] for e in logs if e["event"] == "upstream_retry"] == [1, 2]
+
+
+async def test_4xx_keeps_status_with_a_safe_excerpt(upstream, session, metrics):
+    upstream.script = [(404, b'{"message":"no\x00such\x1b[31m passport' + b"x" * 500 + b'"}', {})]
+    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    with pytest.raises(UpstreamStatus) as err:
+        await client.request("public", "GET", "/v1/passports/public/p1")
+    assert err.value.status == 404
+    excerpt = err.value.extra["upstream_excerpt"]
+    assert len(excerpt) <= 200 and "\x00" not in excerpt and "\x1b" not in excerpt
+    assert excerpt.startswith('{"message":"no such')
+    assert len(upstream.calls) == 1  # 4xx is not retried
+
+    resp = await client.request("public", "GET", "/v1/passports/public/p1", accept_statuses={404})
+    assert resp.status == 404
+
+
+def token_manager(upstream, session, metrics) -> TokenManager:
+    ps = PassportSettings(base_url=upstream.url, token_url=upstream.url + "oauth/token",
+                          client_id="c", client_secret="s")
+    return TokenManager("passport", siemensid_fetcher(ps), session, metrics)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_401_drops_the_token_refreshes_once_and_replays(upstream, session, metrics, method):
+    upstream.check_tokens = True
+    tm = token_manager(upstream, session, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), session, tm, metrics)
+    old = await tm.token()
+    upstream.valid_tokens = set()  # revoked before it expired
+    resp = await client.request("op", method, "/v1/passports", body=b"{}" if method == "POST" else None)
+    assert resp.status == 200
+    assert upstream.token_calls == 2
+    assert len(upstream.calls) == 2
+    assert upstream.calls[1].headers["Authorization"] != f"Bearer {old}"
+
+
+async def test_second_401_is_an_error_not_a_loop(upstream, session, metrics):
+    upstream.script = [(401, b'{"message":"Unauthorized"}', {})]
+    tm = token_manager(upstream, session, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), session, tm, metrics)
+    with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamStatus) as err:
+        await client.request("op", "GET", "/v1/passports")
+    assert err.value.upstream_status == 401 and err.value.status == 502
+    assert len(upstream.calls) == 2 and upstream.token_calls == 2
+    assert "tok-" not in repr(logs)  # tokens never logged
+
+
+async def test_static_token_401_is_not_replayed(upstream, session, metrics):
+    upstream.script = [(401, b"{}", {})]
+    client = UpstreamClient("pricing", settings(upstream.url), session,
+                            StaticToken("x-api-token", SecretStr("pt")), metrics)
+    with pytest.raises(UpstreamStatus):
+        await client.request("single", "GET", "/api/pricing/")
+    assert len(upstream.calls) == 1
+
+
+async def test_burst_of_401s_makes_one_token_refresh(upstream, session, metrics):
+    upstream.check_tokens = True
+    tm = token_manager(upstream, session, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), session, tm, metrics)
+    await tm.token()
+    upstream.valid_tokens = set()
+    results = await asyncio.gather(*(client.request("op", "GET", "/v1/x") for _ in range(200)))
+    assert all(r.status == 200 for r in results)
+    assert upstream.token_calls == 2
+
+
+async def test_circuit_opens_fails_fast_and_closes_after_a_probe(upstream, session, metrics,
+                                                                 registry):
+    upstream.script = [(500, b"", {})]
+    clock = FakeClock()
+    client = UpstreamClient("cpo", settings(upstream.url, retries=0, breaker_failures=3,
+                                            breaker_reset_s=10), session, None, metrics,
+                            clock=clock)
+    for _ in range(3):
+        with pytest.raises(UpstreamStatus):
+            await client.request("stations", "GET", "/x")
+    assert client.breaker.state == "open"
+    assert sample(registry, "ampgate_upstream_circuit_state", upstream="cpo") == 2
+    with pytest.raises(CircuitOpen) as err:
+        await client.request("stations", "GET", "/x")
+    assert err.value.status == 503 and err.value.headers["Retry-After"] == "10"
+    assert len(upstream.calls) == 3  # not called while open
+    assert sample(registry, "ampgate_upstream_requests_total",
+                  upstream="cpo", operation="stations", status="circuit_open") == 1
+
+    clock.now += 10
+    assert client.breaker.state == "half_open"
+    upstream.script = [(200, b"{}", {})]
+    upstream.calls.clear()
+    upstream.delay = 0.1
+    probe = asyncio.create_task(client.request("stations", "GET", "/x"))
+    await asyncio.sleep(0.03)
+    with pytest.raises(CircuitOpen):  # only one probe at a time
+        await client.request("stations", "GET", "/x")
+    assert (await probe).status == 200
+    assert client.breaker.state == "closed"
+    assert sample(registry, "ampgate_upstream_circuit_state", upstream="cpo") == 0
+    assert len(upstream.calls) == 1
+
+
+async def test_failed_probe_reopens(upstream, session, metrics):
+    upstream.script = [(502, b"", {})]
+    clock = FakeClock()
+    client = UpstreamClient("cpo", settings(upstream.url, retries=0, breaker_failures=1,
+                                            breaker_reset_s=5), session, None, metrics,
+                            clock=clock)
+    with pytest.raises(UpstreamStatus):
+        await client.request("stations", "GET", "/x")
+    clock.now += 5
+    with pytest.raises(UpstreamStatus):
+        await client.request("stations", "GET", "/x")  # the probe fails
+    assert client.breaker.state == "open"
+    with pytest.raises(CircuitOpen):
+        await client.request("stations", "GET", "/x")
+
+
+async def test_4xx_do_not_trip_the_breaker(upstream, session, metrics):
+    upstream.script = [(404, b"", {})]
+    client = UpstreamClient("cpo", settings(upstream.url, breaker_failures=2), session, None,
+                            metrics)
+    for _ in range(5):
+        with pytest.raises(UpstreamStatus):
+            await client.request("stations", "GET", "/x")
+    assert client.breaker.state == "closed"
+
+
+async def test_concurrency_is_bounded(upstream, session, metrics):
+    upstream.delay = 0.05
+    client = UpstreamClient("cpo", settings(upstream.url, max_concurrency=3), session, None,
+                            metrics)
+    await asyncio.gather(*(client.request("stations", "GET", "/x") for _ in range(20)))
+    assert len(upstream.calls) == 20
+    assert upstream.max_in_flight == 3
