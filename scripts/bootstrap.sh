@@ -14,5 +14,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   touch "$stamp"
 fi
+# buf (proto lint) and the official AsyncAPI JSON Schemas from npm, into .tools/ (git-ignored).
+if command -v npm >/dev/null 2>&1 && { [ ! -x .tools/node_modules/.bin/buf ] ||
+    [ ! -f .tools/node_modules/@asyncapi/specs/schemas/3.0.0.json ]; }; then
+  mkdir -p .tools
+  npm install --silent --no-audit --no-fund --prefix .tools '@bufbuild/buf@^1.50' '@asyncapi/specs@^6' >/dev/null
+fi
+# promtool (Prometheus rule tests) taken out of Debian's prometheus package into .venv/bin; the
+# package itself is not installed: its maintainer scripts would start a Prometheus server.
+if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null 2>&1 &&
+    command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  deb=$(mktemp -d)
+  if { apt-get update -qq && (cd "$deb" && apt-get download -qq prometheus) &&
+       dpkg-deb --fsys-tarfile "$deb"/prometheus_*.deb | tar -xO ./usr/bin/promtool >"$deb/promtool" &&
+       install -m 0755 "$deb/promtool" .venv/bin/promtool; } >/dev/null 2>&1; then :
+  else echo "bootstrap: promtool unavailable (Debian package prometheus)" >&2; fi
+  rm -rf "$deb"
+fi
 # Generated protobuf code is never committed: build it from proto-schemas/.
 if [ -x scripts/gen_protos.sh ]; then bash scripts/gen_protos.sh; fi

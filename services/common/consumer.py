@@ -56,6 +56,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.events import ConsumedEvent, InvalidEvent, parse_event
 from services.common.http import READINESS_KEY, base_app
+from services.common.kafka import ensure_topics
 from services.common.settings import Settings
 
 log = structlog.get_logger("ampgate.consumer")
@@ -201,6 +202,15 @@ class EventConsumer:
     # -- the loop ------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._run_until_stopped()
+        finally:
+            # Cancelled mid-batch (stop() timed out, or the loop is torn down): leave the
+            # group WITHOUT committing the unfinished batch; it is delivered again.
+            if self._consumer is not None:
+                await self._disconnect(commit=False)
+
+    async def _run_until_stopped(self) -> None:
         delay = self._settings.consumer.retry_backoff_s
         while not self._stopping.is_set():
             try:
@@ -438,11 +448,14 @@ class EventConsumer:
 
 
 async def _ensure_topics(settings: Settings, topics: Sequence[str]) -> None:
-    """Create missing topics (tansu: records produced before the topic exists may never be
-    readable). Delegates to services.common.kafka.ensure_topics."""
-    from services.common.kafka import ensure_topics
-
-    await ensure_topics(settings.kafka, topics)
+    """Create missing topics before subscribing (tansu: a topic auto-created by a metadata
+    request gets the default partition count, and records produced before the topic
+    exists may never be readable)."""
+    kafka = settings.kafka
+    await asyncio.wait_for(
+        ensure_topics(kafka.bootstrap_servers, topics, kafka.partitions,
+                      kafka.replication_factor, request_timeout_s=COMMIT_TIMEOUT_S),
+        COMMIT_TIMEOUT_S + 1)
 
 
 # -- the worker's HTTP side ----------------------------------------------------------

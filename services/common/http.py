@@ -25,6 +25,10 @@ HTTP_METRICS_KEY = web.AppKey("http_metrics", HttpMetrics)
 # Readiness checks: name -> callable returning (ready, detail). Degraded parts report
 # detail without making the service unready (e.g. Kafka down: events wait in the outbox).
 READINESS_KEY = web.AppKey("readiness", dict)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+TRACEPARENT_KEY = web.RequestKey("traceparent", str)
+# Set by a service's authentication: the caller's configured name (metrics label).
+CLIENT_NAME_KEY = web.RequestKey("client_name", str)
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT_OK = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -58,7 +62,7 @@ def route_template(request: web.Request) -> str:
 
 
 def client_name(request: web.Request) -> str:
-    return request.get("client_name", "anonymous")
+    return request.get(CLIENT_NAME_KEY, "anonymous")
 
 
 @web.middleware
@@ -69,8 +73,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     traceparent = request.headers.get("traceparent", "")
     if not _TRACEPARENT_OK.match(traceparent):
         traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
-    request["request_id"] = request_id
-    request["traceparent"] = traceparent
+    request[REQUEST_ID_KEY] = request_id
+    request[TRACEPARENT_KEY] = traceparent
     route = route_template(request)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, traceparent=traceparent)

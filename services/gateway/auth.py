@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from aiohttp import web
 
 from services.common.errors import Problem
+from services.common.http import CLIENT_NAME_KEY
 from services.common.settings import ClientSpec
 
 
@@ -26,7 +27,7 @@ class Authenticator:
         if client is None:
             raise Problem(401, "Unauthorized", "unknown API key",
                           headers={"WWW-Authenticate": 'Bearer realm="ampgate", error="invalid_token"'})
-        request["client_name"] = client.name
+        request[CLIENT_NAME_KEY] = client.name
         return client
 
     def authorize(self, request: web.Request, scope: str) -> ClientSpec:

@@ -23,7 +23,6 @@ Calls are synchronous and cheap on the common path: last digests are held in mem
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +40,10 @@ from services.common.events import (
     PASSPORT_TOPIC,
     PRICE_CE_TYPE,
     PRICE_TOPIC,
+    EventRecord,
     build_event,
+    digest_of,
+    rfc3339,
 )
 from services.common.outbox import Outbox
 from services.gateway.metrics import GatewayMetrics
@@ -72,7 +74,7 @@ class Detection(StrEnum):
 
 def digest(doc: Any) -> str:
     """``sha256:<hex>`` of the canonical JSON (keys sorted at every level)."""
-    return "sha256:" + hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return digest_of(doc)
 
 
 # --- tariffs -------------------------------------------------------------------------------
@@ -126,6 +128,11 @@ def _integer(value: Any) -> int | None:
     return None
 
 
+def evse_key(evse_id: str) -> str:
+    """eMI3 EVSE ids are case-insensitive; the gateway's validation upper-cases them too."""
+    return evse_id.upper()
+
+
 def _strip_request_dependent(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _strip_request_dependent(v) for k, v in value.items()
@@ -140,10 +147,10 @@ def _strip_request_dependent(value: Any) -> Any:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS change_seen (
     entity   TEXT NOT NULL,             -- passport | price
-    context  TEXT NOT NULL DEFAULT '',  -- tariff context name; '' for passports
+    context  TEXT NOT NULL DEFAULT '',  -- tariff context name ('' for passports)
     key      TEXT NOT NULL,             -- passport id | EVSE id
     digest   TEXT NOT NULL,             -- '' once deleted (tombstone)
-    document BLOB,                      -- zlib(orjson(doc)); NULL once deleted
+    document BLOB,                      -- zlib(orjson(doc)), NULL once deleted
     seen_at  TEXT NOT NULL,
     PRIMARY KEY (entity, context, key)
 );
@@ -197,8 +204,9 @@ class ChangeDetector:
 
     def tariff(self, evse_id: str, context: str, tariff: Mapping[str, Any] | None,
                detected_by: Detection, change: ChangeKind | None = None) -> bool:
-        """Record an EVSE's tariff (``tariff_of(...)``) under a context NAME; True if announced."""
-        return self._observe(PRICE, context, [Observation(evse_id, tariff)],
+        """Record an EVSE's tariff (``tariff_of(...)``) under a context NAME; True if announced.
+        EVSE ids are case-insensitive: they are keyed (and announced) upper-case."""
+        return self._observe(PRICE, context, [Observation(evse_key(evse_id), tariff)],
                              detected_by, change) > 0
 
     def passports(self, observations: Iterable[Observation], detected_by: Detection,
@@ -209,7 +217,9 @@ class ChangeDetector:
     def tariffs(self, context: str, observations: Iterable[Observation],
                 detected_by: Detection, change: ChangeKind | None = None) -> int:
         """A page of tariffs in one transaction (pollers); returns how many were announced."""
-        return self._observe(PRICE, context, list(observations), detected_by, change)
+        return self._observe(PRICE, context,
+                             [Observation(evse_key(o.key), o.document) for o in observations],
+                             detected_by, change)
 
     def known_evses(self, context: str) -> set[str]:
         """EVSEs with a live (not deleted) tariff under this context."""
@@ -223,15 +233,13 @@ class ChangeDetector:
 
     def pass_completed(self, scope: str) -> bool:
         """Has a poller ever completed a whole pass over ``scope``?"""
-        with self._outbox.transaction() as conn:
-            return conn.execute("SELECT 1 FROM poll_pass WHERE scope = ?",
-                                (scope,)).fetchone() is not None
+        return self._outbox.connection.execute(
+            "SELECT 1 FROM poll_pass WHERE scope = ?", (scope,)).fetchone() is not None
 
     def members(self, scope: str) -> set[str]:
         """Keys the poller's passes over ``scope`` have found (and not yet seen vanish)."""
-        with self._outbox.transaction() as conn:
-            return {k for (k,) in conn.execute("SELECT key FROM poll_member WHERE scope = ?",
-                                               (scope,))}
+        return {k for (k,) in self._outbox.connection.execute(
+            "SELECT key FROM poll_member WHERE scope = ?", (scope,))}
 
     def add_members(self, scope: str, keys: Iterable[str]) -> None:
         with self._outbox.transaction() as conn:
@@ -249,66 +257,69 @@ class ChangeDetector:
             conn.executemany("INSERT OR IGNORE INTO poll_member (scope, key) VALUES (?, ?)",
                              [(scope, k) for k in keys])
             conn.execute("INSERT OR REPLACE INTO poll_pass (scope, completed_at) VALUES (?, ?)",
-                         (scope, _rfc3339(self._clock())))
+                         (scope, rfc3339(self._clock())))
 
     # -- the work ----------------------------------------------------------------------
 
     def _observe(self, entity: str, context: str, observations: list[Observation],
                  detected_by: Detection, change: ChangeKind | None) -> int:
-        # Cheap pass first, outside any transaction: most observations are unchanged.
-        pending: list[tuple[Observation, str, str | None]] = []
+        # Cheap pass first: most observations are unchanged and cost a dump and a hash.
+        pending: list[tuple[Observation, str, EventRecord]] = []
+        now = self._clock()
+        if len({o.key for o in observations}) != len(observations):
+            observations = list({o.key: o for o in observations}.values())  # last one wins
         for obs in observations:
             new = digest(obs.document) if obs.document is not None else ""
             last = self._seen.get((entity, context, obs.key))
             if detected_by is not Detection.WRITE and new == (last or ""):
                 continue  # unchanged (or still gone / never known and absent)
-            pending.append((obs, new, last))
-        if not pending:
-            return 0
-        now = self._clock()
-        announced = 0
-        with self._outbox.transaction() as conn:
-            for obs, new, last in pending:
-                previous = _load_document(conn, entity, context, obs.key) if last else None
-                kind = _kind(detected_by, change, obs.document, last)
+            previous = self._document(entity, context, obs.key) if last else None
+            kind = _kind(detected_by, change, obs.document, last)
+            try:
                 record = _build(entity, context, obs.key, kind, detected_by, last or "", new,
                                 previous, obs.document, now)
+            except ValueError as exc:
+                # Not representable in the contract (build_event checks): skip it, and do
+                # not remember it either, rather than fail the request that saw it.
+                log.error("change_event_invalid", entity=entity, error=str(exc)[:200])
+                continue
+            pending.append((obs, new, record))
+        if not pending:
+            return 0
+        seen_at = rfc3339(now)
+        with self._outbox.transaction() as conn:
+            for obs, new, record in pending:
                 self._outbox.add(conn, record)
-                if obs.document is None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO change_seen VALUES (?, ?, ?, '', NULL, ?)",
-                        (entity, context, obs.key, _rfc3339(now)))
-                else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO change_seen VALUES (?, ?, ?, ?, ?, ?)",
-                        (entity, context, obs.key, new,
-                         zlib.compress(orjson.dumps(obs.document)), _rfc3339(now)))
-                announced += 1
+                document = (zlib.compress(orjson.dumps(obs.document))
+                            if obs.document is not None else None)
+                conn.execute("INSERT OR REPLACE INTO change_seen "
+                             "(entity, context, key, digest, document, seen_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (entity, context, obs.key, new, document, seen_at))
         # Committed: now memory may follow (a failed transaction leaves it as it was).
         for obs, new, _ in pending:
             self._seen[(entity, context, obs.key)] = new
         self._metrics.changes_detected.labels(entity=entity,
-                                              detected_by=detected_by.label).inc(announced)
-        if announced:
-            log.debug("changes_detected", entity=entity, detected_by=detected_by.label,
-                      count=announced)
-        return announced
+                                              detected_by=detected_by.label).inc(len(pending))
+        log.debug("changes_detected", entity=entity, detected_by=detected_by.label,
+                  count=len(pending))
+        return len(pending)
+
+    def _document(self, entity: str, context: str, key: str) -> Any | None:
+        row = self._outbox.connection.execute(
+            "SELECT document FROM change_seen WHERE entity = ? AND context = ? AND key = ?",
+            (entity, context, key)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return orjson.loads(zlib.decompress(row[0]))
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
-    # executescript() would COMMIT the outbox's open transaction; run statement by statement.
+    # executescript() would COMMIT the outbox's open transaction; run statement by statement
+    # (no ";" inside the statements' comments).
     for stmt in _SCHEMA.split(";"):
         if stmt.strip():
             conn.execute(stmt)
-
-
-def _load_document(conn: sqlite3.Connection, entity: str, context: str,
-                   key: str) -> Any | None:
-    row = conn.execute("SELECT document FROM change_seen WHERE entity = ? AND context = ? "
-                       "AND key = ?", (entity, context, key)).fetchone()
-    if row is None or row[0] is None:
-        return None
-    return orjson.loads(zlib.decompress(row[0]))
 
 
 def _kind(detected_by: Detection, change: ChangeKind | None,
@@ -345,7 +356,7 @@ def _changed_paths(kind: ChangeKind, previous: Any | None, current: Any | None) 
 
 def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: Detection,
            previous_digest: str, new_digest: str, previous: Any | None,
-           current: Mapping[str, Any] | None, now: datetime):
+           current: Mapping[str, Any] | None, now: datetime) -> EventRecord:
     """The event, in proto3 JSON: defaults (empty strings, empty lists) omitted."""
     paths = _changed_paths(kind, previous, current)
     data: dict[str, Any] = {
@@ -371,13 +382,9 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
         if current is not None:
             data["current"] = current
         topic, ce_type = PRICE_TOPIC, PRICE_CE_TYPE
-    data["observed_at"] = _rfc3339(now)
+    data["observed_at"] = rfc3339(now)
     return build_event(topic, ce_type, key, data, time=now)
 
 
-def _rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 __all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Detection", "Observation",
-           "digest", "tariff_of"]
+           "digest", "evse_key", "tariff_of"]

@@ -1,22 +1,28 @@
 """Cache invalidation across replicas (issue 3 §4): every replica reads every change event.
 
-Each gateway replica consumes both topics WITHOUT a consumer group (aiokafka assigns us
-every partition and notices new topics/partitions by metadata refresh), so each replica
-sees each event; there is nothing to commit. For every event it calls
-``on_change(topic, entity_id, data)``; the gateway maps that to cache eviction.
+Each gateway replica reads both topics WITHOUT a consumer group: it assigns itself every
+partition, so each replica sees each event and there is nothing to commit. For every
+event it calls ``on_change(topic, entity_id, data)``; the gateway maps that to eviction.
+
+Which partitions: found by asking the broker for ALL topics' metadata (an admin
+``describe_topics(None)``), never by naming ours — naming a missing topic makes Kafka and
+tansu auto-create it with the broker's default partition count, racing the gateway's own
+creation (``AMPGATE_KAFKA__PARTITIONS``). Topics missing at start are looked for again
+every second; once all are there, every 30 s (partitions added later).
 
 Where reading starts:
-* partitions assigned when the consumer first starts: their END (DESIGN.md §11: the
-  invalidation consumer reads from the latest — a replica's cache starts empty, history
-  holds nothing it needs to evict);
-* partitions that appear later (a topic created after we started): their BEGINNING —
-  everything in them was published after we started;
-* an offset out of range (the tansu broker restarted empty, or retention ran ahead of
-  us): the earliest offset, again everything there is new to us.
+* partitions found by the first look: their END (DESIGN.md §11: the invalidation consumer
+  reads from the latest — a fresh replica's cache is empty, old events evict nothing);
+* partitions found later (a topic created after we started): their BEGINNING — all of it
+  was published after we started;
+* after a reconnect: where we were (positions are kept across reconnects);
+* an offset out of range (retention overtook us), or beyond a partition's end (tansu
+  restarted empty; it answers no error there, so we compare with the end offsets every
+  2 s): the beginning.
 Evicting twice is harmless; missing an eviction serves a stale document.
 
-The broker may be down when the gateway starts: ``start()`` returns at once, and a
-background task keeps trying (jittered backoff) without ever blocking start-up.
+The broker may be down when the gateway starts: ``start()`` returns at once and a
+background task keeps trying (jittered backoff), never blocking start-up.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, InvalidEvent, parse_event
@@ -38,7 +46,9 @@ log = structlog.get_logger(__name__)
 
 OnChange = Callable[[str, str, dict[str, Any]], Awaitable[None] | None]
 TOPICS = (PASSPORT_TOPIC, PRICE_TOPIC)
-_INITIAL_ASSIGNMENT_WAIT_S = 5.0
+_LOOK_MISSING_S = 1.0
+_LOOK_COMPLETE_S = 30.0
+_CHECK_ENDS_S = 2.0
 
 
 class InvalidationConsumer:
@@ -46,16 +56,18 @@ class InvalidationConsumer:
                  topics: tuple[str, ...] = TOPICS, retry_max_s: float = 10.0) -> None:
         self._settings = settings
         self._on_change = on_change
-        self._topics = topics
+        self._topics = tuple(topics)
         self._retry_max_s = retry_max_s
         self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self.ready = asyncio.Event()  # set once positioned on the initial partitions
+        # next offset to read per partition; kept across reconnects
+        self._positions: dict[TopicPartition, int] = {}
+        self._first_look_done = False
+        self.ready = asyncio.Event()  # set while connected and positioned
         self.events_seen = 0
 
     @property
     def connected(self) -> bool:
-        return self._consumer is not None
+        return self.ready.is_set()
 
     async def start(self) -> None:
         """Returns at once; connecting (and reconnecting) happens in the background."""
@@ -72,7 +84,7 @@ class InvalidationConsumer:
     async def _run(self) -> None:
         retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.2, max=self._retry_max_s),
-            retry=retry_if_exception_type(Exception),  # never give up; CancelledError is not one
+            retry=retry_if_exception_type(Exception),  # never give up; not CancelledError
             before_sleep=lambda s: log.warning(
                 "invalidation_consumer_retry", attempt=s.attempt_number,
                 error=type(s.outcome.exception()).__name__ if s.outcome else None),
@@ -82,62 +94,109 @@ class InvalidationConsumer:
                 await self._consume()
 
     async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            client_id=f"{self._settings.client_id}-invalidation",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # for partitions that appear later; see module doc
-            metadata_max_age_ms=5_000,     # how soon a topic created after us is noticed
-        )
-        consumer.subscribe(list(self._topics))
+        common = {"bootstrap_servers": self._settings.bootstrap_servers,
+                  "client_id": f"{self._settings.client_id}-invalidation"}
+        consumer = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")  # see module doc
+        admin = AIOKafkaAdminClient(**common)
+        loop = asyncio.get_running_loop()
         try:
             await consumer.start()
-            initial = await _initial_assignment(consumer)
-            if initial:
-                await consumer.seek_to_end(*initial)
-                for tp in initial:  # resolve now: "end" means the end at start-up
-                    await consumer.position(tp)
-            self._consumer = consumer
-            self.ready.set()
-            log.info("invalidation_consumer_started", partitions=len(initial))
+            await admin.start()
+            assigned: frozenset[TopicPartition] = frozenset()
+            next_look = next_check = 0.0
             while True:
-                batches = await consumer.getmany(timeout_ms=1000)
-                for records in batches.values():
+                if loop.time() >= next_look:
+                    found = await self._look(admin)
+                    if found is not None:
+                        if found != assigned:
+                            await self._assign(consumer, found)
+                            assigned = found
+                        self._first_look_done = True
+                    if found is not None and not self.ready.is_set():
+                        self.ready.set()
+                        log.info("invalidation_consumer_started", partitions=len(assigned))
+                    complete = {tp.topic for tp in assigned} >= set(self._topics)
+                    next_look = loop.time() + (_LOOK_COMPLETE_S if complete else _LOOK_MISSING_S)
+                if not assigned:
+                    await asyncio.sleep(max(0.0, min(next_look - loop.time(), _LOOK_MISSING_S)))
+                    continue
+                if loop.time() >= next_check:
+                    await self._rewind_if_truncated(consumer, assigned)
+                    next_check = loop.time() + _CHECK_ENDS_S
+                batches = await consumer.getmany(timeout_ms=500)
+                for tp, records in batches.items():
                     for record in records:
                         await self._handle(record)
+                    self._positions[tp] = records[-1].offset + 1
         finally:
-            self._consumer = None
             self.ready.clear()
             with suppress(Exception):
+                await admin.close()
+            with suppress(Exception):
                 await consumer.stop()
+
+    async def _look(self, admin: AIOKafkaAdminClient) -> frozenset[TopicPartition] | None:
+        """Partitions of our topics that exist now; None if the broker could not say."""
+        try:
+            described = await admin.describe_topics(None)  # all topics: creates none
+        except KafkaError as exc:
+            log.warning("invalidation_topics_unknown", error=type(exc).__name__)
+            return None
+        return frozenset(
+            TopicPartition(t["topic"], p["partition"])
+            for t in described if t["topic"] in self._topics and not t.get("error_code")
+            for p in t["partitions"])
+
+    async def _assign(self, consumer: AIOKafkaConsumer, tps: frozenset[TopicPartition]) -> None:
+        consumer.assign(list(tps))
+        ends, beginnings = [], []
+        for tp in tps:
+            if tp in self._positions:
+                consumer.seek(tp, self._positions[tp])
+            elif not self._first_look_done:
+                ends.append(tp)
+            else:
+                beginnings.append(tp)
+        if ends:
+            await consumer.seek_to_end(*ends)
+        if beginnings:
+            await consumer.seek_to_beginning(*beginnings)
+        for tp in (*ends, *beginnings):  # resolve now: "the end" is the end at this moment
+            self._positions[tp] = await consumer.position(tp)
+        log.info("invalidation_partitions_assigned", partitions=len(tps),
+                 from_end=len(ends), from_beginning=len(beginnings))
+
+    async def _rewind_if_truncated(self, consumer: AIOKafkaConsumer,
+                                   assigned: frozenset[TopicPartition]) -> None:
+        """A partition whose end is now BEFORE our position was emptied (tansu restarted
+        with nothing, the topic re-created): all of it is new to us — read it from the
+        beginning. tansu does not answer OFFSET_OUT_OF_RANGE there, it just stays silent."""
+        try:
+            ends = await consumer.end_offsets(list(assigned))
+        except KafkaError as exc:
+            log.debug("invalidation_end_offsets_unknown", error=type(exc).__name__)
+            return
+        behind = [tp for tp, end in ends.items()
+                  if tp in self._positions and end < self._positions[tp]]
+        if behind:
+            log.warning("invalidation_partitions_truncated", partitions=len(behind))
+            await consumer.seek_to_beginning(*behind)
+            for tp in behind:
+                self._positions[tp] = await consumer.position(tp)
 
     async def _handle(self, record: Any) -> None:
         try:
             event = parse_event(record)
         except InvalidEvent as exc:
             log.warning("invalidation_event_invalid", topic=record.topic,
-                        partition=record.partition, offset=record.offset, reason=str(exc))
+                        partition=record.partition, offset=record.offset, reason=exc.reason)
             return
         self.events_seen += 1
         try:
             result = self._on_change(event.topic, event.subject, event.data)
             if inspect.isawaitable(result):
                 await result
-        except Exception:  # noqa: BLE001 — one bad eviction must not stop invalidation
-            log.error("invalidation_failed", topic=event.topic, partition=event.partition,
-                      offset=event.offset, exc_info=True)
-
-
-async def _initial_assignment(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
-    """Partitions of the topics that exist now (none if none exist yet)."""
-    topics = await consumer.topics()  # one metadata round trip: which of ours exist?
-    wanted = {t for t in consumer.subscription() if t in topics}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _INITIAL_ASSIGNMENT_WAIT_S
-    while loop.time() < deadline:
-        assigned = consumer.assignment()
-        if {tp.topic for tp in assigned} >= wanted:
-            return set(assigned)
-        await asyncio.sleep(0.02)
-    return set(consumer.assignment())
+        except Exception:  # one bad eviction must not stop invalidation
+            log.exception("invalidation_failed", topic=event.topic, partition=event.partition,
+                          offset=event.offset)

@@ -29,7 +29,14 @@ import orjson
 import structlog
 
 from services.common.settings import Settings, TariffContext
-from services.gateway.changes import ChangeDetector, ChangeKind, Detection, Observation, tariff_of
+from services.gateway.changes import (
+    ChangeDetector,
+    ChangeKind,
+    Detection,
+    Observation,
+    evse_key,
+    tariff_of,
+)
 from services.gateway.errors import UpstreamError
 from services.gateway.upstream import UpstreamClient
 from services.gateway.validation import PASSPORT_ID_RE
@@ -81,8 +88,8 @@ async def run_forever(poller: Poller, interval_s: float) -> None:
                      duration_s=round(time.monotonic() - started, 3))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 — a poller must outlive any one failure
-            log.error("poll_failed", poller=poller.name, error=type(exc).__name__, exc_info=True)
+        except Exception as exc:  # a poller must outlive any one failure
+            log.exception("poll_failed", poller=poller.name, error=type(exc).__name__)
         await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
 
 
@@ -220,7 +227,7 @@ class PricePoller(_Runner):
                 data = doc.get("data") or {}
                 if not isinstance(data, Mapping):
                     raise _Pass("all_paged data is not an object")
-                page = [Observation(str(evse), tariff_of(entry)) for evse, entry in data.items()
+                page = [Observation(evse_key(str(evse)), tariff_of(entry)) for evse, entry in data.items()
                         if isinstance(entry, Mapping)]
                 changed += detector.tariffs(context.name, page, Detection.POLL, change)
                 seen.update(o.key for o in page)

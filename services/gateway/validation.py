@@ -239,10 +239,10 @@ class _ParamError(ValueError):
 def parse_query(model: type[Query], query: MultiMapping[str]) -> Query:
     errors: list[dict[str, str]] = []
     data: dict[str, str] = {}
-    for name in query:
+    for name, value in query.items():
         if name in data:
             errors.append({"parameter": name, "message": "given more than once"})
-        data[name] = query[name]
+        data[name] = value
     if errors:
         raise ValidationProblem(errors)
     try:

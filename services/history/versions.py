@@ -16,8 +16,13 @@ from datetime import UTC, datetime
 
 import orjson
 
-from services.common.events import PASSPORT_CE_TYPE, PASSPORT_TOPIC, PRICE_CE_TYPE, PRICE_TOPIC
-from services.common.events import ConsumedEvent
+from services.common.events import (
+    PASSPORT_CE_TYPE,
+    PASSPORT_TOPIC,
+    PRICE_CE_TYPE,
+    PRICE_TOPIC,
+    ConsumedEvent,
+)
 
 PASSPORT = "passport"
 PRICE = "price"

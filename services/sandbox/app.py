@@ -10,8 +10,8 @@ from services.sandbox._http import Handler, json_response
 from services.sandbox.config import SandboxConfig
 from services.sandbox.data import SandboxData
 from services.sandbox.faults import FaultBoard
-from services.sandbox.keys import COGNITO_KEY, CONFIG_KEY, DATA_KEY, FAULTS_KEY, SIEMENSID_KEY
 from services.sandbox.identity import SIEMENSID_SCOPE
+from services.sandbox.keys import COGNITO_KEY, CONFIG_KEY, DATA_KEY, FAULTS_KEY, SIEMENSID_KEY
 from services.sandbox.routes import add_routes
 from services.sandbox.tokens import TokenIssuer
 

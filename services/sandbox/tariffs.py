@@ -24,7 +24,7 @@ from typing import Any
 LOCAL_CURRENCY = "EUR"
 # Units of the currency per EUR.
 RATES: dict[str, Decimal] = {
-    "EUR": Decimal("1"),
+    "EUR": Decimal(1),
     "CHF": Decimal("1.0642"),
     "USD": Decimal("1.0835"),
     "GBP": Decimal("0.8571"),

@@ -51,7 +51,7 @@ class TokenIssuer:
             "iss": self.issuer_url,
             "sub": subject,
             "iat": int(now),
-            "exp": math.ceil(now + lifetime),
+            "exp": int(now) + math.ceil(lifetime),
             "jti": jti,
             **self._claims,
         }

@@ -43,7 +43,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
-               concurrency: int = 8) -> web.Application:
+               concurrency: int = 8, group_id: str = GROUP_ID) -> web.Application:
     registry = registry or CollectorRegistry()
     app = base_app(registry)
     metrics = WebhookMetrics(registry)
@@ -58,7 +58,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
     app[READINESS_KEY]["webhooks"] = engine.status
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(engine_ctx)
-    attach_consumer(app, EventConsumer(SERVICE, GROUP_ID, [PASSPORT_TOPIC, PRICE_TOPIC], settings,
+    attach_consumer(app, EventConsumer(SERVICE, group_id, [PASSPORT_TOPIC, PRICE_TOPIC], settings,
                                        engine.handle_batch, registry,
                                        dead_letter_topic=DEAD_LETTER_TOPIC))
     return app

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from services.common.kafka import ensure_topics
+from services.common.events import WEBHOOKS_DEAD_LETTER_TOPIC
+from services.common.kafka import ensure_topics, make_producer
 from services.common.settings import KafkaSettings
 
 from services.webhooks.metrics import WebhookMetrics
 from services.webhooks.store import DeadJob, JobStore
 
-DEAD_LETTER_TOPIC = "webhooks-dead-letter"
+DEAD_LETTER_TOPIC = WEBHOOKS_DEAD_LETTER_TOPIC
 SERVICE = "webhooks"
 
 log = structlog.get_logger("ampgate.webhooks")
@@ -119,11 +120,10 @@ class KafkaDeadLetterSink:
 
     async def _connect(self) -> AIOKafkaProducer:
         if self._producer is None:
-            await ensure_topics(self._kafka, [DEAD_LETTER_TOPIC])
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._kafka.bootstrap_servers,
-                client_id=f"{self._kafka.client_id}-{SERVICE}-dead-letters",
-                acks="all", enable_idempotence=self._kafka.enable_idempotence)
+            k = self._kafka
+            await ensure_topics(k.bootstrap_servers, [DEAD_LETTER_TOPIC], k.partitions,
+                                k.replication_factor)
+            producer = make_producer(k, client_id=f"{k.client_id}-{SERVICE}-dead-letters")
             try:
                 await producer.start()
             except BaseException:

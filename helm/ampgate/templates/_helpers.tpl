@@ -173,6 +173,7 @@ Usage: include "ampgate.podTemplate" (dict "ctx" $ "component" "gateway" "values
 {{- $env = mergeOverwrite $env (.env | default dict) }}
 {{- $env = mergeOverwrite $env (dict "AMPGATE_HTTP__HOST" "0.0.0.0" "AMPGATE_HTTP__PORT" (toString $ctx.Values.containerPort) "AMPGATE_STATE_DIR" "/var/lib/ampgate") }}
 {{- range $name, $value := ($v.extraEnv | default dict) }}{{ $_ := set $env $name (toString $value) }}{{ end }}
+{{- /* the pod template starts here */ -}}
 metadata:
   labels:
     {{- include "ampgate.labels" (dict "ctx" $ctx "component" .component) | nindent 4 }}

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Collection, Hashable
 
 from aiohttp import web
 
+from services.common.http import REQUEST_ID_KEY, TRACEPARENT_KEY
 from services.gateway.cache import CachedResponse, CacheResult, make_response
 from services.gateway.keys import CACHE_KEY, SETTINGS_KEY, UPSTREAMS_KEY
 from services.gateway.upstream import UpstreamClient, UpstreamResponse
@@ -21,7 +22,7 @@ X_CACHE = {
 
 
 def trace(request: web.Request) -> dict[str, str]:
-    return {"request_id": request["request_id"], "traceparent": request["traceparent"]}
+    return {"request_id": request[REQUEST_ID_KEY], "traceparent": request[TRACEPARENT_KEY]}
 
 
 def send(request: web.Request, entry: CachedResponse, x_cache: str) -> web.Response:

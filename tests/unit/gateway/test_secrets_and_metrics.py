@@ -38,6 +38,7 @@ async def test_no_secret_in_any_log_line_or_metric(make_gateway, sandbox, tmp_pa
         metrics_text = await (await gw.get("/metrics")).text()
         await gw.close()
         stream.flush()
+        configure_logging(LogSettings(format="json"))
     logs = log_path.read_text()
     assert '"event":"request"' in logs.replace(" ", "")
     cfg = sandbox.config

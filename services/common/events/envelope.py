@@ -1,0 +1,189 @@
+"""CloudEvents 1.0 in Kafka binary mode (DESIGN.md §7): building the records the
+gateway publishes and parsing the ones consumers read.
+
+Attributes travel as ``ce_*`` headers (UTF-8), ``content-type`` is the data content
+type, the key is the entity id (per-entity order) and the value is the proto3 JSON of
+the topic's message. Values are checked against the compiled protos on both sides, so
+a detector bug fails where it is made and a poison message is named, not half-applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from services.common.events import schemas
+
+PASSPORT_TOPIC = "passport-changed"
+PRICE_TOPIC = "price-changed"
+PASSPORT_CE_TYPE = "ampgate.passport.changed.v1"
+PRICE_CE_TYPE = "ampgate.price.changed.v1"
+CE_SOURCE = "ampgate/gateway"
+CONTENT_TYPE = "application/json"
+SPEC_VERSION = "1.0"
+
+# ce_type -> (topic, message, field holding the entity id == ce_subject == key)
+_CONTRACTS: dict[str, tuple[str, type[Message], str]] = {
+    PASSPORT_CE_TYPE: (PASSPORT_TOPIC, schemas.PassportChanged, "passport_id"),
+    PRICE_CE_TYPE: (PRICE_TOPIC, schemas.PriceChanged, "evse_id"),
+}
+TOPIC_CE_TYPES = {topic: ce_type for ce_type, (topic, _, _) in _CONTRACTS.items()}
+_REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_time")
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """What goes into the outbox and onto Kafka, byte for byte."""
+
+    topic: str
+    key: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    value: bytes
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    """A Kafka message that is a valid ampgate event."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    id: str
+    type: str
+    subject: str
+    time: datetime
+    data: dict[str, Any]
+    headers: dict[str, bytes]
+
+
+class InvalidEvent(Exception):
+    """A message that is not a valid ampgate event (poison: dead-letter it)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, microseconds, ``Z``: 2026-11-21T10:00:00.123456Z (also proto3 JSON Timestamp)."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: give a timezone-aware time")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def digest_of(document: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON (sorted keys) of a document or tariff."""
+    return "sha256:" + hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def build_event(
+    topic: str,
+    ce_type: str,
+    subject: str,
+    data: Mapping[str, Any],
+    *,
+    event_id: str | None = None,
+    time: datetime | None = None,
+) -> EventRecord:
+    """An event record for ``topic``; ``data`` is the proto3 JSON of the message.
+
+    Raises ValueError when topic, type, subject and data do not fit the contract
+    (wrong topic for the type, entity id differing from the subject, a value that
+    does not parse with the compiled protos)."""
+    contract = _CONTRACTS.get(ce_type)
+    if contract is None:
+        raise ValueError(f"unknown event type {ce_type!r}")
+    want_topic, message_type, id_field = contract
+    if topic != want_topic:
+        raise ValueError(f"{ce_type} belongs on {want_topic!r}, not {topic!r}")
+    if not subject:
+        raise ValueError("empty subject")
+    if data.get(id_field) != subject:
+        raise ValueError(f"data.{id_field} must equal the subject {subject!r}")
+    try:
+        schemas.check(message_type, data)
+    except json_format.ParseError as exc:
+        raise ValueError(f"{message_type.DESCRIPTOR.full_name}: {exc}") from None
+    headers = (
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", (event_id or str(uuid.uuid4())).encode()),
+        ("ce_source", CE_SOURCE.encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_subject", subject.encode()),
+        ("ce_time", rfc3339(time or datetime.now(UTC)).encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    )
+    return EventRecord(topic=topic, key=subject.encode(), headers=headers, value=orjson.dumps(data))
+
+
+def parse_event(msg: Any) -> ConsumedEvent:
+    """Turn an aiokafka ConsumerRecord into a ConsumedEvent or raise InvalidEvent(reason)."""
+    headers: dict[str, bytes] = {}
+    for name, value in msg.headers or ():
+        if name in headers:
+            raise InvalidEvent(f"duplicate header {name}")
+        headers[name] = value if value is not None else b""
+    try:
+        attrs = {name: headers[name].decode() for name in _REQUIRED}
+    except KeyError as exc:
+        raise InvalidEvent(f"missing header {exc.args[0]}") from None
+    except UnicodeDecodeError:
+        raise InvalidEvent("ce_* header is not UTF-8") from None
+    if attrs["ce_specversion"] != SPEC_VERSION:
+        raise InvalidEvent(f"unsupported ce_specversion {attrs['ce_specversion']!r}")
+    content_type = headers.get("content-type", b"").decode("utf-8", "replace")
+    if content_type.split(";")[0].strip().lower() != CONTENT_TYPE:
+        raise InvalidEvent(f"content-type {content_type!r} is not {CONTENT_TYPE}")
+    contract = _CONTRACTS.get(attrs["ce_type"])
+    if contract is None:
+        raise InvalidEvent(f"unknown ce_type {attrs['ce_type']!r}")
+    _, message_type, id_field = contract
+    try:
+        time = datetime.fromisoformat(attrs["ce_time"])
+    except ValueError:
+        raise InvalidEvent("ce_time is not RFC 3339") from None
+    if time.tzinfo is None:
+        raise InvalidEvent("ce_time has no offset")
+    try:
+        key = msg.key.decode() if msg.key is not None else None
+    except UnicodeDecodeError:
+        raise InvalidEvent("key is not UTF-8") from None
+    subject = attrs["ce_subject"]
+    if key is not None and key != subject:
+        raise InvalidEvent("key differs from ce_subject")
+    try:
+        data = orjson.loads(msg.value)
+    except (orjson.JSONDecodeError, TypeError):
+        raise InvalidEvent("value is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent("value is not a JSON object")
+    try:
+        schemas.check(message_type, data)
+    except json_format.ParseError as exc:
+        raise InvalidEvent(f"value does not match {message_type.DESCRIPTOR.full_name}: {exc}") from None
+    if data.get(id_field) != subject:
+        raise InvalidEvent(f"{id_field} differs from ce_subject")
+    return ConsumedEvent(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=key,
+        id=attrs["ce_id"],
+        type=attrs["ce_type"],
+        subject=subject,
+        time=time,
+        data=data,
+        headers=headers,
+    )

@@ -1,0 +1,301 @@
+"""Kafka for the gateway: topics, the producer, and the publisher that drains the outbox.
+
+Delivery is at-least-once and per-key ordered: the publisher sends outbox rows in id
+order (aiokafka keeps one in-flight batch per partition), waits for the acks and only
+then forgets them. When Kafka is away the rows wait; the gateway keeps serving and
+/readyz shows the publisher degraded.
+
+After any failure the producer is thrown away and, once the broker answers again, the
+topics are ensured BEFORE a new producer sends: a broker that lost its topics (tansu
+keeps them in memory) would otherwise auto-create them on the producer's metadata
+request with its default partition count while the records already routed by the old
+metadata land in partitions that are never readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from services.common.events import EVENT_TOPICS, EventRecord
+from services.common.outbox import Outbox
+from services.common.settings import KafkaSettings
+
+log = structlog.get_logger("ampgate.kafka")
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class PublisherMetrics(Protocol):
+    """What the publisher updates (the gateway's GatewayMetrics has these)."""
+
+    events_published: Any  # Counter{topic, outcome}
+    outbox_pending: Any  # Gauge
+    outbox_oldest_age: Any  # Gauge
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Sequence[str],
+    partitions: int,
+    replication: int,
+    *,
+    request_timeout_s: float = 10.0,
+) -> list[str]:
+    """Create the missing topics, accept existing ones; return the names created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000)
+    )
+    await admin.start()
+    try:
+        # Metadata for ALL topics: naming topics would let the broker auto-create them.
+        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(None)}
+        for name in topics:
+            if name in existing and existing[name] < partitions:
+                log.warning("topic_has_fewer_partitions", topic=name,
+                            partitions=existing[name], wanted=partitions)
+        missing = [name for name in topics if name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [NewTopic(name, partitions, replication) for name in missing]
+        )
+        created = []
+        for name, code, message in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != _TOPIC_ALREADY_EXISTS:  # a concurrent creator won: fine
+                raise KafkaError(f"create topic {name}: error {code} {message or ''}".strip())
+        if created:
+            log.info("topics_created", topics=created, partitions=partitions)
+        return created
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """acks=all; idempotence as configured (off for brokers without it, e.g. tansu)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "acks": "all",
+        "enable_idempotence": settings.enable_idempotence,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+class OutboxPublisher:
+    """Drains the outbox to Kafka continuously, in order, surviving broker outages.
+
+    ``request_timeout_s`` bounds how long a send may wait for a broker that is gone
+    before the publisher reconnects (and how long a restarted tansu could still be
+    reached by the old producer's retries)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: KafkaSettings,
+        metrics: PublisherMetrics,
+        *,
+        topics: Sequence[str] = EVENT_TOPICS,
+        batch_size: int = 500,
+        request_timeout_s: float = 10.0,
+        max_backoff_s: float = 5.0,
+        idle_refresh_s: float = 1.0,
+    ) -> None:
+        self._outbox = outbox
+        self._settings = settings
+        self._metrics = metrics
+        self._topics = tuple(topics)
+        self._batch_size = batch_size
+        self._request_timeout_s = request_timeout_s
+        self._max_backoff_s = max_backoff_s
+        self._idle_refresh_s = idle_refresh_s
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._state = "stopped"
+        self._last_error: str | None = None
+        self._connected_since: float | None = None
+        self._pending = 0
+        self._oldest_age_s = 0.0
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._outbox.bind_loop(asyncio.get_running_loop())
+        self._state = "connecting"
+        self._refresh_gauges()
+        self._task = asyncio.create_task(self._run(), name="outbox-publisher")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        await self._close_producer()
+        self._state = "stopped"
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        """For /readyz: ready unless the publisher itself died; Kafka being away is
+        reported (degraded), not fatal: events wait in the outbox."""
+        task_ok = self._task is not None and not self._task.done()
+        with suppress(Exception):
+            self._refresh_gauges()
+        detail: dict[str, Any] = {
+            "state": self._state if task_ok else "stopped",
+            "degraded": self._state != "connected",
+            "pending": self._pending,
+            "oldest_age_s": round(self._oldest_age_s, 3),
+        }
+        if self._last_error and self._state != "connected":
+            detail["last_error"] = self._last_error
+        return task_ok, detail
+
+    @property
+    def connected(self) -> bool:
+        return self._state == "connected"
+
+    # -- the loop --
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._connect()
+                failures = 0
+                await self._drain_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker away, timeouts, anything: keep the events
+                failures += 1
+                self._state = "reconnecting"
+                self._last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("outbox_publish_failed", error=self._last_error,
+                            pending=self._pending, attempt=failures)
+                await self._close_producer()
+                self._refresh_gauges()
+                # Repeated failures on a reachable broker must not spin.
+                await asyncio.sleep(min(self._max_backoff_s, 0.1 * 2 ** min(failures, 10)))
+
+    async def _connect(self) -> None:
+        async for attempt in AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.1, max=self._max_backoff_s),
+            retry=retry_if_exception_type((KafkaError, OSError, asyncio.TimeoutError)),
+            before_sleep=self._on_connect_retry,
+            reraise=True,
+        ):
+            with attempt:
+                timeout = self._request_timeout_s
+                await asyncio.wait_for(
+                    ensure_topics(
+                        self._settings.bootstrap_servers,
+                        self._topics,
+                        self._settings.partitions,
+                        self._settings.replication_factor,
+                        request_timeout_s=timeout,
+                    ),
+                    timeout,
+                )
+                producer = make_producer(
+                    self._settings, request_timeout_ms=int(timeout * 1000), linger_ms=0
+                )
+                try:
+                    await asyncio.wait_for(producer.start(), timeout)
+                except BaseException:
+                    await _stop_quietly(producer, timeout)
+                    raise
+                self._producer = producer
+        self._state = "connected"
+        self._connected_since = time.monotonic()
+        self._last_error = None
+        log.info("outbox_publisher_connected", bootstrap=self._settings.bootstrap_servers)
+
+    def _on_connect_retry(self, retry_state: Any) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        self._state = "reconnecting" if self._connected_since else "connecting"
+        self._last_error = f"{type(exc).__name__}: {exc}"[:300] if exc else None
+        self._refresh_gauges()
+        log.warning("kafka_unavailable", error=self._last_error,
+                    attempt=retry_state.attempt_number, pending=self._pending)
+
+    async def _drain_forever(self) -> None:
+        wakeup = self._outbox.wakeup
+        while True:
+            wakeup.clear()  # before reading: a commit after this read sets it again
+            batch = self._outbox.next_batch(self._batch_size)
+            if not batch:
+                self._refresh_gauges()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), self._idle_refresh_s)
+                continue
+            await self._publish(batch)
+            self._refresh_gauges()
+
+    async def _publish(self, batch: list[tuple[int, EventRecord]]) -> None:
+        producer = self._producer
+        assert producer is not None
+        futures: list[asyncio.Future[Any]] = []
+        error: BaseException | None = None
+        for _, record in batch:
+            try:
+                futures.append(await producer.send(
+                    record.topic, value=record.value, key=record.key, headers=list(record.headers)
+                ))
+            except Exception as exc:  # e.g. no metadata within the request timeout
+                error = exc
+                break
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        # Forget the acknowledged prefix only: what follows a failure is sent again,
+        # so the last record per key on the topic is always the newest.
+        done = 0
+        for result in results:
+            if isinstance(result, BaseException):
+                error = result
+                break
+            done += 1
+        self._outbox.mark_sent([row_id for row_id, _ in batch[:done]])
+        self._count(batch[:done], "ok")
+        if error is not None:
+            self._count(batch[done:], "error")
+            if not isinstance(error, Exception):  # a cancelled send future, not our task
+                raise KafkaError(f"send interrupted: {error!r}")
+            raise error
+
+    def _count(self, rows: list[tuple[int, EventRecord]], outcome: str) -> None:
+        per_topic = Counter(record.topic for _, record in rows)
+        for topic, n in per_topic.items():
+            self._metrics.events_published.labels(topic, outcome).inc(n)
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _stop_quietly(producer, self._request_timeout_s + 1)
+
+    def _refresh_gauges(self) -> None:
+        self._pending = self._outbox.pending()
+        self._oldest_age_s = self._outbox.oldest_age_s()
+        self._metrics.outbox_pending.set(self._pending)
+        self._metrics.outbox_oldest_age.set(self._oldest_age_s)
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, timeout: float) -> None:
+    """Stop a producer whose broker may be gone: stop() flushes, bounded by the
+    producer's own request timeout; never let it hang the caller."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+        log.warning("kafka_producer_stop_failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,181 @@
+"""The durable outbox: events wait here, in SQLite, until Kafka has acknowledged them.
+
+One file, ``<state_dir>/gateway.sqlite3``, also holds the change detector's last-seen
+digests, so "remember the digest + enqueue the event" is one transaction.
+
+Durability: WAL mode with ``synchronous=NORMAL``. A committed transaction is in the WAL
+file before COMMIT returns, so it survives SIGKILL of the process (only an OS crash or
+power loss can drop the last transactions, which FULL would prevent at an fsync each).
+
+Threading: the calls run on the event loop, synchronously. They are sub-millisecond
+local writes without fsync, cheaper than a hop to a thread; in exchange the body of
+``transaction()`` must not ``await`` (no other coroutine can interleave). Two
+connections: the writer for transactions, and one for the publisher, which so reads
+only committed rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from services.common.events import EventRecord
+
+DB_FILENAME = "gateway.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB NOT NULL,
+    headers BLOB NOT NULL,
+    value BLOB NOT NULL
+)
+"""
+
+
+def outbox_path(state_dir: Path) -> Path:
+    return Path(state_dir) / DB_FILENAME
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
+    # write lock up front, so a transaction never fails half-way on lock upgrade).
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
+    return orjson.dumps([[name, value.hex()] for name, value in headers])
+
+
+def _decode_headers(raw: bytes) -> tuple[tuple[str, bytes], ...]:
+    return tuple((name, bytes.fromhex(value)) for name, value in orjson.loads(raw))
+
+
+class Outbox:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        # Set after a commit that added events: the publisher drains at once.
+        self.wakeup = asyncio.Event()
+        self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._added = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = _connect(self.path)
+        self._conn.execute(_SCHEMA)
+        self._reader = _connect(self.path)
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    def close(self) -> None:
+        for conn in (self._reader, self._conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._reader = None
+
+    def __enter__(self) -> Outbox:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The writer connection, for reads by the owner of tables in the same file."""
+        if self._conn is None:
+            raise RuntimeError("outbox is not open")
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception). Do not await inside."""
+        conn = self.connection
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._added = False
+            raise
+        conn.execute("COMMIT")
+        if self._added:
+            self._added = False
+            self._notify()
+
+    def add(self, conn: sqlite3.Connection, record: EventRecord) -> None:
+        """Enqueue ``record``; call inside ``transaction()`` with its connection."""
+        if not conn.in_transaction:
+            raise RuntimeError("Outbox.add must run inside Outbox.transaction()")
+        conn.execute(
+            "INSERT INTO outbox (created_at, topic, key, headers, value) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), record.topic, record.key, _encode_headers(record.headers), record.value),
+        )
+        self._added = True
+
+    def _notify(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # committed from another thread: hop onto the publisher's loop
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self.wakeup.set)
+            return
+        self.wakeup.set()
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop whose ``wakeup`` waiters commits from other threads should reach."""
+        self._loop = loop
+
+    # -- the publisher's side (reader connection: committed rows only) --
+
+    @property
+    def _read(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise RuntimeError("outbox is not open")
+        return self._reader
+
+    def pending(self) -> int:
+        return self._read.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def oldest_age_s(self) -> float:
+        (oldest,) = self._read.execute("SELECT min(created_at) FROM outbox").fetchone()
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def next_batch(self, limit: int) -> list[tuple[int, EventRecord]]:
+        """Up to ``limit`` waiting events, oldest first."""
+        rows = self._read.execute(
+            "SELECT id, topic, key, headers, value FROM outbox ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [
+            (row_id, EventRecord(topic=topic, key=key, headers=_decode_headers(headers), value=value))
+            for row_id, topic, key, headers, value in rows
+        ]
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        """Forget events Kafka has acknowledged."""
+        if not ids:
+            return
+        conn = self._read
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")

@@ -1,0 +1,73 @@
+"""The history API (DESIGN.md §11): version list, the version in force at an instant, and
+an RFC 6902 diff between two versions. The gateway proxies these paths as they are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+import orjson
+from aiohttp import web
+
+from services.common.errors import Problem
+from services.history.keys import STORE_KEY
+from services.history.query import HistoryQuery, evse_id, parse_query, passport_id
+from services.history.versions import PASSPORT, PRICE, EntityKey, Version, format_time
+
+JSON_PATCH = "application/json-patch+json"
+
+
+def _json(body: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type=content_type)
+
+
+async def passport_history(request: web.Request) -> web.Response:
+    pid = passport_id(request)
+    query = parse_query(request, with_context=False)
+    key = EntityKey(PASSPORT, pid)
+    return await _answer(request, key, query, {"passport_id": pid}, "passport")
+
+
+async def price_history(request: web.Request) -> web.Response:
+    eid = evse_id(request)
+    query = parse_query(request, with_context=True)
+    key = EntityKey(PRICE, eid, query.context)
+    return await _answer(request, key, query, {"evse_id": eid, "tariff_context": query.context},
+                         "tariff")
+
+
+async def _answer(request: web.Request, key: EntityKey, query: HistoryQuery,
+                  ident: dict[str, str], document_field: str) -> web.Response:
+    store = request.app[STORE_KEY]
+    what = f"{key.entity} {key.entity_id}" + (f" (context {key.context})" if key.context else "")
+    if query.at is not None:
+        version = await store.version_at(key, query.at)
+        if version is None:
+            raise Problem(404, "Not found", f"no version of {what} was observed by "
+                          f"{format_time(query.at)}")
+        if version.deleted:
+            raise Problem(404, "Not found", f"{what} was deleted at "
+                          f"{format_time(version.observed_at)}: no version in force")
+        return _json({**ident, **version.summary(), document_field: _document(version)})
+    if query.from_ is not None and query.to is not None:
+        old = await _by_digest(store, key, query.from_, "from", what)
+        new = await _by_digest(store, key, query.to, "to", what)
+        patch = jsonpatch.make_patch(_document(old), _document(new))
+        return _json(patch.patch, content_type=JSON_PATCH)
+    versions = await store.versions(key)
+    if not versions:
+        raise Problem(404, "Not found", f"no history for {what}")
+    return _json({**ident, "versions": [v.summary() for v in versions]})
+
+
+async def _by_digest(store: Any, key: EntityKey, digest: str, parameter: str,
+                     what: str) -> Version:
+    version = await store.version_by_digest(key, digest)
+    if version is None or version.document is None:
+        raise Problem(404, "Not found", f"{parameter}: no version of {what} has digest {digest}",
+                      errors=[{"parameter": parameter, "message": "unknown digest"}])
+    return version
+
+
+def _document(version: Version) -> Any:
+    return orjson.loads(version.document) if version.document is not None else None

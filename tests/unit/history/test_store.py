@@ -1,0 +1,93 @@
+"""The store and the idempotence rule, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from services.history.store import HistoryStore, open_store
+from services.history.versions import PASSPORT, PRICE, EntityKey, version_from_event
+from tests.unit.history.helpers import (
+    at,
+    consumed,
+    flip_flop,
+    passport_doc,
+    passport_record,
+    price_record,
+    tariff,
+)
+
+
+def versions_of(records):
+    return [version_from_event(consumed(r)) for r in records]
+
+
+async def rows(store: HistoryStore, key: EntityKey):
+    return [(v.event_id, v.digest, v.previous_digest, v.observed_at, v.change, v.document)
+            for v in await store.versions(key)]
+
+
+async def test_flip_flop_is_four_versions_newest_first(store: HistoryStore) -> None:
+    stream = flip_flop("p1")
+    stored = await store.record(versions_of(stream))
+    assert len(stored) == 4
+    got = await store.versions(EntityKey(PASSPORT, "p1"))
+    assert [v.observed_at for v in got] == [at(30), at(20), at(10), at(0)]
+    assert [v.change for v in got] == ["CHANGE_KIND_UPDATED"] * 3 + ["CHANGE_KIND_SNAPSHOT"]
+
+
+async def test_the_same_stream_twice_yields_the_same_rows(store: HistoryStore) -> None:
+    stream = flip_flop("p1")
+    key = EntityKey(PASSPORT, "p1")
+    await store.record(versions_of(stream))
+    first = await rows(store, key)
+    # Replayed in one batch, and again one event at a time: nothing new.
+    assert await store.record(versions_of(stream)) == []
+    for v in versions_of(stream):
+        assert await store.record([v]) == []
+    assert await rows(store, key) == first
+
+
+async def test_a_transition_from_another_replica_is_recorded_once(store: HistoryStore) -> None:
+    a, b = passport_doc("p2", 1.0), passport_doc("p2", 2.0)
+    one = [passport_record("p2", a, None, 0), passport_record("p2", b, a, 5)]
+    # Replica 2 saw the same A→B a moment later, with its own event id.
+    two = [passport_record("p2", b, a, 5.01)]
+    assert len(await store.record(versions_of(one))) == 2
+    assert await store.record(versions_of(two)) == []
+    # Within one batch too.
+    c = passport_doc("p2", 3.0)
+    dup = [passport_record("p2", c, b, 7), passport_record("p2", c, b, 7.02)]
+    assert len(await store.record(versions_of(dup))) == 1
+    assert len(await store.versions(EntityKey(PASSPORT, "p2"))) == 3
+
+
+async def test_version_at_and_by_digest(store: HistoryStore) -> None:
+    a, b = passport_doc("p3", 1.0), passport_doc("p3", 2.0)
+    stream = [passport_record("p3", a, None, 0), passport_record("p3", b, a, 10),
+              passport_record("p3", None, b, 20)]
+    await store.record(versions_of(stream))
+    key = EntityKey(PASSPORT, "p3")
+    assert await store.version_at(key, at(-1)) is None
+    assert (await store.version_at(key, at(0))).document is not None
+    assert (await store.version_at(key, at(9.99))).observed_at == at(0)
+    v = await store.version_at(key, at(15))
+    assert v.observed_at == at(10) and '"rated_capacity_kwh":2.0' in v.document
+    assert (await store.version_at(key, at(25))).deleted
+    found = await store.version_by_digest(key, versions_of([stream[0]])[0].digest)
+    assert found is not None and found.observed_at == at(0)
+
+
+async def test_prices_are_kept_per_tariff_context(store: HistoryStore) -> None:
+    evse = "DE*EEE*E000001"
+    stream = [price_record(evse, "fleet", tariff(0.30), None, 0),
+              price_record(evse, "roaming", tariff(0.55), None, 0),
+              price_record(evse, "fleet", tariff(0.35), tariff(0.30), 5)]
+    await store.record(versions_of(stream))
+    assert len(await store.versions(EntityKey(PRICE, evse, "fleet"))) == 2
+    assert len(await store.versions(EntityKey(PRICE, evse, "roaming"))) == 1
+
+
+async def test_migrations_are_recorded_and_applied_once(database_url: str) -> None:
+    for _ in range(2):
+        s = open_store(database_url)
+        await s.open()
+        assert await s.applied_migrations() == [1]
+        await s.close()
