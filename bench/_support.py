@@ -142,12 +142,15 @@ def wait_http(child: Child, url: str, *, timeout_s: float = 30.0,
 
 
 def start_service(command: str, env: dict[str, str], *, port: int | None = None,
-                  ready_path: str = "/healthz", timeout_s: float = 30.0) -> Child:
-    """`python -m services <command>` on 127.0.0.1:<port>, returned once ready_path answers."""
+                  ready_path: str = "/healthz", timeout_s: float = 30.0,
+                  gc_freeze: bool = False) -> Child:
+    """`python -m services <command>` on 127.0.0.1:<port>, returned once ready_path answers.
+    gc_freeze: through bench/_gc_frozen.py (an experiment, see there)."""
     port = port or free_port()
     full_env = {"AMPGATE_LOG__FORMAT": "json", **env,
                 "AMPGATE_HTTP__HOST": "127.0.0.1", "AMPGATE_HTTP__PORT": str(port)}
-    child = spawn(command, [PYTHON, "-m", "services", command], env=full_env)
+    module = "bench._gc_frozen" if gc_freeze else "services"
+    child = spawn(command, [PYTHON, "-m", module, command], env=full_env)
     child.url = f"http://127.0.0.1:{port}"
     wait_http(child, child.url + ready_path, timeout_s=timeout_s)
     return child
@@ -354,7 +357,20 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": sys.version.split()[0],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg_1m": load_average()}
+
+
+def load_average() -> float:
+    """Other work on the machine skews every figure: recorded with the results."""
+    return os.getloadavg()[0]
+
+
+def warn_if_busy(threshold: float = 0.7) -> float:
+    load = load_average()
+    if load > threshold:
+        log(f"warning: load average {load:.2f} before the benchmark: other processes compete "
+            "for the CPUs; expect noisy absolute figures (ratios of interleaved runs hold better)")
+    return load
 
 
 def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:

@@ -50,6 +50,7 @@ from bench._support import (
     start_service,
     stop_broker,
     wait_http,
+    warn_if_busy,
     write_results,
 )
 
@@ -270,12 +271,16 @@ def main() -> None:
                              "default: both off, like nginx's access_log off")
     parser.add_argument("--profile", action="store_true",
                         help="also py-spy the gateway under one more wrk run")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="experiment: start the gateway with its import-time heap frozen "
+                             "(gc.freeze()) to see what full GC passes cost the tail")
     parser.add_argument("--targets", default="gateway,nginx,bare",
                         help="comma-separated subset of gateway,nginx,bare")
     args = parser.parse_args()
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
 
     ensure_debian_tools({"wrk": ["wrk"], "nginx": ["nginx-light", "nginx"]})
+    load_before = warn_if_busy()
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ampgate-bench-http-"))
     api_key = "bench-" + secrets.token_urlsafe(24)
@@ -292,7 +297,7 @@ def main() -> None:
         log(f"starting gateway (kafka {kafka})")
         gateway = start_service("gateway", gateway_env(
             sandbox.url, api_key, work / "state", kafka=kafka,
-            log_level="info" if args.access_log else "warning"))
+            log_level="info" if args.access_log else "warning"), gc_freeze=args.gc_freeze)
         started.append(gateway)
         # Warm: token + cache fill; the first answer is the bytes the others serve too.
         status, _, hdrs = http_json("GET", f"{gateway.url}/v1/passports/{WARM_ID}", headers=auth)
@@ -375,7 +380,8 @@ def main() -> None:
         nginx_workers = worker_pids(nginx.pid)
         report = build_report(args, runs, bursts, rss_idle, rss_peak, rss_after, profile,
                               body_bytes=len(body), nginx_workers=len(nginx_workers),
-                              kafka=kafka if broker is not None else "down (no broker)")
+                              kafka=kafka if broker is not None else "down (no broker)",
+                              loadavg_before=load_before)
         path = write_results("http", report)
         print_report(report)
         print(f"\nwritten: {path.relative_to(REPO)}")
@@ -418,7 +424,8 @@ def build_report(args: argparse.Namespace, runs: dict[str, list[WrkResult]],
         "config": {"wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s "
                           f"--latency, {args.runs} runs per target, interleaved",
                    "processes": "gateway 1, nginx worker_processes 1, bare aiohttp 1",
-                   "access_log": args.access_log, "burst": args.burst,
+                   "access_log": args.access_log, "gateway_gc_freeze": args.gc_freeze,
+                   "burst": args.burst,
                    "injected_latency_ms": args.latency_ms, **extra},
         "cache_hit": summary,
         "ratios": ratios,

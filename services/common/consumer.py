@@ -51,7 +51,9 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.events import ConsumedEvent, InvalidEvent, parse_event
@@ -232,6 +234,7 @@ class EventConsumer:
 
     async def _connect(self) -> None:
         kafka = self._settings.kafka
+        session_ms = int(self._settings.consumer.session_timeout_s * 1000)
         await _ensure_topics(self._settings, [*self.topics, self.dead_letter_topic])
         producer = AIOKafkaProducer(
             bootstrap_servers=kafka.bootstrap_servers,
@@ -246,6 +249,12 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._settings.consumer.batch_size,
+            # The session timeout is how fast a dead member's partitions move on (tansu
+            # also waits half of it before answering a JoinGroup); the rebalance timeout
+            # bounds how long a rebalance waits for the batch in flight.
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 5),
+            rebalance_timeout_ms=max(session_ms, 60_000),
         )
         await producer.start()
         # Set before start(): the rebalance listener may run while start() is awaited.
@@ -270,9 +279,12 @@ class EventConsumer:
             if commit:
                 async with self._batch_lock:
                     await self._commit(consumer)
+            member_id = _generation_zero_member(consumer)
             # Leaves the group: the partitions move to another member at once.
             with suppress(Exception):
                 await consumer.stop()
+            if member_id:
+                await self._leave_group(member_id)
         if producer is not None:
             with suppress(Exception):
                 await producer.stop()
@@ -280,6 +292,23 @@ class EventConsumer:
         self._end.clear()
         if commit:
             log.info("consumer_stopped", service=self.service, group=self.group_id)
+
+    async def _leave_group(self, member_id: str) -> None:
+        """tansu numbers the first generation 0 and aiokafka leaves a group only from
+        generation > 0, so a stopped member would hold its partitions until its session
+        times out. Say goodbye ourselves (best effort, like aiokafka's own)."""
+        client = AIOKafkaClient(bootstrap_servers=self._settings.kafka.bootstrap_servers,
+                                client_id=f"{self._settings.kafka.client_id}-{self.service}")
+        try:
+            await asyncio.wait_for(client.bootstrap(), COMMIT_TIMEOUT_S)
+            node = await asyncio.wait_for(
+                client.coordinator_lookup(CoordinationType.GROUP, self.group_id), COMMIT_TIMEOUT_S)
+            await asyncio.wait_for(
+                client.send(node, LeaveGroupRequest(self.group_id, member_id)), COMMIT_TIMEOUT_S)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("leave_group_failed", service=self.service, error=str(exc))
+        finally:
+            await client.close()
 
     async def _consume(self) -> None:
         consumer = self._consumer
@@ -445,6 +474,15 @@ class EventConsumer:
                 self._metrics.lag.remove(self.service, tp.topic, str(tp.partition))
         log.info("partitions_revoked", service=self.service,
                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+
+def _generation_zero_member(consumer: AIOKafkaConsumer) -> str | None:
+    """The member id if the consumer joined generation 0 (tansu), else None."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "generation", None) != 0:
+        return None
+    member_id = getattr(coordinator, "member_id", "")
+    return member_id or None
 
 
 async def _ensure_topics(settings: Settings, topics: Sequence[str]) -> None:

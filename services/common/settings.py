@@ -223,6 +223,9 @@ class ConsumerSettings(_Group):
     max_attempts: int = Field(5, gt=0)
     retry_backoff_s: float = Field(0.5, gt=0)
     batch_size: int = Field(500, gt=0)
+    # How fast a dead worker's partitions move on. Kafka's broker minimum is 6 s by
+    # default; with tansu (dev, tests) ~2 s also makes joining the group quick.
+    session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)
 
 
 class Settings(BaseSettings):

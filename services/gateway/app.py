@@ -95,9 +95,14 @@ async def publisher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def invalidation_ctx(app: web.Application) -> AsyncIterator[None]:
     """Every replica evicts what any replica (or poller) saw change."""
-    cache = app[CACHE_KEY]
+    cache, detector = app[CACHE_KEY], app[DETECTOR_KEY]
 
     def on_change(topic: str, entity_id: str, data: dict) -> None:
+        # Our own announcements: this replica already evicted (writes) or holds exactly
+        # this version (reads, polls); evicting again would only cost an upstream call.
+        entity, context = ("passport", "") if topic == PASSPORT_TOPIC else ("price", data.get("tariff_context", ""))
+        if data.get("digest") and detector.last_digest(entity, entity_id, context) == data["digest"]:
+            return
         if topic == PASSPORT_TOPIC:
             cache.invalidate_tag(passport_tag(entity_id))
             cache.invalidate_tag(OWNED_LIST_TAG)

@@ -115,6 +115,18 @@ def tariff_of(pricing_entry: Mapping[str, Any]) -> dict[str, Any]:
     return tariff
 
 
+# Request parameters that change the tariff's FORM, not the tariff: another currency
+# converts every amount, include_tax adds tax rates. A read with them is not comparable
+# with what the poller (and plain reads) see, and would flip the digest back and forth.
+_FORM_CHANGING_PARAMS = frozenset({"currency", "include_tax"})
+
+
+def tariff_comparable(params: Mapping[str, Any]) -> bool:
+    """May a pricing answer to these (upstream) query parameters feed the detector?
+    ``consumption``/``duration`` are fine: ``tariff_of`` drops what they change."""
+    return not (_FORM_CHANGING_PARAMS & set(params))
+
+
 def _integer(value: Any) -> int | None:
     """``Tariff.cost_id`` is an int64: upstream sends a number (a numeric string is taken)."""
     if isinstance(value, bool):
@@ -387,4 +399,4 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
 
 
 __all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Detection", "Observation",
-           "digest", "evse_key", "tariff_of"]
+           "digest", "evse_key", "tariff_comparable", "tariff_of"]

@@ -40,9 +40,12 @@ def _detect(request: web.Request, context: str | None, tariffs: dict[str, Any]) 
 
 async def _priced(request: web.Request, route: str, operation: str, path: str,
                   params: dict[str, str], tags: list, medium: dict[str, str], pick) -> web.Response:
+    from services.gateway.changes import tariff_comparable
+
     client = upstreams(request).pricing
     ids = trace(request)
-    context = _context(request, medium)
+    # A currency or tax view of a tariff is not the tariff: compare only plain reads.
+    context = _context(request, medium) if tariff_comparable(params) else None
 
     async def fetch():
         resp = await client.request(operation, "GET", path, params=params, **ids)

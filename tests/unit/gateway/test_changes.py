@@ -21,6 +21,7 @@ from services.gateway.changes import (
     Detection,
     Observation,
     digest,
+    tariff_comparable,
     tariff_of,
 )
 from services.gateway.metrics import GatewayMetrics
@@ -277,3 +278,9 @@ def test_evse_ids_are_case_insensitive(detector, outbox) -> None:
     assert not detector.tariff("DE*EEE*E000001", "fleet", tariff_of(PRICED), Detection.POLL)
     (event,) = drain(outbox)
     assert event.key == event.data["evse_id"] == "DE*EEE*E000001"
+
+
+def test_reads_in_another_currency_or_with_tax_are_not_compared() -> None:
+    assert tariff_comparable({"evseId": "DE*EEE*E000001", "tag_id": "x", "consumption": "9"})
+    assert not tariff_comparable({"evseId": "DE*EEE*E000001", "tag_id": "x", "currency": "CHF"})
+    assert not tariff_comparable({"evseIds": "DE*EEE*E000001", "tag_id": "x", "include_tax": ""})

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from services.history.store import HistoryStore, open_store
-
-
-async def fresh_postgres_database(dsn: str) -> str:
-    """A new empty database on the server of ``dsn``; its DSN."""
-    name = f"history_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return dsn.rsplit("/", 1)[0] + "/" + name
+from tests.unit.history.helpers import fresh_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -158,3 +158,16 @@ async def wait_until(predicate, timeout_s: float = 20.0, interval_s: float = 0.0
 def sample(registry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+async def fresh_postgres_database(dsn: str) -> str:
+    """A new empty database on the server of ``dsn``; its DSN."""
+    import asyncpg
+
+    name = f"history_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return dsn.rsplit("/", 1)[0] + "/" + name

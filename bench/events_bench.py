@@ -1,0 +1,382 @@
+"""Events benchmark: the gateway's change pipeline against raw aiokafka, same broker,
+same messages, same run.
+
+    .venv/bin/python -m bench.events_bench [--events 5000 --runs 3 --writes 300]
+
+1. Throughput, in-process: N passport updates through the gateway's own
+   ChangeDetector -> SQLite outbox -> OutboxPublisher -> Kafka, timed from the first
+   detector call until a consumer (subscribed before) has read all N; then the very
+   same N messages (key, value, headers, read back from the topic) produced with a raw
+   AIOKafkaProducer (acks=all, same idempotence), timed the same way. Runs interleaved,
+   median; target ratio pipeline/raw >= 0.8.
+2. Latency, end to end through `ampgate gateway`: sequential PUT /v1/passports/{id}
+   writes (sandbox upstream); per write, the time from its HTTP response to its event
+   being read from `passport-changed` by a consumer positioned at the end before the
+   writes. Target p99 <= 50 ms.
+Prints one table and writes bench/results/events.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import random
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from bench._support import (
+    REPO,
+    Child,
+    check,
+    log,
+    machine,
+    median,
+    percentile,
+    print_table,
+    ratio,
+    start_broker,
+    start_service,
+    stop_broker,
+    warn_if_busy,
+    write_results,
+)
+from bench.http_bench import gateway_env
+from services.common.events import EVENT_TOPICS, PASSPORT_TOPIC
+from services.common.kafka import OutboxPublisher, ensure_topics
+from services.common.logging import configure_logging
+from services.common.outbox import Outbox
+from services.common.settings import KafkaSettings, LogSettings
+from services.gateway.changes import ChangeDetector, ChangeKind, Detection
+from services.gateway.metrics import GatewayMetrics
+from services.sandbox import seed
+
+
+class TopicTail:
+    """A consumer of every partition of one topic, positioned at the end before the
+    benchmark writes; it records each message and when it became readable here."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.messages: list[tuple[float, Any]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
+
+    async def start(self) -> None:
+        # fetch_max_wait_ms bounds how long an empty fetch is held by the broker, so a
+        # record produced meanwhile is seen promptly even by brokers that do not
+        # answer a waiting fetch early.
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=5, max_partition_fetch_bytes=8 << 20)
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(self.topic) or set()
+        if not partitions:
+            await consumer.stop()
+            raise RuntimeError(f"topic {self.topic} has no partitions")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, not lazily after the writes
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=50, max_records=5000)
+            now = time.perf_counter()
+            for records in batches.values():
+                for r in records:
+                    self.messages.append((now, r))
+            if batches:
+                self._arrived.set()
+
+    def reset(self) -> None:
+        self.messages = []
+
+    async def wait_for(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.messages) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"only {len(self.messages)} of {count} messages arrived")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), min(left, 0.5))
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+def documents(n: int, passports: int, run: int) -> list[tuple[str, dict[str, Any]]]:
+    """n successive versions of `passports` seeded documents: each differs from the
+    previous version of the same passport in one measured value."""
+    rng = random.Random(run)
+    base = {f"BENCH-{k:04d}": seed.passport(rng, f"BENCH-{k:04d}") for k in range(passports)}
+    out = []
+    for i in range(n):
+        pid = f"BENCH-{i % passports:04d}"
+        doc = copy.deepcopy(base[pid])
+        doc["bench_version"] = {"run": run, "seq": i}
+        out.append((pid, doc))
+    return out
+
+
+async def pipeline_run(detector: ChangeDetector, tail: TopicTail, docs: list[tuple[str, dict]],
+                       timeout_s: float) -> dict[str, Any]:
+    tail.reset()
+    detect_s = 0.0
+    t0 = time.perf_counter()
+    for i, (pid, doc) in enumerate(docs):
+        d0 = time.perf_counter()
+        detector.passport(pid, doc, Detection.WRITE, ChangeKind.UPDATED)
+        detect_s += time.perf_counter() - d0
+        if i % 50 == 49:
+            await asyncio.sleep(0)  # writes arrive between other work, like requests do
+    await tail.wait_for(len(docs), timeout_s)
+    elapsed = time.perf_counter() - t0
+    return {"events": len(docs), "seconds": round(elapsed, 3),
+            "events_per_s": round(len(docs) / elapsed, 1),
+            "detector_ms_per_event": round(1000 * detect_s / len(docs), 3)}
+
+
+async def drain_run(detector: ChangeDetector, tail: TopicTail, docs: list[tuple[str, dict]],
+                    timeout_s: float) -> dict[str, Any]:
+    """outbox -> Kafka alone: the outbox is filled without yielding to the event loop (the
+    publisher cannot run meanwhile), then timed until the consumer has read every event."""
+    tail.reset()
+    for pid, doc in docs:
+        detector.passport(pid, doc, Detection.WRITE, ChangeKind.UPDATED)
+    t0 = time.perf_counter()
+    await tail.wait_for(len(docs), timeout_s)
+    elapsed = time.perf_counter() - t0
+    return {"events": len(docs), "seconds": round(elapsed, 3),
+            "events_per_s": round(len(docs) / elapsed, 1)}
+
+
+async def raw_run(bootstrap: str, idempotence: bool, tail: TopicTail,
+                  messages: list[Any], timeout_s: float) -> dict[str, Any]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=idempotence)
+    await producer.start()
+    try:
+        tail.reset()
+        t0 = time.perf_counter()
+        futures = [await producer.send(m.topic, value=m.value, key=m.key,
+                                       headers=list(m.headers)) for m in messages]
+        await asyncio.gather(*futures)
+        await tail.wait_for(len(messages), timeout_s)
+        elapsed = time.perf_counter() - t0
+    finally:
+        await producer.stop()
+    return {"events": len(messages), "seconds": round(elapsed, 3),
+            "events_per_s": round(len(messages) / elapsed, 1)}
+
+
+async def throughput(bootstrap: str, idempotence: bool, args: argparse.Namespace,
+                     work: Path) -> dict[str, Any]:
+    await ensure_topics(bootstrap, EVENT_TOPICS, 6, 1)
+    tail = TopicTail(bootstrap, PASSPORT_TOPIC)
+    await tail.start()
+    outbox = Outbox(work / "gateway.sqlite3")
+    outbox.open()
+    detector = ChangeDetector(outbox, GatewayMetrics(CollectorRegistry()))
+    publisher = OutboxPublisher(outbox, KafkaSettings(bootstrap_servers=bootstrap,
+                                                      enable_idempotence=idempotence),
+                                GatewayMetrics(CollectorRegistry()))
+    await publisher.start()
+    runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "drain": [], "raw": []}
+    try:
+        deadline = time.monotonic() + 30
+        while not publisher.connected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"publisher not connected: {publisher.status()}")
+            await asyncio.sleep(0.05)
+        # Warm-up: first sightings, connections, metadata.
+        await pipeline_run(detector, tail, documents(200, args.passports, -1), args.timeout)
+        for run in range(args.runs):
+            docs = documents(args.events, args.passports, run)
+            p = await pipeline_run(detector, tail, docs, args.timeout)
+            messages = [r for _, r in tail.messages]
+            r = await raw_run(bootstrap, idempotence, tail, messages, args.timeout)
+            d = await drain_run(detector, tail, documents(args.events, args.passports,
+                                                          1000 + run), args.timeout)
+            runs["pipeline"].append(p)
+            runs["raw"].append(r)
+            runs["drain"].append(d)
+            log(f"run {run + 1}: pipeline {p['events_per_s']} ev/s "
+                f"(detector {p['detector_ms_per_event']} ms/event), outbox drain "
+                f"{d['events_per_s']} ev/s, raw {r['events_per_s']} ev/s")
+        value_bytes = median([len(m.value) for m in messages])
+    finally:
+        await publisher.stop()
+        outbox.close()
+        await tail.stop()
+    pipe = median([r["events_per_s"] for r in runs["pipeline"]])
+    raw = median([r["events_per_s"] for r in runs["raw"]])
+    drain = median([r["events_per_s"] for r in runs["drain"]])
+    return {"pipeline_events_per_s": pipe, "raw_events_per_s": raw,
+            "drain_events_per_s": drain, "ratio": ratio(pipe, raw),
+            "drain_ratio": ratio(drain, raw), "value_bytes_median": value_bytes,
+            "detector_ms_per_event": median([r["detector_ms_per_event"]
+                                             for r in runs["pipeline"]]),
+            "runs": runs}
+
+
+async def write_latency(gateway: Child, bootstrap: str, api_key: str,
+                        args: argparse.Namespace) -> dict[str, Any]:
+    tail = TopicTail(bootstrap, PASSPORT_TOPIC)
+    await tail.start()
+    token = secrets.token_hex(4)
+    answered: dict[int, float] = {}
+    statuses: dict[int, int] = {}
+    rng = random.Random(7)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    try:
+        async with aiohttp.ClientSession(headers=headers) as session:
+            for i in range(args.writes):
+                pid = f"BP-{1 + i % 50:04d}"
+                doc = seed.passport(rng, pid)
+                doc["bench_write"] = {"token": token, "seq": i}
+                async with session.put(f"{gateway.url}/v1/passports/{pid}", json=doc) as resp:
+                    await resp.read()
+                    answered[i] = time.perf_counter()
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                await asyncio.sleep(args.gap_ms / 1000)
+        ok = statuses.get(200, 0)
+        try:
+            await tail.wait_for(ok, 15)
+        except TimeoutError as exc:
+            log(f"latency: {exc}")
+        seen: dict[int, float] = {}
+        for at, record in tail.messages:
+            data = json.loads(record.value)
+            mark = (data.get("passport") or {}).get("bench_write") or {}
+            if mark.get("token") == token and mark.get("seq") not in seen:
+                seen[mark["seq"]] = at
+    finally:
+        await tail.stop()
+    lat = [1000 * (seen[i] - answered[i]) for i in answered if i in seen]
+    return {
+        "writes": args.writes, "statuses": statuses, "events_matched": len(lat),
+        "gap_ms": args.gap_ms,
+        "p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(percentile(lat, 99), 2),
+        "max_ms": round(max(lat), 2) if lat else None,
+        "min_ms": round(min(lat), 2) if lat else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=5000, help="events per throughput run")
+    parser.add_argument("--passports", type=int, default=100, help="distinct passport ids")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--writes", type=int, default=300, help="PUTs for the latency part")
+    parser.add_argument("--gap-ms", type=float, default=10, help="pause between PUTs")
+    parser.add_argument("--timeout", type=float, default=120, help="per run, seconds")
+    args = parser.parse_args()
+
+    configure_logging(LogSettings(level="warning"))
+    load_before = warn_if_busy()
+    work = Path(tempfile.mkdtemp(prefix="ampgate-bench-events-"))
+    bootstrap, broker = start_broker(required=True)
+    idempotence = bool(getattr(broker, "idempotence_supported", True))
+    started: list[Child] = []
+    try:
+        log(f"broker {bootstrap} ({getattr(broker, 'kind', 'external')}), "
+            f"idempotence {idempotence}")
+        tp = asyncio.run(throughput(bootstrap, idempotence, args, work))
+
+        sandbox = start_service("sandbox", {"AMPGATE_LOG__LEVEL": "warning"})
+        started.append(sandbox)
+        api_key = "bench-" + secrets.token_urlsafe(24)
+        env = gateway_env(sandbox.url, api_key, work / "state", kafka=bootstrap,
+                          log_level="warning")
+        env["AMPGATE_KAFKA__ENABLE_IDEMPOTENCE"] = str(idempotence).lower()
+        gateway = start_service("gateway", env)
+        started.append(gateway)
+        _wait_publisher(gateway)
+        lat = asyncio.run(write_latency(gateway, bootstrap, api_key, args))
+        log(f"latency: {lat}")
+    finally:
+        for child in reversed(started):
+            child.stop()
+        stop_broker(broker)
+
+    report = {
+        "machine": machine(),
+        "config": {"events_per_run": args.events, "passports": args.passports, "runs": args.runs,
+                   "writes": args.writes, "gap_ms": args.gap_ms,
+                   "broker": getattr(broker, "kind", "external"), "idempotence": idempotence,
+                   "loadavg_before": load_before},
+        "throughput": tp,
+        "write_to_event_latency": lat,
+    }
+    path = write_results("events", report)
+    print_report(report)
+    print(f"\nwritten: {path.relative_to(REPO)}")
+
+
+def _wait_publisher(gateway: Child, timeout_s: float = 30) -> None:
+    """The gateway answers before its publisher has connected: wait for it."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(gateway.url + "/readyz", timeout=2) as resp:
+            body = orjson.loads(resp.read())
+        if (body.get("checks", {}).get("publisher") or {}).get("state") == "connected":
+            return
+        time.sleep(0.1)
+    log("warning: the gateway's publisher did not report connected")
+
+
+def print_report(r: dict[str, Any]) -> None:
+    tp, lat = r["throughput"], r["write_to_event_latency"]
+    rows = [
+        ["events/s detector -> outbox -> Kafka (median)", f"{tp['pipeline_events_per_s']:,.0f}",
+         "", ""],
+        ["events/s raw aiokafka, same messages (median)", f"{tp['raw_events_per_s']:,.0f}", "", ""],
+        ["ratio pipeline / raw", f"{tp['ratio']:.2f}", ">= 0.8", check(tp["ratio"], 0.8)],
+        ["events/s outbox -> Kafka alone (publisher drain)", f"{tp['drain_events_per_s']:,.0f}",
+         "", ""],
+        ["ratio publisher drain / raw", f"{tp['drain_ratio']:.2f}", "", ""],
+        ["detector cost per event ms (in the request path)", f"{tp['detector_ms_per_event']:.3f}",
+         "", ""],
+        ["write response -> event readable, p50 ms", f"{lat['p50_ms']:.1f}", "", ""],
+        ["write response -> event readable, p99 ms", f"{lat['p99_ms']:.1f}", "<= 50",
+         check(lat["p99_ms"], 50, higher_is_better=False)],
+        ["writes answered / events matched",
+         f"{sum(lat['statuses'].values())} / {lat['events_matched']}", "all", ""],
+    ]
+    c = r["config"]
+    print_table(f"ampgate events benchmark — {r['machine']['cpus']} CPUs, broker {c['broker']} "
+                f"(idempotence {c['idempotence']}), {c['events_per_run']} events x {c['runs']} "
+                f"runs, value ~{tp['value_bytes_median']:.0f} B; {c['writes']} PUTs, "
+                f"{c['gap_ms']:.0f} ms apart",
+                ["metric", "value", "target", "verdict"], rows)
+
+
+if __name__ == "__main__":
+    main()
