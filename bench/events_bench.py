@@ -277,13 +277,40 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
     finally:
         await tail.stop()
     lat = [1000 * (seen[i] - answered[i]) for i in answered if i in seen]
+    missing = sorted(set(answered) - set(seen))
+    if missing:
+        found = await _scan_topic(bootstrap, PASSPORT_TOPIC, token)
+        log(f"latency: no event read for writes {missing[:20]}; a scan of the whole topic "
+            f"finds {sorted(set(missing) & found)[:20]} of them")
     return {
+        "missing_seqs": missing,
         "writes": args.writes, "statuses": statuses, "events_matched": len(lat),
         "gap_ms": args.gap_ms,
         "p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(percentile(lat, 99), 2),
         "max_ms": round(max(lat), 2) if lat else None,
         "min_ms": round(min(lat), 2) if lat else None,
     }
+
+
+async def _scan_topic(bootstrap: str, topic: str, token: str) -> set[int]:
+    """Every bench_write seq of this run on the topic, read from the beginning."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    found: set[int] = set()
+    try:
+        idle = 0
+        while idle < 3:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            idle = 0 if batches else idle + 1
+            for records in batches.values():
+                for r in records:
+                    mark = (json.loads(r.value).get("passport") or {}).get("bench_write") or {}
+                    if mark.get("token") == token:
+                        found.add(mark["seq"])
+    finally:
+        await consumer.stop()
+    return found
 
 
 def main() -> None:

@@ -18,7 +18,11 @@ find "$tmp" -name '*.py' -o -name '*.pyi' | while read -r f; do
 done
 # Every directory a package, so setuptools and type checkers see them.
 find "$tmp" -type d -exec touch {}/__init__.py \;
-rm -rf "$out"
-mkdir -p "$(dirname "$out")"
-mv "$tmp" "$out"
-trap - EXIT
+# Replace only when something changed: other processes may be importing it right now.
+if ! diff -rq "$tmp" "$out" >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$out")"
+  rm -rf "$out.old"
+  [ -d "$out" ] && mv "$out" "$out.old"
+  cp -r "$tmp" "$out"
+  rm -rf "$out.old"
+fi

@@ -72,11 +72,21 @@ async def _start(name: str, port: int, env: dict[str, str], logs: Path) -> Child
 
 
 async def _receiver(port: int) -> web.AppRunner:
+    snapshots = 0
+
     async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        event = orjson.loads(body)
-        print(f"  webhook ← {event.get('type')} {event.get('subject')} "
-              f"(webhook-id {request.headers.get('webhook-id')})", flush=True)
+        nonlocal snapshots
+        event = orjson.loads(await request.read())
+        data = event.get("data") or {}
+        if data.get("change") == "CHANGE_KIND_SNAPSHOT":
+            # The first poll announces every entity once; summarise instead of flooding.
+            snapshots += 1
+            if snapshots % 500 == 1:
+                print(f"  webhook ← initial snapshots: {snapshots} so far", flush=True)
+        else:
+            print(f"  webhook ← {event.get('type')} {event.get('subject')} {data.get('change')} "
+                  f"{data.get('changed_paths')} (webhook-id {request.headers.get('webhook-id')})",
+                  flush=True)
         return web.Response(status=204)
 
     app = web.Application()
@@ -98,7 +108,7 @@ async def _main(settings: Settings) -> None:
         kafka, bootstrap = None, settings.kafka.bootstrap_servers
         idempotence = settings.kafka.enable_idempotence
     else:
-        kafka = LocalKafka(log_dir=logs)
+        kafka = LocalKafka.discover(env_var=None)
         await asyncio.to_thread(kafka.start)
         bootstrap, idempotence = kafka.bootstrap, kafka.idempotence_supported
     sandbox_url = f"http://127.0.0.1:{ports['sandbox']}"
@@ -144,7 +154,7 @@ ampgate dev stack is up (logs in {logs})
 
 Try:
   curl -s -H 'Authorization: Bearer {DEV_API_KEY}' '{gw}/v1/prices?evseId=DE*EEE*E000001&tag_id={DEV_TAG}'
-  curl -s -H 'Authorization: Bearer {DEV_API_KEY}' '{gw}/v1/passports/BP-00001'
+  curl -s -H 'Authorization: Bearer {DEV_API_KEY}' '{gw}/v1/passports/BP-0001'
 
 See a change flow end to end (tariff change → event → history → webhook printed here):
   curl -s -X PUT -H 'Content-Type: application/json' -d '{{"rateName": "Night tariff"}}' \\

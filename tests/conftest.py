@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.kafka",
     "tests.fixtures.postgres",
+    "tests.fixtures.gateway",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -429,22 +429,31 @@ class EventConsumer:
                 self._uncommitted.pop(tp, None)
 
     async def _refresh_lag(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
+        """Lag = end offset − next offset to process. The end offset comes from the
+        highwater mark of the latest fetch response (free, and fetches keep running while
+        idle); a ListOffsets request only for partitions not fetched yet."""
         now = time.monotonic()
         if not self._done or (not force and now - self._lag_at < LAG_REFRESH_S):
             return
         self._lag_at = now
-        tps = list(self._done)
-        try:
-            ends = await asyncio.wait_for(consumer.end_offsets(tps), COMMIT_TIMEOUT_S)
-        except (KafkaError, TimeoutError) as exc:
-            log.debug("lag_unavailable", service=self.service, error=str(exc))
-            return
-        for tp, end in ends.items():
-            self._end[tp] = end
-            done = self._done.get(tp)
-            if done is not None:
+        unknown = []
+        for tp in self._done:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                unknown.append(tp)
+            else:
+                self._end[tp] = highwater
+        if unknown:
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(unknown), COMMIT_TIMEOUT_S)
+            except (KafkaError, TimeoutError) as exc:
+                log.debug("lag_unavailable", service=self.service, error=str(exc))
+                ends = {}
+            self._end.update(ends)
+        for tp, done in list(self._done.items()):
+            if tp in self._end:
                 self._metrics.lag.labels(self.service, tp.topic, str(tp.partition)).set(
-                    max(0, end - done))
+                    max(0, self._end[tp] - done))
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from services.common.settings import KafkaSettings
 log = structlog.get_logger("ampgate.kafka")
 
 _TOPIC_ALREADY_EXISTS = 36
+Row = tuple[int, EventRecord]
 
 
 class PublisherMetrics(Protocol):
@@ -110,6 +111,7 @@ class OutboxPublisher:
         *,
         topics: Sequence[str] = EVENT_TOPICS,
         batch_size: int = 500,
+        max_in_flight: int = 4,
         request_timeout_s: float = 10.0,
         max_backoff_s: float = 5.0,
         idle_refresh_s: float = 1.0,
@@ -119,6 +121,7 @@ class OutboxPublisher:
         self._metrics = metrics
         self._topics = tuple(topics)
         self._batch_size = batch_size
+        self._max_in_flight = max_in_flight
         self._request_timeout_s = request_timeout_s
         self._max_backoff_s = max_backoff_s
         self._idle_refresh_s = idle_refresh_s
@@ -129,6 +132,8 @@ class OutboxPublisher:
         self._connected_since: float | None = None
         self._pending = 0
         self._oldest_age_s = 0.0
+        self._gauges_at = 0.0
+        self._failures = 0
 
     # -- lifecycle --
 
@@ -172,16 +177,15 @@ class OutboxPublisher:
     # -- the loop --
 
     async def _run(self) -> None:
-        failures = 0
         while True:
             try:
                 await self._connect()
-                failures = 0
                 await self._drain_forever()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # broker away, timeouts, anything: keep the events
-                failures += 1
+            except Exception as exc:  # noqa: BLE001 — broker away, timeouts, anything: keep the events
+                self._failures += 1
+                failures = self._failures
                 self._state = "reconnecting"
                 self._last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("outbox_publish_failed", error=self._last_error,
@@ -194,7 +198,7 @@ class OutboxPublisher:
     async def _connect(self) -> None:
         async for attempt in AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.1, max=self._max_backoff_s),
-            retry=retry_if_exception_type((KafkaError, OSError, asyncio.TimeoutError)),
+            retry=retry_if_exception_type((KafkaError, OSError, TimeoutError)),
             before_sleep=self._on_connect_retry,
             reraise=True,
         ):
@@ -233,47 +237,71 @@ class OutboxPublisher:
                     attempt=retry_state.attempt_number, pending=self._pending)
 
     async def _drain_forever(self) -> None:
+        """Keep up to ``max_in_flight`` batches on the wire; settle them oldest first.
+
+        A batch is forgotten only once it and every batch before it are acknowledged;
+        after a failure everything unsettled is sent again (duplicates, never gaps)."""
         wakeup = self._outbox.wakeup
-        while True:
-            wakeup.clear()  # before reading: a commit after this read sets it again
-            batch = self._outbox.next_batch(self._batch_size)
-            if not batch:
+        inflight: deque[tuple[list[Row], list[asyncio.Future[Any]]]] = deque()
+        last_id = 0
+        broken = False
+        try:
+            while True:
+                wakeup.clear()  # before reading: a commit after this read sets it again
+                if not broken and len(inflight) < self._max_in_flight:
+                    batch = self._outbox.next_batch(self._batch_size, after_id=last_id)
+                    if batch:
+                        last_id = batch[-1][0]
+                        futures, broken = await self._send(batch)
+                        inflight.append((batch, futures))
+                        continue
+                if inflight:
+                    await self._settle(*inflight.popleft())
+                    if time.monotonic() - self._gauges_at > self._idle_refresh_s / 2:
+                        self._refresh_gauges()  # counting rows costs: not after every batch
+                    continue
                 self._refresh_gauges()
                 with suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), self._idle_refresh_s)
-                continue
-            await self._publish(batch)
-            self._refresh_gauges()
+        finally:
+            for _, futures in inflight:  # abandoned: resent after reconnecting
+                for future in futures:
+                    future.add_done_callback(_retrieve)
 
-    async def _publish(self, batch: list[tuple[int, EventRecord]]) -> None:
+    async def _send(self, batch: list[Row]) -> tuple[list[asyncio.Future[Any]], bool]:
+        """Hand a batch to the producer in id order; (futures, failed part-way)."""
         producer = self._producer
         assert producer is not None
         futures: list[asyncio.Future[Any]] = []
-        error: BaseException | None = None
         for _, record in batch:
             try:
                 futures.append(await producer.send(
                     record.topic, value=record.value, key=record.key, headers=list(record.headers)
                 ))
-            except Exception as exc:  # e.g. no metadata within the request timeout
-                error = exc
-                break
+            except Exception as exc:  # noqa: BLE001 — e.g. no metadata within the request timeout
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                futures.append(failed)
+                return futures, True
+        return futures, False
+
+    async def _settle(self, batch: list[Row], futures: list[asyncio.Future[Any]]) -> None:
         results = await asyncio.gather(*futures, return_exceptions=True)
-        # Forget the acknowledged prefix only: what follows a failure is sent again,
-        # so the last record per key on the topic is always the newest.
         done = 0
         for result in results:
             if isinstance(result, BaseException):
-                error = result
                 break
             done += 1
         self._outbox.mark_sent([row_id for row_id, _ in batch[:done]])
         self._count(batch[:done], "ok")
-        if error is not None:
-            self._count(batch[done:], "error")
-            if not isinstance(error, Exception):  # a cancelled send future, not our task
-                raise KafkaError(f"send interrupted: {error!r}")
-            raise error
+        if done == len(batch):
+            self._failures = 0
+            return
+        self._count(batch[done:], "error")
+        error = results[done]
+        if not isinstance(error, Exception):  # a cancelled send future, not our task
+            raise KafkaError(f"send interrupted: {error!r}")
+        raise error
 
     def _count(self, rows: list[tuple[int, EventRecord]], outcome: str) -> None:
         per_topic = Counter(record.topic for _, record in rows)
@@ -286,10 +314,17 @@ class OutboxPublisher:
             await _stop_quietly(producer, self._request_timeout_s + 1)
 
     def _refresh_gauges(self) -> None:
+        self._gauges_at = time.monotonic()
         self._pending = self._outbox.pending()
         self._oldest_age_s = self._outbox.oldest_age_s()
         self._metrics.outbox_pending.set(self._pending)
         self._metrics.outbox_oldest_age.set(self._oldest_age_s)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned send's outcome as seen (no 'exception never retrieved')."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _stop_quietly(producer: AIOKafkaProducer, timeout: float) -> None:
@@ -297,5 +332,5 @@ async def _stop_quietly(producer: AIOKafkaProducer, timeout: float) -> None:
     producer's own request timeout; never let it hang the caller."""
     try:
         await asyncio.wait_for(producer.stop(), timeout)
-    except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         log.warning("kafka_producer_stop_failed", error=f"{type(exc).__name__}: {exc}")

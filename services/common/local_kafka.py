@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import structlog
 
@@ -78,7 +78,7 @@ def docker_answers(timeout: float = 1.0) -> bool:
             return bool(client.ping())
         finally:
             client.close()
-    except Exception:
+    except Exception:  # noqa: BLE001 — any failure means: no usable engine
         return False
 
 
@@ -205,7 +205,7 @@ class LocalKafka:
             time.sleep(down_s)
         self.start()
 
-    def __enter__(self) -> LocalKafka:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

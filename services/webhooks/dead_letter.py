@@ -19,7 +19,6 @@ from aiokafka import AIOKafkaProducer
 from services.common.events import WEBHOOKS_DEAD_LETTER_TOPIC
 from services.common.kafka import ensure_topics, make_producer
 from services.common.settings import KafkaSettings
-
 from services.webhooks.metrics import WebhookMetrics
 from services.webhooks.store import DeadJob, JobStore
 
@@ -83,7 +82,7 @@ class DeadLetterPublisher:
                 continue
             try:
                 await self._sink([to_dead_letter(j, self._topic) for j in jobs])
-            except Exception as exc:  # broker down: keep them queued, back off
+            except Exception as exc:  # noqa: BLE001 broker down: keep them queued, back off
                 self.healthy = False
                 log.warning("webhook_dead_letter_publish_failed", error=type(exc).__name__,
                             pending=len(jobs), retry_in_s=delay)

@@ -8,7 +8,7 @@ elsewhere): a 3xx counts as a failed attempt.
 
 from __future__ import annotations
 
-import asyncio
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,7 +55,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
@@ -99,7 +99,7 @@ class Sender:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 error = "" if 200 <= resp.status < 300 else f"http_{resp.status}"
                 return Attempt(resp.status, error, retry_after)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Attempt(None, "timeout")
         except aiohttp.ClientConnectorError:
             return Attempt(None, "connect_error")

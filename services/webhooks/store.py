@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (subscription, event_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_heads ON jobs (subscription, state, entity, id);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (subscription, state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 CREATE TABLE IF NOT EXISTS latest_transition (
     subscription    TEXT NOT NULL,
@@ -71,6 +72,7 @@ CREATE TABLE IF NOT EXISTS disabled_subscriptions (
 
 _JOB_COLUMNS = ("id, subscription, event_id, entity, ce_type, source_topic, source_partition, "
                 "source_offset, body, attempts, next_attempt_at, created_at")
+_JOB_COLUMNS_J = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
 
 
 def url_fingerprint(url: str) -> str:
@@ -229,10 +231,14 @@ class JobStore:
     def heads(self, subscription: str, limit: int) -> list[Job]:
         """The oldest pending job of each entity (only a head may be attempted: per-entity
         order), earliest due first."""
+        # Walks pending jobs in due order and stops after ``limit`` heads, so the cost
+        # follows the limit, not the backlog (a GROUP BY would scan every pending job).
         rows = self.db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ("
-            "  SELECT MIN(id) FROM jobs WHERE subscription = ? AND state = 'pending' GROUP BY entity"
-            ") ORDER BY next_attempt_at, id LIMIT ?",
+            f"SELECT {_JOB_COLUMNS_J} FROM jobs AS j INDEXED BY jobs_due "
+            "WHERE j.subscription = ? AND j.state = 'pending' AND NOT EXISTS ("
+            "  SELECT 1 FROM jobs AS e WHERE e.subscription = j.subscription"
+            "  AND e.state = 'pending' AND e.entity = j.entity AND e.id < j.id"
+            ") ORDER BY j.next_attempt_at, j.id LIMIT ?",
             (subscription, limit)).fetchall()
         return [Job(*row) for row in rows]
 

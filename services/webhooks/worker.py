@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from contextlib import suppress
 
@@ -54,6 +55,7 @@ class SubscriptionWorker:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # entity -> its delivery
         self._paused_until = 0.0
+        self._stopping = False
         self.disabled = False
 
     def load(self) -> None:
@@ -78,7 +80,11 @@ class SubscriptionWorker:
         try:
             while True:
                 self._wake.clear()
-                delay = self._dispatch()
+                try:
+                    delay = self._dispatch()
+                except sqlite3.Error as exc:  # disk trouble: keep the worker alive, retry soon
+                    log.error("webhook_queue_error", subscription=self.name, error=str(exc))
+                    delay = 1.0
                 if delay is None:
                     await self._wake.wait()
                 else:
@@ -90,6 +96,7 @@ class SubscriptionWorker:
     async def stop(self, task: asyncio.Task[None], grace_s: float) -> None:
         """Let in-flight deliveries finish for up to ``grace_s``, then cancel them (they
         stay pending and are attempted again after the restart)."""
+        self._stopping = True
         await self._drain(grace_s)
         task.cancel()
         with suppress(asyncio.CancelledError):
@@ -108,7 +115,7 @@ class SubscriptionWorker:
     def _dispatch(self) -> float | None:
         """Start every due head there is room for; seconds until the next one is due
         (None: nothing scheduled, wait for a wake-up)."""
-        if self.disabled:
+        if self.disabled or self._stopping:
             return None
         now = time.time()
         if now < self._paused_until:
@@ -141,17 +148,20 @@ class SubscriptionWorker:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Never let one job kill the worker: count it as a failed attempt.
+            # Never let one job kill the worker. If even recording fails (queue trouble),
+            # pause briefly rather than resend in a tight loop.
             log.exception("webhook_delivery_error", subscription=self.name, event_id=job.event_id)
-            self._record(job, Attempt(None, "internal_error"))
+            self._paused_until = time.time() + 1.0
+            with suppress(Exception):
+                self._record(job, Attempt(None, "internal_error"))
         finally:
             self._in_flight.pop(job.entity, None)
             self._wake.set()
 
     def _record(self, job: Job, attempt: Attempt) -> None:
         attempts = job.attempts + 1
-        fields = dict(subscription=self.name, event_id=job.event_id, entity=job.entity,
-                      attempt=attempts, status=attempt.status)
+        fields = {"subscription": self.name, "event_id": job.event_id, "entity": job.entity,
+                  "attempt": attempts, "status": attempt.status}
         if attempt.ok:
             self._store.mark_delivered(job.id, attempts)
             self._metrics.deliveries.labels("success").inc()

@@ -31,7 +31,7 @@ def test_buf_lint_is_clean():
     buf = buf_binary()
     if buf is None:
         server_unavailable("buf CLI", "run scripts/bootstrap.sh (installs @bufbuild/buf into .tools/)")
-    result = subprocess.run([buf, "lint"], cwd=PROTOS, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([buf, "lint"], check=False, cwd=PROTOS, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (PROTOS / "buf.yaml").read_text().startswith("# buf configuration (v2)")
 

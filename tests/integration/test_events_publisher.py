@@ -271,14 +271,14 @@ async def test_pending_events_of_a_sigkilled_gateway_are_published_after_restart
 
         asyncio.run(main())
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert line.strip() == b"pending 50"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        await proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
     outbox = Outbox(path)

@@ -12,6 +12,7 @@ from services.history.app import create_app
 from services.history.keys import STORE_KEY
 from services.history.versions import PASSPORT, PRICE, EntityKey
 from tests.unit.history.helpers import (
+    create_topics,
     flip_flop,
     fresh_postgres_database,
     passport_doc,
@@ -32,6 +33,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "history.sqlite3")  # a plain path works too
     return await fresh_postgres_database(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture
+async def private_kafka(private_kafka):
+    # Topics first (tansu: a producer must not auto-create them).
+    await create_topics(private_kafka.bootstrap, ["passport-changed", "price-changed"], 3)
+    return private_kafka
 
 
 def worker_settings(kafka, database_url: str) -> Settings:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.unit.gateway.conftest import WRITER_KEY, auth
+from tests.fixtures.gateway import WRITER_KEY, auth
 
 PID_PATH = "/v1/passports/{}"
 

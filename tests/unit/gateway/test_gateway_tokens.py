@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.unit.gateway.conftest import auth
+from tests.fixtures.gateway import auth
 
 NO_CACHE = {"default_ttl_s": 0, "stale_while_revalidate_s": 0, "stale_if_error_s": 0}
 

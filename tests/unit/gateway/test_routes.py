@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from tests.unit.gateway.conftest import ADMIN_KEY, READER_KEY, WRITER_KEY, auth
+from tests.fixtures.gateway import ADMIN_KEY, READER_KEY, WRITER_KEY, auth
 
 EVSE = "DE*EEE*E000001"
 

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.logging import configure_logging
 from services.common.settings import LogSettings
-from tests.unit.gateway.conftest import READER_KEY, WRITER_KEY, auth
+from tests.fixtures.gateway import READER_KEY, WRITER_KEY, auth
 
 SECRET_TAG = "TAGSECRET77"
 

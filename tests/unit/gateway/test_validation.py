@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.gateway.conftest import READER_KEY, WRITER_KEY, auth
+from tests.fixtures.gateway import READER_KEY, WRITER_KEY, auth
 
 EVSE = "DE*EEE*E000001"
 

@@ -1,0 +1,49 @@
+"""A local webhook endpoint for the workers benchmark: answers 204 to every POST and
+counts deliveries (and distinct webhook-ids) for GET /count. One process, 127.0.0.1.
+
+    python bench/webhook_receiver.py --port 9100
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from aiohttp import web
+
+
+def create_app() -> web.Application:
+    state = {"received": 0, "first_at": None, "last_at": None}
+    ids: set[str] = set()
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        now = time.time()
+        state["received"] += 1
+        state["first_at"] = state["first_at"] or now
+        state["last_at"] = now
+        ids.add(request.headers.get("webhook-id", ""))
+        return web.Response(status=204)
+
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response({**state, "distinct_ids": len(ids)})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_get("/count", count)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    web.run_app(create_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
