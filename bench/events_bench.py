@@ -24,6 +24,7 @@ import copy
 import json
 import random
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -193,19 +194,19 @@ async def raw_run(bootstrap: str, idempotence: bool, tail: TopicTail,
             "events_per_s": round(len(messages) / elapsed, 1)}
 
 
-async def throughput(bootstrap: str, idempotence: bool, args: argparse.Namespace,
-                     work: Path) -> dict[str, Any]:
+async def one_run(bootstrap: str, idempotence: bool, args: argparse.Namespace, run: int,
+                  work: Path) -> dict[str, Any]:
+    """pipeline, raw (the same messages), publisher drain: one run on one broker."""
     await ensure_topics(bootstrap, EVENT_TOPICS, 6, 1)
     tail = TopicTail(bootstrap, PASSPORT_TOPIC)
     await tail.start()
-    outbox = Outbox(work / "gateway.sqlite3")
+    outbox = Outbox(work / f"gateway-{run}.sqlite3")
     outbox.open()
     detector = ChangeDetector(outbox, GatewayMetrics(CollectorRegistry()))
     publisher = OutboxPublisher(outbox, KafkaSettings(bootstrap_servers=bootstrap,
                                                       enable_idempotence=idempotence),
                                 GatewayMetrics(CollectorRegistry()))
     await publisher.start()
-    runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "drain": [], "raw": []}
     try:
         deadline = time.monotonic() + 30
         while not publisher.connected:
@@ -214,24 +215,38 @@ async def throughput(bootstrap: str, idempotence: bool, args: argparse.Namespace
             await asyncio.sleep(0.05)
         # Warm-up: first sightings, connections, metadata.
         await pipeline_run(detector, tail, documents(200, args.passports, -1), args.timeout)
-        for run in range(args.runs):
-            docs = documents(args.events, args.passports, run)
-            p = await pipeline_run(detector, tail, docs, args.timeout)
-            messages = [r for _, r in tail.messages]
-            r = await raw_run(bootstrap, idempotence, tail, messages, args.timeout)
-            d = await drain_run(detector, tail, documents(args.events, args.passports,
-                                                          1000 + run), args.timeout)
-            runs["pipeline"].append(p)
-            runs["raw"].append(r)
-            runs["drain"].append(d)
-            log(f"run {run + 1}: pipeline {p['events_per_s']} ev/s "
-                f"(detector {p['detector_ms_per_event']} ms/event), outbox drain "
-                f"{d['events_per_s']} ev/s, raw {r['events_per_s']} ev/s")
-        value_bytes = median([len(m.value) for m in messages])
+        p = await pipeline_run(detector, tail, documents(args.events, args.passports, run),
+                               args.timeout)
+        messages = [r for _, r in tail.messages]
+        r = await raw_run(bootstrap, idempotence, tail, messages, args.timeout)
+        d = await drain_run(detector, tail, documents(args.events, args.passports, 1000 + run),
+                            args.timeout)
     finally:
         await publisher.stop()
         outbox.close()
         await tail.stop()
+    log(f"run {run + 1}: pipeline {p['events_per_s']} ev/s "
+        f"(detector {p['detector_ms_per_event']} ms/event), outbox drain "
+        f"{d['events_per_s']} ev/s, raw {r['events_per_s']} ev/s")
+    return {"pipeline": p, "raw": r, "drain": d,
+            "value_bytes_median": median([len(m.value) for m in messages])}
+
+
+def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """--runs runs, each on a FRESH broker: tansu keeps records in memory and slows down
+    as they pile up, which would penalise whatever runs last."""
+    runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "drain": [], "raw": []}
+    value_bytes = 0.0
+    for run in range(args.runs):
+        bootstrap, broker = start_broker(required=True)
+        try:
+            idempotence = bool(getattr(broker, "idempotence_supported", True))
+            out = asyncio.run(one_run(bootstrap, idempotence, args, run, work))
+        finally:
+            stop_broker(broker)
+        for k, results in runs.items():
+            results.append(out[k])
+        value_bytes = out["value_bytes_median"]
     pipe = median([r["events_per_s"] for r in runs["pipeline"]])
     raw = median([r["events_per_s"] for r in runs["raw"]])
     drain = median([r["events_per_s"] for r in runs["drain"]])
@@ -327,13 +342,14 @@ def main() -> None:
     configure_logging(LogSettings(level="warning"))
     load_before = warn_if_busy()
     work = Path(tempfile.mkdtemp(prefix="ampgate-bench-events-"))
+    tp = throughput(args, work)
+    # The latency part gets its own fresh broker too.
     bootstrap, broker = start_broker(required=True)
     idempotence = bool(getattr(broker, "idempotence_supported", True))
     started: list[Child] = []
     try:
         log(f"broker {bootstrap} ({getattr(broker, 'kind', 'external')}), "
             f"idempotence {idempotence}")
-        tp = asyncio.run(throughput(bootstrap, idempotence, args, work))
 
         sandbox = start_service("sandbox", {"AMPGATE_LOG__LEVEL": "warning"})
         started.append(sandbox)
@@ -350,6 +366,7 @@ def main() -> None:
         for child in reversed(started):
             child.stop()
         stop_broker(broker)
+        shutil.rmtree(work, ignore_errors=True)
 
     report = {
         "machine": machine(),

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -389,6 +390,7 @@ def main() -> None:
         for child in reversed(started):
             child.stop()
         stop_broker(broker)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _med(results: list[WrkResult], attr: str) -> float:

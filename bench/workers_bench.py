@@ -25,6 +25,7 @@ import asyncio
 import base64
 import json
 import secrets
+import shutil
 import tempfile
 import time
 import traceback
@@ -325,6 +326,7 @@ def main() -> None:
 
         results["webhooks"] = stage("webhooks", hooks)
 
+    shutil.rmtree(work, ignore_errors=True)
     report = {"machine": machine(),
               "config": {"backlog": args.backlog, "events": args.events, "warmup": args.warmup,
                          "passports": PASSPORTS, "broker": "tansu (fresh per stage)",

@@ -41,7 +41,6 @@ Use::
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -148,10 +147,11 @@ class EventConsumer:
         self._done: dict[TopicPartition, int] = {}
         self._uncommitted: dict[TopicPartition, int] = {}
         self._end: dict[TopicPartition, int] = {}
-        self._lag_at = 0.0
+        self._lag_wakeup = asyncio.Event()
+        self._lag_task: asyncio.Task[None] | None = None
+        self._offsets: AIOKafkaConsumer | None = None
         self._connected = False
         self._last_error: str | None = None
-        self._last_poll = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -184,18 +184,20 @@ class EventConsumer:
             raise
 
     def status(self) -> tuple[bool, dict[str, Any]]:
-        """For /readyz: ready once connected and assigned a place in the group."""
+        """For /readyz: ready while the consumer task runs. Kafka being away is reported
+        (``degraded``), not fatal: the worker's own API keeps serving, and the consumer
+        reconnects by itself."""
         running = self._task is not None and not self._task.done()
-        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in self._done)
         detail: dict[str, Any] = {
-            "status": "ok" if running and self._connected else "down",
+            "status": ("connected" if self._connected else "connecting") if running else "stopped",
+            "degraded": not (running and self._connected),
             "group": self.group_id,
-            "partitions": len(assigned),
+            "partitions": len(self._done),
             "lag": sum(max(0, self._end.get(tp, off) - off) for tp, off in self._done.items()),
         }
-        if self._last_error:
+        if self._last_error and not self._connected:
             detail["last_error"] = self._last_error
-        return running and self._connected, detail
+        return running, detail
 
     def lag(self) -> int:
         """Messages on our partitions not yet processed (as last measured)."""
@@ -209,7 +211,7 @@ class EventConsumer:
         finally:
             # Cancelled mid-batch (stop() timed out, or the loop is torn down): leave the
             # group WITHOUT committing the unfinished batch; it is delivered again.
-            if self._consumer is not None:
+            if self._consumer or self._producer or self._offsets:
                 await self._disconnect(commit=False)
 
     async def _run_until_stopped(self) -> None:
@@ -221,7 +223,7 @@ class EventConsumer:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Kafka gone, or a bug: never let the worker die
+            except Exception as exc:  # noqa: BLE001 — Kafka gone, or a bug: keep going
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("consumer_error", service=self.service, error=self._last_error,
                             retry_in_s=delay)
@@ -266,6 +268,16 @@ class EventConsumer:
             self._producer = self._consumer = None
             await producer.stop()
             raise
+        offsets = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers,
+                                   client_id=f"{kafka.client_id}-{self.service}-lag",
+                                   enable_auto_commit=False)
+        try:
+            await offsets.start()
+        except BaseException:
+            await self._disconnect(commit=False)
+            raise
+        self._offsets = offsets
+        self._lag_task = asyncio.create_task(self._lag_loop(offsets), name="consumer-lag")
         self._connected = True
         self._last_error = None
         log.info("consumer_started", service=self.service, group=self.group_id,
@@ -275,6 +287,15 @@ class EventConsumer:
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
         self._connected = False
+        lag_task, self._lag_task = self._lag_task, None
+        if lag_task is not None:
+            lag_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await lag_task
+        offsets, self._offsets = self._offsets, None
+        if offsets is not None:
+            with suppress(Exception):
+                await offsets.stop()
         if consumer is not None:
             if commit:
                 async with self._batch_lock:
@@ -288,8 +309,12 @@ class EventConsumer:
         if producer is not None:
             with suppress(Exception):
                 await producer.stop()
+        for tp in self._done:  # no longer ours: do not leave a stale figure behind
+            with suppress(KeyError):
+                self._metrics.lag.remove(self.service, tp.topic, str(tp.partition))
         self._done.clear()
         self._end.clear()
+        self._uncommitted.clear()
         if commit:
             log.info("consumer_stopped", service=self.service, group=self.group_id)
 
@@ -316,7 +341,6 @@ class EventConsumer:
         while not self._stopping.is_set():
             batch = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS,
                                            max_records=self._settings.consumer.batch_size)
-            self._last_poll = time.monotonic()
             async with self._batch_lock:
                 # A rebalance between getmany() and here may have taken partitions away.
                 owned = consumer.assignment()
@@ -327,8 +351,12 @@ class EventConsumer:
                         tp = TopicPartition(r.topic, r.partition)
                         self._done[tp] = max(self._done.get(tp, 0), r.offset + 1)
                         self._uncommitted[tp] = self._done[tp]
+                        # A record read proves the end is past it (tansu under-reports
+                        # end offsets after multi-record batches).
+                        self._end[tp] = max(self._end.get(tp, 0), r.offset + 1)
                 await self._commit(consumer)
-            await self._refresh_lag(consumer, force=bool(records))
+            if records:
+                self._publish_lag()
 
     # -- processing ----------------------------------------------------------------
 
@@ -428,28 +456,27 @@ class EventConsumer:
             for tp in offsets:
                 self._uncommitted.pop(tp, None)
 
-    async def _refresh_lag(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
-        """Lag = end offset − next offset to process. The end offset comes from the
-        highwater mark of the latest fetch response (free, and fetches keep running while
-        idle); a ListOffsets request only for partitions not fetched yet."""
-        now = time.monotonic()
-        if not self._done or (not force and now - self._lag_at < LAG_REFRESH_S):
-            return
-        self._lag_at = now
-        unknown = []
-        for tp in self._done:
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                unknown.append(tp)
-            else:
-                self._end[tp] = highwater
-        if unknown:
+    async def _lag_loop(self, offsets: AIOKafkaConsumer) -> None:
+        """Refresh end offsets every LAG_REFRESH_S (or at once when woken), on a client of
+        its own: tansu answers requests on a connection in order, so a ListOffsets on the
+        group consumer's connection would wait behind its long-polling Fetch; and the
+        fetch responses' highwater marks there are not the partition's end."""
+        while True:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._lag_wakeup.wait(), LAG_REFRESH_S)
+            self._lag_wakeup.clear()
+            tps = list(self._done)
+            if not tps:
+                continue
             try:
-                ends = await asyncio.wait_for(consumer.end_offsets(unknown), COMMIT_TIMEOUT_S)
+                ends = await asyncio.wait_for(offsets.end_offsets(tps), COMMIT_TIMEOUT_S)
             except (KafkaError, TimeoutError) as exc:
                 log.debug("lag_unavailable", service=self.service, error=str(exc))
-                ends = {}
+                continue
             self._end.update(ends)
+            self._publish_lag()
+
+    def _publish_lag(self) -> None:
         for tp, done in list(self._done.items()):
             if tp in self._end:
                 self._metrics.lag.labels(self.service, tp.topic, str(tp.partition)).set(
@@ -466,8 +493,8 @@ class EventConsumer:
             self._done[tp] = committed
         log.info("partitions_assigned", service=self.service,
                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
-        # Show the backlog before the first batch is even fetched.
-        await self._refresh_lag(consumer, force=True)
+        # Show the backlog before the first batch is even processed.
+        self._lag_wakeup.set()
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         consumer = self._consumer

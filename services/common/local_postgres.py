@@ -82,13 +82,13 @@ def acquire_postgres() -> PostgresHandle:
     if docker_available():
         try:
             return _testcontainers_postgres()
-        except Exception as exc:  # Docker answers but cannot run the image (offline...)
+        except Exception as exc:  # noqa: BLE001 — Docker answers but cannot run the image
             errors.append(f"testcontainers: {exc}")
     else:
         errors.append("no Docker engine")
     try:
         return start_embedded_postgres()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — report why, then give up
         errors.append(f"embedded-postgres: {exc}")
     raise PostgresUnavailable("; ".join(errors))
 

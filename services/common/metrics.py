@@ -3,9 +3,28 @@ each service's own metrics.py, registered on the same per-app CollectorRegistry.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Children:
+    """Labelled children of a metric, kept: ``.labels()`` validates and takes a lock on
+    every call, too slow for a cache hit. Label values are bounded by design."""
+
+    __slots__ = ("_metric", "_children")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class HttpMetrics:
@@ -23,3 +42,5 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.requests_child = Children(self.requests)
+        self.duration_child = Children(self.duration)

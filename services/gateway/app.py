@@ -28,6 +28,7 @@ from services.gateway.keys import (
     DETECTOR_KEY,
     METRICS_KEY,
     OUTBOX_KEY,
+    POLICIES_KEY,
     PUBLISHER_KEY,
     SETTINGS_KEY,
     UPSTREAMS_KEY,
@@ -35,7 +36,7 @@ from services.gateway.keys import (
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import openapi_handler
 from services.gateway.pollers import PassportPoller, PricePoller
-from services.gateway.routes import register
+from services.gateway.routes import ROUTES, register
 from services.gateway.upstreams import http_session_ctx, upstreams_ctx
 
 log = structlog.get_logger("ampgate.gateway")
@@ -48,6 +49,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = GatewayMetrics(registry)
     app[AUTH_KEY] = Authenticator(settings.clients)
+    app[POLICIES_KEY] = {r.name: settings.cache.policy(r.name) for r in ROUTES if r.cached}
     app[CONTEXTS_KEY] = {
         next(iter(c.upstream_params().items())): c.name for c in settings.tariff_contexts
     }

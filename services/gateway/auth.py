@@ -16,14 +16,21 @@ from services.common.settings import ClientSpec
 class Authenticator:
     def __init__(self, clients: Iterable[ClientSpec]) -> None:
         self._by_hash = {c.key_sha256: c for c in clients}
+        # Keys seen lately -> client, to skip hashing on every request. Only valid keys
+        # enter, so a flood of wrong keys cannot grow it.
+        self._recent: dict[str, ClientSpec] = {}
 
     def authenticate(self, request: web.Request) -> ClientSpec:
         key = _presented_key(request)
         if key is None:
             raise Problem(401, "Unauthorized", "send Authorization: Bearer <api key> or X-API-Key",
                           headers={"WWW-Authenticate": 'Bearer realm="ampgate"'})
-        # Looking up a SHA-256 leaks nothing useful through timing: it is preimage resistant.
-        client = self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
+        client = self._recent.get(key)
+        if client is None:
+            # Looking up a SHA-256 leaks nothing useful through timing: it is preimage resistant.
+            client = self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
+            if client is not None and len(self._recent) < 4096:
+                self._recent[key] = client
         if client is None:
             raise Problem(401, "Unauthorized", "unknown API key",
                           headers={"WWW-Authenticate": 'Bearer realm="ampgate", error="invalid_token"'})

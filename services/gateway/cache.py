@@ -25,6 +25,7 @@ from enum import StrEnum
 import structlog
 
 from services.common.settings import CachePolicy
+from services.common.metrics import Children
 from services.gateway.errors import UpstreamError, UpstreamTimeout
 from services.gateway.metrics import GatewayMetrics
 
@@ -83,6 +84,7 @@ class ResponseCache:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self._metrics = metrics
+        self._lookups = Children(metrics.cache_lookups)
         self._clock = clock
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()  # LRU first
         self._by_tag: dict[Hashable, set[Hashable]] = {}
@@ -298,4 +300,4 @@ class ResponseCache:
         self._metrics.cache_bytes.set(self._bytes)
 
     def _count(self, route: str, result: CacheResult) -> None:
-        self._metrics.cache_lookups.labels(route, result.value).inc()
+        self._lookups(route, result.value).inc()

@@ -25,3 +25,5 @@ DETECTOR_KEY: web.AppKey[Any] = web.AppKey("change_detector")
 PUBLISHER_KEY: web.AppKey[Any] = web.AppKey("outbox_publisher")
 # (param, value) of an authentication medium -> tariff context name, for naming price events.
 CONTEXTS_KEY = web.AppKey("tariff_contexts_by_medium", dict)
+# route name -> CachePolicy, resolved once at start-up (a hit must not build models).
+POLICIES_KEY = web.AppKey("cache_policies", dict)

@@ -102,9 +102,15 @@ ROUTES: tuple[Route, ...] = (
 
 
 def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    no_query = route.query is NoQuery
+    empty = NoQuery()
+
     async def endpoint(request: web.Request) -> web.StreamResponse:
         request.app[AUTH_KEY].authorize(request, route.scope)  # before the cache, always
-        query = parse_query(route.query, request.query)
+        if no_query and not request.query_string:
+            query = empty
+        else:
+            query = parse_query(route.query, request.query)
         return await route.handler(request, query)
 
     endpoint.__name__ = route.name

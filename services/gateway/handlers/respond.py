@@ -9,7 +9,7 @@ from aiohttp import web
 
 from services.common.http import REQUEST_ID_KEY, TRACEPARENT_KEY
 from services.gateway.cache import CachedResponse, CacheResult, make_response
-from services.gateway.keys import CACHE_KEY, SETTINGS_KEY, UPSTREAMS_KEY
+from services.gateway.keys import CACHE_KEY, POLICIES_KEY, SETTINGS_KEY, UPSTREAMS_KEY
 from services.gateway.upstream import UpstreamClient, UpstreamResponse
 
 X_CACHE = {
@@ -49,10 +49,12 @@ async def cached_get(
     fetch: Callable[[], Awaitable[CachedResponse]],
     tags: Collection[Hashable] = (),
 ) -> web.Response:
-    cache = request.app[CACHE_KEY]
-    policy = request.app[SETTINGS_KEY].cache.policy(route)
-    cache_control = request.headers.get("Cache-Control", "").lower()
-    revalidate = "no-cache" in cache_control or "max-age=0" in cache_control
+    app = request.app
+    policy = app[POLICIES_KEY].get(route) or app[SETTINGS_KEY].cache.policy(route)
+    cache_control = request.headers.get("Cache-Control")
+    revalidate = bool(cache_control) and ("no-cache" in cache_control.lower()
+                                          or "max-age=0" in cache_control)
+    cache = app[CACHE_KEY]
     entry, result = await cache.get_or_fetch(key, fetch, policy, route=route,
                                              revalidate=revalidate, tags=tags)
     return send(request, entry, X_CACHE[result])

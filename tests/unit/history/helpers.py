@@ -3,10 +3,13 @@ envelope code, so they follow the contract)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from services.common.events import (
@@ -21,6 +24,7 @@ from services.common.events import (
     parse_event,
     rfc3339,
 )
+from services.common.kafka import ensure_topics
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
@@ -98,26 +102,27 @@ def flip_flop(pid: str) -> list[EventRecord]:
 
 # -- Kafka, for the integration tests --------------------------------------------------
 
-import asyncio  # noqa: E402
-import time  # noqa: E402
+async def produce(bootstrap: str, records: list[EventRecord] | list[tuple], *,
+                  one_by_one: bool = False) -> None:
+    """Send EventRecords (or raw (topic, key, value, headers) tuples) and wait for acks.
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-
-from services.common.kafka import ensure_topics  # noqa: E402
-
-
-async def produce(bootstrap: str, records: list[EventRecord] | list[tuple]) -> None:
-    """Send EventRecords (or raw (topic, key, value, headers) tuples) and wait for acks."""
+    ``one_by_one``: one record per produce batch. tansu reports end offsets (ListOffsets,
+    fetch highwater) too low after multi-record batches; exact lag figures need this."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=False)
     await producer.start()
     try:
+        acks = []
         for r in records:
+            if one_by_one and acks:
+                await acks[-1]
             if isinstance(r, EventRecord):
-                await producer.send_and_wait(r.topic, r.value, key=r.key, headers=list(r.headers))
+                acks.append(await producer.send(r.topic, r.value, key=r.key,
+                                                headers=list(r.headers)))
             else:
                 topic, key, value, headers = r
-                await producer.send_and_wait(topic, value, key=key, headers=headers)
+                acks.append(await producer.send(topic, value, key=key, headers=headers))
+        await asyncio.gather(*acks)
     finally:
         await producer.stop()
 
