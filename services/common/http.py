@@ -15,6 +15,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.common.errors import Problem
+from services.common import logging as logsetup
+from services.common.logging import REQUEST_CONTEXT
 from services.common.metrics import HttpMetrics
 
 log = structlog.get_logger("ampgate.http")
@@ -80,8 +82,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[REQUEST_ID_KEY] = request_id
     request[TRACEPARENT_KEY] = traceparent
     route = route_template(request)
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id, traceparent=traceparent)
+    REQUEST_CONTEXT.set((request_id, traceparent))
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -101,15 +102,16 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     if metrics is not None:
         metrics.requests_child(route, request.method, str(response.status), client).inc()
         metrics.duration_child(route, request.method).observe(elapsed)
-    log.info(
-        "request",
-        method=request.method,
-        route=route,
-        status=response.status,
-        client=client,
-        duration_ms=round(elapsed * 1000, 2),
-        cache=response.headers.get("X-Cache"),
-    )
+    if logsetup.INFO_ENABLED:
+        log.info(
+            "request",
+            method=request.method,
+            route=route,
+            status=response.status,
+            client=client,
+            duration_ms=round(elapsed * 1000, 2),
+            cache=response.headers.get("X-Cache"),
+        )
     return response
 
 

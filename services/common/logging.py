@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 import orjson
 import structlog
 
 from services.common.settings import LogSettings
+
+
+# (request_id, traceparent) of the request being handled. One ContextVar set per request
+# is much cheaper than structlog's clear_contextvars()+bind_contextvars() on a cache hit.
+REQUEST_CONTEXT: ContextVar[tuple[str, str] | None] = ContextVar("ampgate_request", default=None)
+
+
+# Whether info lines are emitted: the per-request line is skipped outright when not, so a
+# cache hit with access logging off pays nothing for it.
+INFO_ENABLED = True
+
+
+def add_request_context(logger: object, method: str, event_dict: dict) -> dict:
+    ctx = REQUEST_CONTEXT.get()
+    if ctx is not None:
+        event_dict.setdefault("request_id", ctx[0])
+        event_dict.setdefault("traceparent", ctx[1])
+    return event_dict
 
 
 def configure_logging(settings: LogSettings, *, stream=None) -> None:
@@ -18,6 +37,7 @@ def configure_logging(settings: LogSettings, *, stream=None) -> None:
         fmt = "console" if stream.isatty() else "json"
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -31,6 +51,8 @@ def configure_logging(settings: LogSettings, *, stream=None) -> None:
         ]
         factory = structlog.BytesLoggerFactory(stream.buffer if hasattr(stream, "buffer") else stream)
     level = logging.getLevelNamesMapping()[settings.level.upper()]
+    global INFO_ENABLED
+    INFO_ENABLED = level <= logging.INFO
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
