@@ -17,10 +17,9 @@ from google.protobuf import json_format
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC
 from services.common.events.schemas import PassportChanged, PriceChanged
 from services.common.kafka import ensure_topics
-from services.sandbox.config import SandboxConfig
+from tests.fixtures.gateway import CLIENTS, READER_KEY, WRITER_KEY, auth
 from tests.fixtures.processes import settings_env, start_service
 from tests.fixtures.sandbox import free_port, upstream_settings
-from tests.fixtures.gateway import CLIENTS, READER_KEY, WRITER_KEY, auth
 
 pytestmark = pytest.mark.integration
 SECRET_TAG = "RAWTAG9931"
@@ -64,6 +63,33 @@ class TopicReader:
 
     def for_key(self, key: str) -> list:
         return [r for r in self.records if r.key == key.encode()]
+
+
+async def states_on_topic(bootstrap: str, pid: str, *, want: int, timeout_s: float) -> list[str]:
+    """status.state of every passport-changed event of ``pid``, read from offset 0 (tansu's
+    ListOffsets answers are not to be trusted), once the topic exists."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts: list[TopicPartition] = []
+        while not parts and time.monotonic() < deadline:
+            await consumer.topics()  # lists every topic; naming one would auto-create it
+            parts = [TopicPartition(PASSPORT_TOPIC, p)
+                     for p in sorted(consumer.partitions_for_topic(PASSPORT_TOPIC) or ())]
+            if not parts:
+                await asyncio.sleep(0.2)
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, 0)
+        states: list[str] = []
+        while len({s for s in states if s != "v0"}) < want and time.monotonic() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                states += [data(r)["passport"]["status"]["state"] for r in batch
+                           if r.key == pid.encode()]
+        return states
+    finally:
+        await consumer.stop()
 
 
 def data(record) -> dict:
@@ -207,29 +233,8 @@ async def test_broker_down_gateway_serves_and_loses_nothing(make_gateway, privat
     pending = next(l for l in metrics.splitlines() if l.startswith("ampgate_outbox_pending "))
     assert float(pending.split()[1]) >= 50
     await asyncio.to_thread(private_kafka.start)
-    # tansu comes back empty: read everything from the beginning
-    consumer = AIOKafkaConsumer(bootstrap_servers=private_kafka.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + 40
-        states: list[str] = []
-        while time.monotonic() < deadline and len({s for s in states if s != "v0"}) < 50:
-            await consumer.topics()
-            parts = [TopicPartition(PASSPORT_TOPIC, p)
-                     for p in sorted(consumer.partitions_for_topic(PASSPORT_TOPIC) or ())]
-            if not parts:
-                await asyncio.sleep(0.2)
-                continue
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
-            states = []
-            end = time.monotonic() + 2
-            while time.monotonic() < end:
-                for batch in (await consumer.getmany(timeout_ms=200)).values():
-                    states += [data(r)["passport"]["status"]["state"] for r in batch
-                               if r.key == pid.encode()]
-    finally:
-        await consumer.stop()
+    # tansu comes back empty: read everything from offset 0
+    states = await states_on_topic(private_kafka.bootstrap, pid, want=50, timeout_s=40)
     # v0 may have gone out (and been lost with the broker's memory) before the stop
     pending = next(l for l in (await (await gw.get("/metrics")).text()).splitlines()
                    if l.startswith("ampgate_outbox_pending "))
@@ -257,29 +262,7 @@ async def test_sigkilled_gateway_publishes_pending_events_after_restart(private_
     await asyncio.to_thread(private_kafka.start)
     gw = await asyncio.to_thread(start_service, "gateway", port, env)
     try:
-        consumer = AIOKafkaConsumer(bootstrap_servers=private_kafka.bootstrap,
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            states: list[str] = []
-            deadline = time.monotonic() + 30
-            while len(states) < 20 and time.monotonic() < deadline:
-                await consumer.topics()
-                parts = [TopicPartition(PASSPORT_TOPIC, p)
-                         for p in sorted(consumer.partitions_for_topic(PASSPORT_TOPIC) or ())]
-                if not parts:
-                    await asyncio.sleep(0.2)
-                    continue
-                consumer.assign(parts)
-                await consumer.seek_to_beginning(*parts)
-                states = []
-                end = time.monotonic() + 1.5
-                while time.monotonic() < end:
-                    for batch in (await consumer.getmany(timeout_ms=200)).values():
-                        states += [data(r)["passport"]["status"]["state"] for r in batch
-                                   if r.key == pid.encode()]
-        finally:
-            await consumer.stop()
+        states = await states_on_topic(private_kafka.bootstrap, pid, want=19, timeout_s=30)
         assert states == [f"v{n}" for n in range(20)]
     finally:
         gw.stop()

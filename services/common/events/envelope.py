@@ -96,12 +96,14 @@ def build_event(
     *,
     event_id: str | None = None,
     time: datetime | None = None,
+    validate: bool = True,
 ) -> EventRecord:
     """An event record for ``topic``; ``data`` is the proto3 JSON of the message.
 
     Raises ValueError when topic, type, subject and data do not fit the contract
     (wrong topic for the type, entity id differing from the subject, a value that
-    does not parse with the compiled protos)."""
+    does not parse with the compiled protos). ``validate=False`` skips the proto parse
+    (a third of an event's cost): for producers whose output the tests parse anyway."""
     contract = _CONTRACTS.get(ce_type)
     if contract is None:
         raise ValueError(f"unknown event type {ce_type!r}")
@@ -112,10 +114,11 @@ def build_event(
         raise ValueError("empty subject")
     if data.get(id_field) != subject:
         raise ValueError(f"data.{id_field} must equal the subject {subject!r}")
-    try:
-        schemas.check(message_type, data)
-    except json_format.ParseError as exc:
-        raise ValueError(f"{message_type.DESCRIPTOR.full_name}: {exc}") from None
+    if validate:
+        try:
+            schemas.check(message_type, data)
+        except json_format.ParseError as exc:
+            raise ValueError(f"{message_type.DESCRIPTOR.full_name}: {exc}") from None
     headers = (
         ("ce_specversion", SPEC_VERSION.encode()),
         ("ce_id", (event_id or str(uuid.uuid4())).encode()),
