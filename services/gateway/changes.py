@@ -302,7 +302,7 @@ class ChangeDetector:
         with self._outbox.transaction() as conn:
             for obs, new, record in pending:
                 self._outbox.add(conn, record)
-                document = (zlib.compress(orjson.dumps(obs.document))
+                document = (zlib.compress(orjson.dumps(obs.document), 1)
                             if obs.document is not None else None)
                 conn.execute("INSERT OR REPLACE INTO change_seen "
                              "(entity, context, key, digest, document, seen_at) "
@@ -363,6 +363,14 @@ def _changed_paths(kind: ChangeKind, previous: Any | None, current: Any | None) 
         return []
     if previous is None or current is None:
         return [""]
+    if isinstance(previous, dict) and isinstance(current, dict):
+        # jsonpatch walks every node of both documents; hand it only the top-level
+        # members that differ (by canonical bytes, so 1 vs true vs 1.0 still count).
+        differing = [k for k in previous.keys() | current.keys()
+                     if k not in previous or k not in current
+                     or _canonical(previous[k]) != _canonical(current[k])]
+        previous = {k: previous[k] for k in differing if k in previous}
+        current = {k: current[k] for k in differing if k in current}
     paths: list[str] = []
     for op in jsonpatch.JsonPatch.from_diff(previous, current, dumps=_canonical):
         for p in (op.get("from"), op["path"]):  # a move changes both ends
