@@ -8,9 +8,14 @@ from contextvars import ContextVar
 
 import orjson
 import structlog
+import structlog.tracebacks
 
 from services.common.settings import LogSettings
 
+
+# Tracebacks as data, without local variables: locals hold tokens, keys and documents.
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 
 # (request_id, traceparent) of the request being handled. One ContextVar set per request
 # is much cheaper than structlog's clear_contextvars()+bind_contextvars() on a cache hit.
@@ -46,7 +51,7 @@ def configure_logging(settings: LogSettings, *, stream=None) -> None:
         factory = structlog.PrintLoggerFactory(stream)
     else:
         renderer = [
-            structlog.processors.dict_tracebacks,
+            _DICT_TRACEBACKS,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
         factory = structlog.BytesLoggerFactory(stream.buffer if hasattr(stream, "buffer") else stream)
@@ -65,7 +70,7 @@ def configure_logging(settings: LogSettings, *, stream=None) -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *(renderer if fmt == "console" else [structlog.processors.dict_tracebacks,
+                *(renderer if fmt == "console" else [_DICT_TRACEBACKS,
                                                       structlog.processors.JSONRenderer()]),
             ],
             foreign_pre_chain=shared,

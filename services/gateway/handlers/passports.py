@@ -34,10 +34,9 @@ def _detect(request: web.Request, passport_id: str, doc: Any, how: str, change: 
 
 async def get_public(request: web.Request, query: Any) -> web.Response:
     pid = path_id(request, "passport_id")
-    client = upstreams(request).passport
-    ids = trace(request)
 
     async def fetch():
+        client, ids = upstreams(request).passport, trace(request)
         resp = await client.request("public_get", "GET", _paths(request).public.format(id=pid), **ids)
         if resp.status == 200:
             doc = resp.json()
@@ -50,10 +49,8 @@ async def get_public(request: web.Request, query: Any) -> web.Response:
 
 
 async def list_owned(request: web.Request, query: Any) -> web.Response:
-    client = upstreams(request).passport
-    ids = trace(request)
-
     async def fetch():
+        client, ids = upstreams(request).passport, trace(request)
         resp = await client.request("owned_list", "GET", _paths(request).owned_list, **ids)
         return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
@@ -63,10 +60,9 @@ async def list_owned(request: web.Request, query: Any) -> web.Response:
 
 async def get_owned(request: web.Request, query: Any) -> web.Response:
     pid = path_id(request, "passport_id")
-    client = upstreams(request).passport
-    ids = trace(request)
 
     async def fetch():
+        client, ids = upstreams(request).passport, trace(request)
         resp = await client.request("owned_get", "GET", _paths(request).owned_item.format(id=pid), **ids)
         return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
