@@ -172,13 +172,12 @@ class InvalidationConsumer:
         """A partition whose end is now BEFORE our position was emptied (tansu restarted
         with nothing, the topic re-created): all of it is new to us — read it from the
         beginning. tansu does not answer OFFSET_OUT_OF_RANGE there, it just stays silent."""
-        try:
-            ends = await consumer.end_offsets(list(assigned))
-        except KafkaError as exc:
-            log.debug("invalidation_end_offsets_unknown", error=type(exc).__name__)
-            return
-        behind = [tp for tp, end in ends.items()
-                  if tp in self._positions and end < self._positions[tp]]
+        # The highwater of fetch responses, not ListOffsets: tansu answers ListOffsets with
+        # the last batch's base offset + 1, which would look like a truncation after every
+        # multi-record batch.
+        behind = [tp for tp in assigned
+                  if tp in self._positions and (hw := consumer.highwater(tp)) is not None
+                  and hw < self._positions[tp]]
         if behind:
             log.warning("invalidation_partitions_truncated", partitions=len(behind))
             await consumer.seek_to_beginning(*behind)

@@ -330,6 +330,7 @@ def test_compose_runs_the_production_like_stack_with_contract_settings() -> None
     assert "zookeeper" not in services
     kafka = services["kafka"]["environment"]
     assert "controller" in kafka["KAFKA_PROCESS_ROLES"] and kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    state_volumes: dict[str, str] = {}
     for name in COMPONENTS:
         svc = services[name]
         assert svc["command"] == [name] and name in COMMANDS
@@ -338,7 +339,12 @@ def test_compose_runs_the_production_like_stack_with_contract_settings() -> None
         assert env["AMPGATE_HTTP__HOST"] == "0.0.0.0"
         assert not set(env) - ENV_NAMES, f"{name}: unknown settings {set(env) - ENV_NAMES}"
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
-        assert "/var/lib/ampgate" in " ".join(svc["volumes"])
+        # The state dir (outbox, delivery queue, SQLite) on a named volume of its own: it
+        # outlives `docker compose down`/`up` and recreated containers.
+        (state,) = [v for v in svc["volumes"] if v.split(":")[1] == env["AMPGATE_STATE_DIR"]]
+        volume = state.split(":")[0]
+        assert volume in doc["volumes"] and not volume.startswith((".", "/")), name
+        assert state_volumes.setdefault(volume, name) == name, f"{volume} shared"
     assert services["gateway"]["environment"]["AMPGATE_HISTORY__URL"] == "http://history:8080"
     assert services["history"]["environment"]["AMPGATE_HISTORY__DATABASE_URL"].startswith(
         "postgresql://")
@@ -464,7 +470,8 @@ def test_every_value_is_documented_camel_case_and_maps_not_lists() -> None:
     documented = documented_paths()
     undocumented: list[str] = []
     # Kubernetes structures passed through as they are (their parent is documented).
-    k8s_lists = {"tolerations", "topologySpreadConstraints", "drop", "scopes", "events"}
+    k8s_lists = {"tolerations", "topologySpreadConstraints", "drop", "scopes", "events",
+                 "accessModes"}
 
     def walk(node: Any, path: str) -> None:
         key = path.rsplit(".", 1)[-1]
@@ -506,50 +513,101 @@ def test_values_settings_trees_map_onto_contract_env_names() -> None:
 # --- Helm: lint and template with Helm's own engine ------------------------------------------
 
 _HELM = r"""
-import json, sys, yaml
+import json, sys
 import helm_python as helm
-chart, out = sys.argv[1], {}
-for path in sys.argv[2:]:
-    vals = yaml.safe_load(open(path)) or {}
-    lint = helm.lint(chart, vals, strict=True, namespace="ampgate")
-    with helm.Chart.load(chart) as c:
-        meta = {"appVersion": c.metadata.get("appVersion") or c.metadata.get("app_version")}
-        rendered = c.render(vals, name="rel", namespace="ampgate")
-    out[path] = {"lint": lint, "manifests": rendered, "chart": meta}
+chart, cases, out = sys.argv[1], json.load(sys.stdin), {}
+for name, vals in cases.items():
+    try:
+        lint = helm.lint(chart, vals, strict=True, namespace="ampgate")
+        with helm.Chart.load(chart) as c:
+            rendered = c.render(vals, name="rel", namespace="ampgate")
+    except helm.HelmError as exc:
+        out[name] = {"error": str(exc)}
+        continue
+    out[name] = {"lint": lint, "manifests": rendered}
 print(json.dumps(out))
 """
 
+# Cases beyond ci/: what the persistence defaults decide, and names at their length limit.
+INLINE_CASES: dict[str, dict[str, Any]] = {
+    "history-postgres": {"secrets": {"historyDatabaseUrl": "postgresql://a:b@pg:5432/ampgate"}},
+    "history-pinned-on": {"existingSecret": "theirs", "history": {"persistence": {"enabled": True}},
+                          "webhooks": {"persistence": {"enabled": False}}},
+    "long-names": {"fullnameOverride": "a" * 63},
+}
+# Cases the chart must refuse (name -> values, the error's words).
+REFUSED_CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "history-sqlite-replicas": ({"history": {"replicaCount": 2}}, "historyDatabaseUrl"),
+}
+
 
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, dict[str, Any]]:
-    """ci case name -> {lint, docs (parsed manifests), appVersion}. Helm runs in a child
+def rendered_all() -> dict[str, dict[str, Any]]:
+    """case name -> {lint, docs (parsed manifests), values} or {error}. Helm runs in a child
     process: its Go runtime stays out of the test process."""
     try:
         import helm_python  # noqa: F401
     except ImportError as exc:
         server_unavailable("helm (helm-python-sdk)", str(exc))
-    done = subprocess.run([sys.executable, "-c", _HELM, str(CHART), *map(str, CI_VALUES)],
+    cases = {p.name.removesuffix("-values.yaml"): yaml.safe_load(p.read_text()) or {}
+             for p in CI_VALUES}
+    cases |= INLINE_CASES | {name: vals for name, (vals, _) in REFUSED_CASES.items()}
+    done = subprocess.run([sys.executable, "-c", _HELM, str(CHART)], input=json.dumps(cases),
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     out: dict[str, dict[str, Any]] = {}
-    for path, result in json.loads(done.stdout).items():
-        docs = [d for name, text in result["manifests"].items() if name.endswith(".yaml")
+    for name, result in json.loads(done.stdout).items():
+        if "error" in result:
+            out[name] = result
+            continue
+        docs = [d for path, text in result["manifests"].items() if path.endswith(".yaml")
                 for d in yaml.safe_load_all(text) if d]
-        out[Path(path).name.removesuffix("-values.yaml")] = {
-            "lint": result["lint"], "docs": docs, "values": yaml.safe_load(Path(path).read_text()) or {}}
+        out[name] = {"lint": result["lint"], "docs": docs, "values": cases[name],
+                     "notes": result["manifests"].get("ampgate/templates/NOTES.txt", "")}
     return out
+
+
+@pytest.fixture(scope="module")
+def rendered(rendered_all: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every case the chart renders."""
+    return {name: r for name, r in rendered_all.items() if name not in REFUSED_CASES}
 
 
 def kinds(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deployments and StatefulSets by name (names are unique across both)."""
+    return kinds(docs, "Deployment") | kinds(docs, "StatefulSet")
+
+
+def by_component(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: d
+            for d in kinds(docs, kind).values()}
+
+
+def state_volume(workload: dict[str, Any]) -> dict[str, Any]:
+    """What the container mounts at AMPGATE_STATE_DIR: {"emptyDir": ...} from the pod's
+    volumes or {"claim": <PVC spec>} from the StatefulSet's claim templates."""
+    spec = workload["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["AMPGATE_STATE_DIR"]]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    claims = {c["metadata"]["name"]: c for c in workload["spec"].get("volumeClaimTemplates", [])}
+    assert (mount["name"] in volumes) != (mount["name"] in claims), "one source for the state dir"
+    if mount["name"] in claims:
+        return {"claim": claims[mount["name"]]["spec"]}
+    return volumes[mount["name"]]
+
+
 def test_ci_cases_exist() -> None:
     assert {p.name for p in CI_VALUES} >= {"default-values.yaml", "full-values.yaml",
-                                          "existing-secret-values.yaml"}
+                                          "existing-secret-values.yaml", "ephemeral-values.yaml"}
 
 
-def test_helm_lint_is_clean_for_every_ci_case(rendered: dict[str, dict[str, Any]]) -> None:
+def test_helm_lint_is_clean_for_every_case(rendered: dict[str, dict[str, Any]]) -> None:
     for case, result in rendered.items():
         lint = result["lint"]
         problems = [m for m in lint["messages"] if m["severity"] >= 2]
@@ -564,9 +622,8 @@ def test_pods_are_restricted_probed_and_configured_by_contract_names(
         secrets = {k: v for s in kinds(docs, "Secret").values()
                    for k, v in s.get("stringData", {}).items()}
         assert not (set(config) | set(secrets)) - ENV_NAMES, case
-        deployments = kinds(docs, "Deployment")
-        assert deployments, case
-        for name, dep in deployments.items():
+        assert workloads(docs), case
+        for name, dep in workloads(docs).items():
             where = f"{case}/{name}"
             assert len(name) <= 63
             pod = dep["spec"]["template"]
@@ -576,6 +633,8 @@ def test_pods_are_restricted_probed_and_configured_by_contract_names(
             spec = pod["spec"]
             assert spec["securityContext"]["runAsNonRoot"] is True, where
             assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+            # The image's uid/gid (Dockerfile): a fresh volume becomes writable for it.
+            assert spec["securityContext"]["fsGroup"] == 10001, where
             assert spec["automountServiceAccountToken"] is False, where
             (container,) = spec["containers"]
             assert container["args"] == [component], where
@@ -590,9 +649,12 @@ def test_pods_are_restricted_probed_and_configured_by_contract_names(
             (port,) = container["ports"]
             assert port["name"] == "http" and env["AMPGATE_HTTP__PORT"] == str(port["containerPort"])
             assert env["AMPGATE_HTTP__HOST"] == "0.0.0.0", where
+            # A StatefulSet's state is its own claim, a Deployment's an emptyDir.
+            state = state_volume(dep)
+            assert ("claim" in state) == (dep["kind"] == "StatefulSet"), where
+            assert "claim" in state or "emptyDir" in state, where
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             volumes = {v["name"]: v for v in spec["volumes"]}
-            assert "emptyDir" in volumes[mounts[env["AMPGATE_STATE_DIR"]]], where
             assert "emptyDir" in volumes[mounts["/tmp"]], where
             refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]
                     if "valueFrom" in e}
@@ -632,23 +694,136 @@ def existing_secret_stand_in(refs: set[str], env: dict[str, str]) -> dict[str, s
 def test_services_select_their_component_pods(rendered: dict[str, dict[str, Any]]) -> None:
     for case, result in rendered.items():
         pods = [d["spec"]["template"]["metadata"]["labels"]
-                for d in kinds(result["docs"], "Deployment").values()]
+                for d in workloads(result["docs"]).values()]
         for name, svc in kinds(result["docs"], "Service").items():
+            assert len(name) <= 63, f"{case}/{name}"
             matching = [p for p in pods if svc["spec"]["selector"].items() <= p.items()]
-            assert len(matching) == 1, f"{case}/{name} selects {len(matching)} deployments"
+            assert len(matching) == 1, f"{case}/{name} selects {len(matching)} workloads"
             assert svc["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_statefulsets_have_a_headless_service_and_a_claim_per_replica(
+        rendered: dict[str, dict[str, Any]]) -> None:
+    for case, result in rendered.items():
+        services = kinds(result["docs"], "Service")
+        for name, sts in kinds(result["docs"], "StatefulSet").items():
+            where = f"{case}/{name}"
+            # The controller-revision-hash label is "<name>-<10 chars>", within 63.
+            assert len(name) <= 52, where
+            headless = services[sts["spec"]["serviceName"]]
+            assert headless["spec"]["clusterIP"] == "None", where
+            assert headless["spec"]["selector"].items() <= (
+                sts["spec"]["template"]["metadata"]["labels"].items())
+            (claim,) = sts["spec"]["volumeClaimTemplates"]
+            assert claim["spec"]["resources"]["requests"]["storage"], where
+            assert claim["spec"]["accessModes"], where
+            # Claim templates are immutable: no labels that change with an upgrade.
+            assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(
+                claim["metadata"].get("labels", {})), where
+            # A replaced pod is gone before its successor mounts the same claim.
+            assert sts["spec"]["updateStrategy"]["type"] == "RollingUpdate", where
+
+
+def test_gateway_keeps_its_outbox_on_a_claim_by_default_and_on_an_emptydir_without_persistence(
+        rendered: dict[str, dict[str, Any]]) -> None:
+    default, ephemeral = rendered["default"]["docs"], rendered["ephemeral"]["docs"]
+    gateway = by_component(default, "StatefulSet")["gateway"]
+    assert "gateway" not in by_component(default, "Deployment")
+    claim = state_volume(gateway)["claim"]
+    assert claim["accessModes"] == ["ReadWriteOnce"]
+    assert claim["resources"]["requests"]["storage"] == "1Gi"
+    assert "storageClassName" not in claim  # the cluster's default class
+    (hpa,) = kinds(default, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                             "name": gateway["metadata"]["name"]}
+
+    gateway = by_component(ephemeral, "Deployment")["gateway"]
+    assert not kinds(ephemeral, "StatefulSet")
+    assert state_volume(gateway)["emptyDir"]["sizeLimit"] == "512Mi"
+    assert "volumeClaimTemplates" not in gateway["spec"]
+    assert not [s for s in kinds(ephemeral, "Service").values()
+                if s["spec"].get("clusterIP") == "None"]  # no StatefulSet, no headless Service
+    (hpa,) = kinds(ephemeral, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == gateway["metadata"]["name"]
+    (pdb,) = kinds(ephemeral, "PodDisruptionBudget").values()
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= (
+        gateway["spec"]["template"]["metadata"]["labels"].items())
+    notes = rendered["ephemeral"]["notes"]
+    assert "gateway.persistence.enabled=false" in notes and "lost" in notes
+
+
+def test_persistence_defaults_follow_where_each_component_keeps_its_state(
+        rendered: dict[str, dict[str, Any]]) -> None:
+    def modes(case: str) -> dict[str, str]:
+        return {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]: d["kind"]
+                for d in workloads(rendered[case]["docs"]).values()}
+
+    # No database URL: the history worker's SQLite file needs a claim too.
+    assert modes("default") == dict.fromkeys(COMPONENTS, "StatefulSet")
+    # PostgreSQL holds the history: nothing of the history worker's to keep.
+    assert modes("history-postgres") == {"gateway": "StatefulSet", "history": "Deployment",
+                                         "webhooks": "StatefulSet"}
+    # An existingSecret may hold the URL; pinned on, the claim is there anyway.
+    assert modes("history-pinned-on") == {"gateway": "StatefulSet", "history": "StatefulSet",
+                                          "webhooks": "Deployment"}
+    assert modes("ephemeral") == dict.fromkeys(COMPONENTS, "Deployment")
+
+    full = rendered["full"]["docs"]
+    assert modes("full")["history"] == "Deployment"
+    gateway = by_component(full, "StatefulSet")["gateway"]
+    assert state_volume(gateway)["claim"] | {"resources": None} == {
+        "accessModes": ["ReadWriteOncePod"], "storageClassName": "fast-ssd", "resources": None}
+    assert state_volume(gateway)["claim"]["resources"]["requests"]["storage"] == "5Gi"
+    webhooks = by_component(full, "StatefulSet")["webhooks"]
+    assert webhooks["spec"]["replicas"] == 2  # two replicas, two queues (claims), never one
+    # storageClass "-": an empty storageClassName, so only pre-provisioned volumes bind.
+    existing = by_component(rendered["existing-secret"]["docs"], "StatefulSet")["gateway"]
+    assert state_volume(existing)["claim"]["storageClassName"] == ""
+    # Names at their limit: the StatefulSet stops at 52, its headless Service at 63.
+    long = [d for d in rendered["long-names"]["docs"] if d["kind"] == "StatefulSet"]
+    assert len({sts["metadata"]["name"] for sts in long}) == len(COMPONENTS)  # still distinct
+    assert len({sts["spec"]["serviceName"] for sts in long}) == len(COMPONENTS)
+    for sts in long:
+        assert len(sts["metadata"]["name"]) <= 52 and len(sts["spec"]["serviceName"]) <= 63
+
+
+def test_chart_refuses_sqlite_history_on_several_replicas(
+        rendered_all: dict[str, dict[str, Any]]) -> None:
+    for name, (_, words) in REFUSED_CASES.items():
+        assert words in rendered_all[name].get("error", ""), name
+
+
+def test_service_monitor_scrapes_each_pod_once(rendered: dict[str, dict[str, Any]]) -> None:
+    docs = rendered["full"]["docs"]
+    (monitor,) = kinds(docs, "ServiceMonitor").values()
+    selector = monitor["spec"]["selector"]
+
+    def selects(svc: dict[str, Any]) -> bool:
+        labels = svc["metadata"]["labels"]
+        if not selector["matchLabels"].items() <= labels.items():
+            return False
+        for expr in selector.get("matchExpressions", []):
+            assert expr["operator"] == "DoesNotExist"  # the only one used
+            if expr["key"] in labels:
+                return False
+        return True
+
+    scraped = [s["spec"]["selector"]["app.kubernetes.io/component"]
+               for s in kinds(docs, "Service").values() if selects(s)]
+    assert sorted(scraped) == sorted(COMPONENTS)  # headless Services front the same pods
 
 
 def test_default_case_follows_app_version_and_wires_gateway_to_history(
         rendered: dict[str, dict[str, Any]]) -> None:
     docs = rendered["default"]["docs"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    deployments = kinds(docs, "Deployment")
-    assert set(deployments) == {f"rel-ampgate-{c}" for c in COMPONENTS}
-    for dep in deployments.values():
+    sets = workloads(docs)
+    assert set(sets) == {f"rel-ampgate-{c}" for c in COMPONENTS}
+    for dep in sets.values():
         image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image.endswith(":" + chart["appVersion"])
-    gateway = deployments["rel-ampgate-gateway"]
+    gateway = sets["rel-ampgate-gateway"]
     env = {e["name"]: e.get("value") for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
     history_svc = kinds(docs, "Service")["rel-ampgate-history"]
     assert env["AMPGATE_HISTORY__URL"] == (
@@ -674,11 +849,11 @@ def test_full_case_renders_secrets_as_contract_json_and_monitoring(
                                                               "emaid": "DE-ABC-123456789"}
     hooks = json.loads(data["AMPGATE_WEBHOOKS__SUBSCRIPTIONS"])
     assert hooks[0]["entity_ids"] == ["BP-1", "BP-2"]
-    deployments = kinds(docs, "Deployment")
-    image = deployments["rel-ampgate-gateway"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    sets = workloads(docs)
+    image = sets["rel-ampgate-gateway"]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith(":1.2.3@sha256:" + "0" * 64)
     env = {e["name"]: e.get("value") for e in
-           deployments["rel-ampgate-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+           sets["rel-ampgate-gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AMPGATE_CACHE__DEFAULT_TTL_S"] == "12.5"
     assert env["AMPGATE_CACHE__MAX_BYTES"] == "67108864"  # no 6.7108864e+07
     assert env["AMPGATE_POLL__PRICES_INTERVAL_S"] == "900"
@@ -694,7 +869,7 @@ def test_existing_secret_case_renders_no_secret_and_reads_the_given_one(
     docs = rendered["existing-secret"]["docs"]
     assert not kinds(docs, "Secret") and not kinds(docs, "HorizontalPodAutoscaler")
     assert not kinds(docs, "ServiceAccount")
-    (gateway,) = kinds(docs, "Deployment").values()
+    (gateway,) = workloads(docs).values()
     assert gateway["metadata"]["name"] == "ampgate-gateway" and gateway["spec"]["replicas"] == 3
     spec = gateway["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "ampgate-runner"

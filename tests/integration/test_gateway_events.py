@@ -68,17 +68,16 @@ class TopicReader:
 async def states_on_topic(bootstrap: str, pid: str, *, want: int, timeout_s: float) -> list[str]:
     """status.state of every passport-changed event of ``pid``, read from offset 0 (tansu's
     ListOffsets answers are not to be trusted), once the topic exists."""
+    # The consumer's partition metadata comes from its start: make sure the topics exist
+    # by then (the gateway's publisher accepts topics that already exist).
+    await ensure_topics(bootstrap, [PASSPORT_TOPIC, PRICE_TOPIC], 6, 1)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout_s
-        parts: list[TopicPartition] = []
-        while not parts and time.monotonic() < deadline:
-            await consumer.topics()  # lists every topic; naming one would auto-create it
-            parts = [TopicPartition(PASSPORT_TOPIC, p)
-                     for p in sorted(consumer.partitions_for_topic(PASSPORT_TOPIC) or ())]
-            if not parts:
-                await asyncio.sleep(0.2)
+        parts = [TopicPartition(PASSPORT_TOPIC, p)
+                 for p in sorted(consumer.partitions_for_topic(PASSPORT_TOPIC) or ())]
+        assert parts, "no partitions known for passport-changed"
         consumer.assign(parts)
         for tp in parts:
             consumer.seek(tp, 0)

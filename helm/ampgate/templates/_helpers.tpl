@@ -85,6 +85,109 @@ app.kubernetes.io/part-of: ampgate
 {{- default (include "ampgate.fullname" .) .Values.existingSecret }}
 {{- end }}
 
+{{/*
+Whether a component keeps AMPGATE_STATE_DIR on its own PersistentVolumeClaim (a StatefulSet)
+rather than an emptyDir (a Deployment): "true" or "". <component>.persistence.enabled wins when
+it is a boolean; null (the history default) means "only when the history worker writes SQLite",
+i.e. neither secrets.historyDatabaseUrl nor an existingSecret (which may hold one) is set.
+Usage: if include "ampgate.persistent" (dict "ctx" $ "component" "gateway")
+*/}}
+{{- define "ampgate.persistent" -}}
+{{- $p := (index .ctx.Values .component).persistence | default dict }}
+{{- if kindIs "bool" $p.enabled }}
+{{- if $p.enabled }}true{{ end }}
+{{- else if not (or .ctx.Values.secrets.historyDatabaseUrl .ctx.Values.existingSecret) }}
+{{- printf "true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+A StatefulSet's name: its controller-revision-hash label is "<name>-<10 characters>" and must
+fit in 63, so the name stops at 52 (the release part gives way, the component stays).
+*/}}
+{{- define "ampgate.statefulSetName" -}}
+{{- $room := sub 51 (len .component) | int }}
+{{- printf "%s-%s" (include "ampgate.fullname" .ctx | trunc $room | trimSuffix "-") .component }}
+{{- end }}
+
+{{/* The headless Service a component's StatefulSet names as its serviceName (63 at most). */}}
+{{- define "ampgate.headlessName" -}}
+{{- $room := sub 53 (len .component) | int }}
+{{- printf "%s-%s-headless" (include "ampgate.fullname" .ctx | trunc $room | trimSuffix "-") .component }}
+{{- end }}
+
+{{/*
+A component's StatefulSet spec (without replicas): one ReadWriteOnce claim per replica mounted
+at AMPGATE_STATE_DIR, so replicas never share an outbox, queue or SQLite file.
+Usage: include "ampgate.statefulSetSpec" (dict "ctx" $ "component" "webhooks" "podManagementPolicy" "Parallel")
+*/}}
+{{- define "ampgate.statefulSetSpec" -}}
+{{- $v := index .ctx.Values .component }}
+{{- $p := $v.persistence }}
+{{- $pod := include "ampgate.podArgs" . | fromYaml -}}
+revisionHistoryLimit: 5
+serviceName: {{ include "ampgate.headlessName" . }}
+podManagementPolicy: {{ .podManagementPolicy }}
+selector:
+  matchLabels:
+    {{- include "ampgate.selectorLabels" . | nindent 4 }}
+# One pod at a time, the old one gone before its successor mounts the claim.
+updateStrategy:
+  type: RollingUpdate
+# Kubernetes keeps the claims of scaled-down replicas (whenScaled: Retain): what is still in
+# their outbox or queue is picked up again when the replica comes back.
+template:
+  {{- include "ampgate.podTemplate" (dict "ctx" .ctx "component" .component "values" $v "secretKeys" $pod.secretKeys "env" $pod.env "persistent" true) | nindent 2 }}
+volumeClaimTemplates:
+  - apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata:
+      name: state
+      # Selector labels only: volumeClaimTemplates cannot change after creation, so no
+      # version or chart labels that move with every upgrade.
+      labels:
+        {{- include "ampgate.selectorLabels" . | nindent 8 }}
+    spec:
+      accessModes:
+        {{- toYaml $p.accessModes | nindent 8 }}
+      {{- if eq $p.storageClass "-" }}
+      storageClassName: ""
+      {{- else if $p.storageClass }}
+      storageClassName: {{ $p.storageClass | quote }}
+      {{- end }}
+      resources:
+        requests:
+          storage: {{ $p.size | quote }}
+{{- end }}
+
+{{/*
+What a component's pod gets besides its values, the same whichever kind runs it: the secret
+keys it may read (least privilege: workers never see upstream secrets) and computed env.
+Output: YAML {secretKeys: [...], env: {...}}.
+Usage: $pod := include "ampgate.podArgs" (dict "ctx" $ "component" "gateway") | fromYaml
+*/}}
+{{- define "ampgate.podArgs" -}}
+{{- $keys := dict
+  "gateway" (list "AMPGATE_CLIENTS" "AMPGATE_PASSPORT__CLIENT_SECRET" "AMPGATE_CPO__CLIENT_SECRET" "AMPGATE_PRICING__API_TOKEN" "AMPGATE_TARIFF_CONTEXTS")
+  "history" (list "AMPGATE_HISTORY__DATABASE_URL")
+  "webhooks" (list "AMPGATE_WEBHOOKS__SUBSCRIPTIONS") }}
+{{- $env := dict }}
+{{- if and (eq .component "gateway") .ctx.Values.history.enabled }}
+{{- $_ := set $env "AMPGATE_HISTORY__URL" (include "ampgate.historyUrl" .ctx) }}
+{{- end }}
+{{- toYaml (dict "secretKeys" (get $keys .component) "env" $env) }}
+{{- end }}
+
+{{/*
+Refuse what cannot work: several history replicas on SQLite would each keep their own
+database and answer differently (the chart can only tell when no existingSecret is used).
+*/}}
+{{- define "ampgate.historyChecks" -}}
+{{- if and (gt (int .Values.history.replicaCount) 1) (not .Values.secrets.historyDatabaseUrl) (not .Values.existingSecret) }}
+{{- fail "history.replicaCount > 1 needs a PostgreSQL secrets.historyDatabaseUrl: SQLite replicas would each keep their own history" }}
+{{- end }}
+{{- end }}
+
 {{- define "ampgate.historyUrl" -}}
 {{- printf "http://%s:%v" (include "ampgate.componentName" (dict "ctx" . "component" "history")) .Values.history.service.port }}
 {{- end }}
@@ -163,7 +266,8 @@ the settings expect.
 The pod template every component shares. Each component gets only the secret keys it uses
 (least privilege); its own settings and extraEnv override the shared ConfigMap.
 Usage: include "ampgate.podTemplate" (dict "ctx" $ "component" "gateway" "values" .Values.gateway
-       "secretKeys" (list ...) "env" (dict ...))
+       "secretKeys" (list ...) "env" (dict ...) ["persistent" true])
+"persistent": the state volume comes from a StatefulSet's claim template, not an emptyDir.
 */}}
 {{- define "ampgate.podTemplate" -}}
 {{- $ctx := .ctx }}
@@ -251,18 +355,21 @@ spec:
       securityContext:
         {{- toYaml $ctx.Values.containerSecurityContext | nindent 8 }}
       volumeMounts:
+        # AMPGATE_STATE_DIR: outbox, webhook queue, SQLite files. The root filesystem is read-only.
         - name: state
           mountPath: /var/lib/ampgate
         - name: tmp
           mountPath: /tmp
   volumes:
-    # AMPGATE_STATE_DIR: the gateway's outbox and SQLite files. The root filesystem is read-only.
+    {{- if not .persistent }}
+    # Without persistence the state goes with the pod (a StatefulSet's claim template is "state").
     - name: state
       emptyDir:
         {{- with $ctx.Values.stateDir.medium }}
         medium: {{ . }}
         {{- end }}
         sizeLimit: {{ $ctx.Values.stateDir.sizeLimit }}
+    {{- end }}
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
