@@ -175,7 +175,7 @@ Ctrl-C stops everything.""", flush=True)
             loop.add_signal_handler(sig, stop.set)
         waits = [asyncio.create_task(c.proc.wait()) for c in children]
         stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
         for c in children:
             if c.proc.returncode is not None:
                 print(f"{c.name} exited ({c.proc.returncode}); see {c.log}", file=sys.stderr)

@@ -14,8 +14,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.common.errors import Problem
 from services.common import logging as logsetup
+from services.common.errors import Problem
 from services.common.logging import REQUEST_CONTEXT
 from services.common.metrics import HttpMetrics
 

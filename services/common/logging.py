@@ -12,7 +12,6 @@ import structlog.tracebacks
 
 from services.common.settings import LogSettings
 
-
 # Tracebacks as data, without local variables: locals hold tokens, keys and documents.
 _DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False))

@@ -14,7 +14,7 @@ class Children:
     """Labelled children of a metric, kept: ``.labels()`` validates and takes a lock on
     every call, too slow for a cache hit. Label values are bounded by design."""
 
-    __slots__ = ("_metric", "_children")
+    __slots__ = ("_children", "_metric")
 
     def __init__(self, metric: Any) -> None:
         self._metric = metric

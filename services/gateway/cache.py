@@ -24,8 +24,8 @@ from enum import StrEnum
 
 import structlog
 
-from services.common.settings import CachePolicy
 from services.common.metrics import Children
+from services.common.settings import CachePolicy
 from services.gateway.errors import UpstreamError, UpstreamTimeout
 from services.gateway.metrics import GatewayMetrics
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from services.gateway.handlers import admin, history, passports, prices, stations, users
 from services.gateway.keys import AUTH_KEY
 from services.gateway.validation import (
+    HistoryQuery,
     NewUser,
     NoQuery,
     Passport,
@@ -22,7 +23,6 @@ from services.gateway.validation import (
     Query,
     StationsQuery,
     User,
-    HistoryQuery,
     parse_query,
 )
 

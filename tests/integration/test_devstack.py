@@ -10,11 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
-import urllib.request
 
 from tests.fixtures.sandbox import free_port
 
@@ -44,7 +44,7 @@ def test_dev_stack_shows_a_change_end_to_end(tmp_path):
     def wait_for(pattern: str, timeout_s: float) -> re.Match:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for line in list(lines):
+            for line in lines:
                 if m := re.search(pattern, line):
                     return m
             assert proc.poll() is None, "".join(lines)[-3000:]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
+from typing import Self
 
 import aiohttp
 import orjson
@@ -35,7 +37,7 @@ class TopicReader:
         # keep only what was produced after we started reading.
         self.since_ms = int(time.time() * 1000) - 50
 
-    async def __aenter__(self) -> TopicReader:
+    async def __aenter__(self) -> Self:
         await ensure_topics(self.bootstrap, [PASSPORT_TOPIC, PRICE_TOPIC], 6, 1)
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await self.consumer.start()
@@ -208,7 +210,7 @@ async def test_hundred_updates_arrive_in_order_on_one_partition(kafka_gateway, k
     states = [data(r)["passport"]["status"]["state"] for r in records]
     assert states == [f"v{n}" for n in range(1, 101)]
     digests = [data(r) for r in records]
-    for before, after in zip(digests, digests[1:]):
+    for before, after in itertools.pairwise(digests):
         assert after["previous_digest"] == before["digest"]
 
 

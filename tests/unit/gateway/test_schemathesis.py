@@ -8,10 +8,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck
 
-from tests.fixtures.processes import settings_env, start_service
-from tests.fixtures.sandbox import free_port, start_sandbox_process, upstream_settings
 from services.sandbox.config import SandboxConfig
 from tests.fixtures.gateway import CLIENTS
+from tests.fixtures.processes import settings_env, start_service
+from tests.fixtures.sandbox import free_port, start_sandbox_process, upstream_settings
 
 ALL_SCOPES_KEY = "schemathesis-key"
 
