@@ -1,15 +1,20 @@
-"""The SQLite history store (the default: embedded, one file, WAL mode)."""
+"""The SQLite history store (the default: embedded, one file, WAL mode).
+
+One plain sqlite3 connection owned by one dedicated thread: every call (a whole batch's
+transaction included) is ONE hop to that thread, so the event loop never idles waiting
+on a hop per statement.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import orjson
 
 from services.history.store import HistoryStore, StoreUnavailable, migrations
@@ -19,7 +24,24 @@ _COLUMNS = ("seq, entity, entity_id, context, event_id, observed_at_us, change, 
             "digest, previous_digest, changed_paths, document")
 _KEY = "entity = ? AND entity_id = ? AND context = ?"
 _NEWEST_FIRST = "ORDER BY observed_at_us DESC, seq DESC"
+_INSERT = ("INSERT INTO history_versions (entity, entity_id, context, event_id, "
+           "observed_at_us, change, detected_by, digest, previous_digest, "
+           "changed_paths, document, recorded_at_us) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING")
+# The latest version of many entities in one query: each key's newest seq comes from the
+# (entity, entity_id, context, observed_at_us, seq) index, read backwards.
+_LATEST_OF_KEYS = (
+    "WITH k(entity, entity_id, context) AS (VALUES {values}) "
+    "SELECT {columns} FROM k JOIN history_versions h ON h.seq = ("
+    "SELECT x.seq FROM history_versions x "
+    "WHERE x.entity = k.entity AND x.entity_id = k.entity_id AND x.context = k.context "
+    "ORDER BY x.observed_at_us DESC, x.seq DESC LIMIT 1)")
+_LATEST_COLUMNS = ", ".join(f"h.{c.strip()}" for c in _COLUMNS.split(","))
+# Well under SQLite's bound-parameter limit (32,766; 999 on old builds).
+_CHUNK = 300
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+T = TypeVar("T")
 
 
 def _us(dt: datetime) -> int:
@@ -45,133 +67,167 @@ def _row(row: Any) -> Version:
     )
 
 
+def _chunks(items: list[T], size: int = _CHUNK) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
 class SqliteStore(HistoryStore):
     dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: aiosqlite.Connection | None = None
+        self._db: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we write BEGIN/COMMIT ourselves.
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-sqlite")
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
+            db = await asyncio.get_running_loop().run_in_executor(thread, self._connect)
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        self._db, self._thread = db, thread
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we write BEGIN/COMMIT ourselves. Only our thread uses the
+        # connection; check_same_thread=False lets close() run wherever it must.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process (not a power cut): the worker
             # re-reads uncommitted Kafka offsets anyway.
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await self._migrate(db)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            self._migrate(db)
         except BaseException:
-            await db.close()
+            db.close()
             raise
-        self._db = db
+        return db
 
     async def close(self) -> None:
         db, self._db = self._db, None
-        if db is not None:
-            await db.close()
+        thread, self._thread = self._thread, None
+        if db is None or thread is None:
+            return
+        try:
+            # Queued behind any call still running, which therefore finishes first.
+            await asyncio.get_running_loop().run_in_executor(thread, db.close)
+        finally:
+            thread.shutdown(wait=False)
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute(
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
             "name TEXT NOT NULL, applied_at TEXT NOT NULL)")
-        async with db.execute("SELECT version FROM schema_migrations") as cur:
-            done = {r[0] for r in await cur.fetchall()}
+        done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
         for version, name, sql in migrations(self.dialect):
             if version in done:
                 continue
             now = datetime.now(UTC).isoformat()
             # One script, one transaction: a half-applied migration is never recorded.
-            await db.executescript(
+            db.executescript(
                 f"BEGIN IMMEDIATE;\n{sql}\n"
                 f"INSERT INTO schema_migrations VALUES ({version}, '{name}', '{now}');\nCOMMIT;")
 
-    async def applied_migrations(self) -> list[int]:
-        async with self._conn().execute("SELECT version FROM schema_migrations ORDER BY 1") as cur:
-            return [r[0] for r in await cur.fetchall()]
-
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in the store's thread: one hop."""
+        db, thread = self._db, self._thread
+        if db is None or thread is None:
             raise StoreUnavailable("the history database is not open")
-        return self._db
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, db)
 
-    @asynccontextmanager
-    async def _translate(self) -> AsyncIterator[None]:
+    async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            yield
+            return await self._call(fn)
         except sqlite3.OperationalError as exc:  # locked, disk I/O, ...
             raise StoreUnavailable(str(exc)) from exc
+
+    async def applied_migrations(self) -> list[int]:
+        return await self._call(
+            lambda db: [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY 1")])
 
     async def record(self, versions: Sequence[Version]) -> list[Version]:
         if not versions:
             return []
-        db = self._conn()
-        stored: list[Version] = []
-        async with self._translate():
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [v.event_id for v in versions]
-                marks = ",".join("?" * len(ids))
-                async with db.execute(
-                        f"SELECT event_id FROM history_versions WHERE event_id IN ({marks})",
-                        ids) as cur:
-                    seen = {r[0] for r in await cur.fetchall()}
-                latest: dict[EntityKey, Version | None] = {}
-                now_us = _us(datetime.now(UTC))
-                for v in versions:
-                    if v.event_id in seen:
-                        continue
-                    if v.key not in latest:
-                        latest[v.key] = await self._latest(db, v.key)
-                    if is_same_transition(v, latest[v.key]):
-                        continue
-                    await db.execute(
-                        "INSERT INTO history_versions (entity, entity_id, context, event_id, "
-                        "observed_at_us, change, detected_by, digest, previous_digest, "
-                        "changed_paths, document, recorded_at_us) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                        (v.key.entity, v.key.entity_id, v.key.context, v.event_id,
-                         _us(v.observed_at), v.change, v.detected_by, v.digest,
-                         v.previous_digest, orjson.dumps(list(v.changed_paths)).decode(),
-                         v.document, now_us))
-                    seen.add(v.event_id)
-                    current = latest[v.key]
-                    if current is None or v.observed_at >= current.observed_at:
-                        latest[v.key] = v
-                    stored.append(v)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-        return stored
-
-    async def _latest(self, db: aiosqlite.Connection, key: EntityKey) -> Version | None:
-        async with db.execute(
-                f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} {_NEWEST_FIRST} LIMIT 1",
-                (key.entity, key.entity_id, key.context)) as cur:
-            row = await cur.fetchone()
-        return _row(row) if row else None
+        batch = list(versions)
+        now_us = _us(datetime.now(UTC))
+        return await self._query(lambda db: _record(db, batch, now_us))
 
     async def versions(self, key: EntityKey) -> list[Version]:
-        async with self._translate(), self._conn().execute(
-                f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} {_NEWEST_FIRST}",
-                (key.entity, key.entity_id, key.context)) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+        sql = f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} {_NEWEST_FIRST}"
+        return await self._query(
+            lambda db: [_row(r) for r in db.execute(sql, (key.entity, key.entity_id, key.context))])
 
     async def version_at(self, key: EntityKey, at: datetime) -> Version | None:
-        async with self._translate(), self._conn().execute(
-                f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} AND observed_at_us <= ? "
-                f"{_NEWEST_FIRST} LIMIT 1",
-                (key.entity, key.entity_id, key.context, _us(at))) as cur:
-            row = await cur.fetchone()
-        return _row(row) if row else None
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} AND observed_at_us <= ? "
+            f"{_NEWEST_FIRST} LIMIT 1",
+            (key.entity, key.entity_id, key.context, _us(at)))
 
     async def version_by_digest(self, key: EntityKey, digest: str) -> Version | None:
-        async with self._translate(), self._conn().execute(
-                f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} AND digest = ? "
-                f"{_NEWEST_FIRST} LIMIT 1",
-                (key.entity, key.entity_id, key.context, digest)) as cur:
-            row = await cur.fetchone()
+        return await self._one(
+            f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} AND digest = ? "
+            f"{_NEWEST_FIRST} LIMIT 1",
+            (key.entity, key.entity_id, key.context, digest))
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> Version | None:
+        row = await self._query(lambda db: db.execute(sql, params).fetchone())
         return _row(row) if row else None
+
+
+def _record(db: sqlite3.Connection, versions: list[Version], now_us: int) -> list[Version]:
+    """The whole batch in one transaction, in the store's thread (THE RULE of
+    services.history.versions: skip a known event id, or the entity's latest transition
+    again; the batch's own events count as stored as soon as they are)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        seen = _known_event_ids(db, list(dict.fromkeys(v.event_id for v in versions)))
+        latest = _latest_of(db, list(dict.fromkeys(v.key for v in versions if v.event_id not in seen)))
+        stored: list[Version] = []
+        rows: list[tuple[Any, ...]] = []
+        for v in versions:
+            if v.event_id in seen:
+                continue
+            current = latest.get(v.key)
+            if is_same_transition(v, current):
+                continue
+            rows.append((v.key.entity, v.key.entity_id, v.key.context, v.event_id, _us(v.observed_at),
+                         v.change, v.detected_by, v.digest, v.previous_digest,
+                         orjson.dumps(list(v.changed_paths)).decode(), v.document, now_us))
+            seen.add(v.event_id)
+            # Newest first is (observed_at, seq): a later insert wins a tie.
+            if current is None or v.observed_at >= current.observed_at:
+                latest[v.key] = v
+            stored.append(v)
+        if rows:
+            db.executemany(_INSERT, rows)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # a failed COMMIT may have rolled back already
+            db.execute("ROLLBACK")
+        raise
+    return stored
+
+
+def _known_event_ids(db: sqlite3.Connection, ids: list[str]) -> set[str]:
+    seen: set[str] = set()
+    for chunk in _chunks(ids):
+        marks = ",".join("?" * len(chunk))
+        seen.update(r[0] for r in db.execute(
+            f"SELECT event_id FROM history_versions WHERE event_id IN ({marks})", chunk))
+    return seen
+
+
+def _latest_of(db: sqlite3.Connection, keys: list[EntityKey]) -> dict[EntityKey, Version]:
+    """The latest stored version of each of ``keys`` that has one."""
+    latest: dict[EntityKey, Version] = {}
+    for chunk in _chunks(keys):
+        values = ",".join(["(?, ?, ?)"] * len(chunk))
+        params = [p for k in chunk for p in (k.entity, k.entity_id, k.context)]
+        sql = _LATEST_OF_KEYS.format(columns=_LATEST_COLUMNS, values=values)
+        for row in db.execute(sql, params):
+            version = _row(row)
+            latest[version.key] = version
+    return latest

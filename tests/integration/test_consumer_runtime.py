@@ -199,3 +199,56 @@ async def test_lag_rises_while_behind_and_returns_to_zero(setup: Setup) -> None:
         assert ready and detail["status"] == "connected" and detail["lag"] == 0
     finally:
         await second.stop()
+
+
+def lag_by_partition(registry: CollectorRegistry) -> dict[str, float]:
+    return {s.labels["partition"]: s.value for m in registry.collect()
+            if m.name == "ampgate_consumer_lag" for s in m.samples}
+
+
+async def test_lag_reaches_zero_when_the_backlog_is_there_before_the_member_joins(
+        setup: Setup) -> None:
+    # Regression (bench, webhooks stage): the loop processed and committed a partition
+    # while the assignment listener was still reading committed offsets, which then moved
+    # the processed mark back; with tansu's low ListOffsets answer overwriting the end,
+    # the gauge stayed at 1 on that partition forever (on Kafka: at the whole batch).
+    seen: list[str] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        seen.extend(e.id for e in events)
+
+    setup.topic = unique_name("passport-changed")  # more partitions: a wider window
+    await create_topics(setup.bootstrap, [setup.topic], partitions=6)
+    await produce(setup.bootstrap, setup.records(300))  # multi-record batches
+    registry = CollectorRegistry()
+    consumer = setup.consumer(handle, registry)
+    await consumer.start()
+    try:
+        await wait_until(lambda: len(seen) >= 300)
+        await wait_until(lambda: len(lag_by_partition(registry)) == 6)
+        await asyncio.sleep(1.2)  # two lag refreshes after the last batch
+        assert lag_by_partition(registry) == {str(p): 0 for p in range(6)}
+        assert consumer.lag() == 0
+    finally:
+        await consumer.stop()
+
+
+async def test_lag_counts_a_backlog_produced_in_batches(setup: Setup) -> None:
+    # tansu's ListOffsets answers the last batch's base offset + 1; the fetch highwater
+    # is the real end, so the gauge shows the whole backlog, not 1 per batch.
+    gate = asyncio.Event()
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        await gate.wait()
+
+    await produce(setup.bootstrap, setup.records(120))  # multi-record batches
+    registry = CollectorRegistry()
+    consumer = setup.consumer(handle, registry)
+    await consumer.start()
+    try:
+        await wait_until(lambda: sum(lag_by_partition(registry).values()) == 120)
+        gate.set()
+        await wait_until(lambda: sum(lag_by_partition(registry).values()) == 0)
+    finally:
+        gate.set()
+        await consumer.stop()

@@ -91,3 +91,23 @@ async def test_migrations_are_recorded_and_applied_once(database_url: str) -> No
         await s.open()
         assert await s.applied_migrations() == [1]
         await s.close()
+
+
+async def test_a_large_batch_finds_the_latest_version_of_every_entity(store: HistoryStore) -> None:
+    # More entities than one lookup query covers (the SQLite store looks them up in chunks).
+    pids = [f"bulk-{n}" for n in range(700)]
+    a = {p: passport_doc(p, 1.0) for p in pids}
+    b = {p: passport_doc(p, 2.0) for p in pids}
+    first = versions_of([passport_record(p, a[p], None, 0) for p in pids])
+    assert len(await store.record(first)) == 700
+    # A replica's copy of each snapshot (skipped), then A→B→A per passport (recorded), then
+    # every first event resent (skipped): all in one batch.
+    batch = versions_of([passport_record(p, a[p], None, 0.01) for p in pids]
+                        + [passport_record(p, b[p], a[p], 5) for p in pids]
+                        + [passport_record(p, a[p], b[p], 10) for p in pids]) + first
+    stored = await store.record(batch)
+    assert len(stored) == 1400
+    assert {v.observed_at for v in stored} == {at(5), at(10)}
+    for p in (pids[0], pids[350], pids[-1]):
+        got = await store.versions(EntityKey(PASSPORT, p))
+        assert [v.observed_at for v in got] == [at(10), at(5), at(0)]
