@@ -351,9 +351,7 @@ class EventConsumer:
                         tp = TopicPartition(r.topic, r.partition)
                         self._done[tp] = max(self._done.get(tp, 0), r.offset + 1)
                         self._uncommitted[tp] = self._done[tp]
-                        # A record read proves the end is past it (tansu under-reports
-                        # end offsets after multi-record batches).
-                        self._end[tp] = max(self._end.get(tp, 0), r.offset + 1)
+                        self._raise_end(tp, r.offset + 1)
                 await self._commit(consumer)
             if records:
                 self._publish_lag()
@@ -459,8 +457,8 @@ class EventConsumer:
     async def _lag_loop(self, offsets: AIOKafkaConsumer) -> None:
         """Refresh end offsets every LAG_REFRESH_S (or at once when woken), on a client of
         its own: tansu answers requests on a connection in order, so a ListOffsets on the
-        group consumer's connection would wait behind its long-polling Fetch; and the
-        fetch responses' highwater marks there are not the partition's end."""
+        group consumer's connection would wait behind its long-polling Fetch. ListOffsets
+        is only one of the sources: see ``_raise_end``."""
         while True:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._lag_wakeup.wait(), LAG_REFRESH_S)
@@ -473,8 +471,25 @@ class EventConsumer:
             except (KafkaError, TimeoutError) as exc:
                 log.debug("lag_unavailable", service=self.service, error=str(exc))
                 continue
-            self._end.update(ends)
+            consumer = self._consumer
+            for tp, end in ends.items():
+                if tp not in self._done:  # revoked while we asked
+                    continue
+                self._raise_end(tp, end)
+                # The group consumer's last fetch highwater: exact on Kafka and on tansu,
+                # where ListOffsets answers the last batch's base offset + 1.
+                if consumer is not None and tp in consumer.assignment():
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None:
+                        self._raise_end(tp, highwater)
             self._publish_lag()
+
+    def _raise_end(self, tp: TopicPartition, end: int) -> None:
+        """End offsets only grow while we own a partition, and each source (ListOffsets,
+        fetch highwater, records read) can be behind the others: keep the highest, so a
+        late or under-reported answer never lowers the end below what was processed
+        (tansu's ListOffsets overwrote it with 1, leaving a lag of 1 forever)."""
+        self._end[tp] = max(self._end.get(tp, 0), end)
 
     def _publish_lag(self) -> None:
         for tp, done in list(self._done.items()):
@@ -490,7 +505,11 @@ class EventConsumer:
             committed = await consumer.committed(tp)
             if committed is None:
                 committed = (await consumer.beginning_offsets([tp]))[tp]
-            self._done[tp] = committed
+            # The assignment is live before this listener runs, so the loop may already
+            # have processed (and committed) records of tp while we awaited: never move
+            # _done back, or the gauge keeps that batch as lag forever. Entries of an
+            # earlier ownership were dropped in _on_revoked.
+            self._done[tp] = max(committed, self._done.get(tp, committed))
         log.info("partitions_assigned", service=self.service,
                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
         # Show the backlog before the first batch is even processed.

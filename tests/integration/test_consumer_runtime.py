@@ -218,16 +218,20 @@ async def test_lag_reaches_zero_when_the_backlog_is_there_before_the_member_join
         seen.extend(e.id for e in events)
 
     setup.topic = unique_name("passport-changed")  # more partitions: a wider window
-    await create_topics(setup.bootstrap, [setup.topic], partitions=6)
-    await produce(setup.bootstrap, setup.records(300))  # multi-record batches
+    await create_topics(setup.bootstrap, [setup.topic], partitions=12)
+    # Many keys, so every partition has records (multi-record batches).
+    await produce(setup.bootstrap, [
+        (setup.topic, r.key, r.value, list(r.headers))
+        for r in (passport_record(f"p{i}", passport_doc(f"p{i}", 1.0), None, i)
+                  for i in range(300))])
     registry = CollectorRegistry()
     consumer = setup.consumer(handle, registry)
     await consumer.start()
     try:
         await wait_until(lambda: len(seen) >= 300)
-        await wait_until(lambda: len(lag_by_partition(registry)) == 6)
+        await wait_until(lambda: len(lag_by_partition(registry)) == 12)
         await asyncio.sleep(1.2)  # two lag refreshes after the last batch
-        assert lag_by_partition(registry) == {str(p): 0 for p in range(6)}
+        assert lag_by_partition(registry) == {str(p): 0 for p in range(12)}
         assert consumer.lag() == 0
     finally:
         await consumer.stop()
