@@ -43,6 +43,14 @@ BAD_QUERIES = [
     ("/v1/charging-stations?page[offset]=-1", "page[offset]"),
     ("/v1/charging-stations?page[size]=10", "page[size]"),
     ("/v1/passports/BP-0001?x=1", "x"),
+    ("/v1/passports/BP-0001/history?at=yesterday", "at"),
+    ("/v1/passports/BP-0001/history?at=2026-13-01T00:00:00Z", "at"),
+    ("/v1/passports/BP-0001/history?from=sha256:" + "a" * 64, "to"),
+    ("/v1/passports/BP-0001/history?from=abc&to=def", "from"),
+    ("/v1/passports/BP-0001/history?at=2026-01-01T00:00:00Z&from=sha256:" + "a" * 64
+     + "&to=sha256:" + "b" * 64, "at"),
+    ("/v1/prices/DE*EEE*E000001/history", "context"),
+    ("/v1/prices/DE*EEE*E000001/history?context=a/b", "context"),
 ]
 
 
