@@ -27,7 +27,8 @@ UPSTREAMS = {
 def run_gateway(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AMPGATE_")}
     return subprocess.run([sys.executable, "-m", "services", "gateway"], cwd=REPO,
-                          env={**clean, **env}, capture_output=True, text=True, timeout=60)
+                          env={**clean, **env}, capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
 @pytest.mark.parametrize(("env", "named"), [

@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 from services.common.settings import CachePolicy
 from services.gateway.cache import CachedResponse, CacheResult, ResponseCache, make_response
 from services.gateway.errors import UpstreamStatus, UpstreamTimeout
-from services.gateway.metrics import GatewayMetrics
 
 POLICY = CachePolicy(ttl_s=10, stale_while_revalidate_s=5, stale_if_error_s=100)
 
@@ -43,16 +42,6 @@ class Fetcher:
         if self.error is not None:
             raise self.error
         return make_response(self.status, self.body, "application/json")
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def metrics(registry) -> GatewayMetrics:
-    return GatewayMetrics(registry)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import time
 
-import aiohttp
 import jwt
 import pytest
 import structlog
@@ -15,7 +14,6 @@ from prometheus_client import CollectorRegistry
 
 from services.common.settings import CpoSettings, PassportSettings
 from services.gateway.errors import TokenUnavailable
-from services.gateway.metrics import GatewayMetrics
 from services.gateway.tokens import (
     StaticToken,
     TokenManager,
@@ -68,22 +66,6 @@ async def endpoint(aiohttp_server) -> tuple[TokenEndpoint, str]:
     app.router.add_post("/oauth/token", ep.handle)
     server = await aiohttp_server(app)
     return ep, str(server.make_url("/oauth/token"))
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def metrics(registry) -> GatewayMetrics:
-    return GatewayMetrics(registry)
 
 
 def passport_settings(token_url: str) -> PassportSettings:

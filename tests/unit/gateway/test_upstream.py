@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import time
 
-import aiohttp
 import pytest
 import structlog
 from aiohttp import web
@@ -15,7 +14,6 @@ from pydantic import SecretStr
 
 from services.common.settings import PassportSettings, UpstreamSettings
 from services.gateway.errors import CircuitOpen, UpstreamError, UpstreamStatus, UpstreamTimeout
-from services.gateway.metrics import GatewayMetrics
 from services.gateway.tokens import StaticToken, TokenManager, siemensid_fetcher
 from services.gateway.upstream import UpstreamClient
 
@@ -80,22 +78,6 @@ async def upstream(aiohttp_server):
     server = await aiohttp_server(app)
     up.url = str(server.make_url("/"))  # type: ignore[attr-defined]
     return up
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def metrics(registry) -> GatewayMetrics:
-    return GatewayMetrics(registry)
 
 
 def settings(base_url: str, **kw) -> UpstreamSettings:
