@@ -13,6 +13,7 @@ Found in this order:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -119,6 +120,7 @@ def start_embedded_postgres(base_dir: Path | None = None) -> PostgresHandle:
         user = "nobody"
         entry = pwd.getpwnam(user)
         os.chown(root, entry.pw_uid, entry.pw_gid)
+        bin_dir = _reachable_by(user, bin_dir)
     port = _free_port()
     try:
         subprocess.run(
@@ -171,6 +173,32 @@ def _embedded_bin_dir() -> Path:
     if not (bin_dir / "postgres").exists():
         raise PostgresUnavailable(f"no postgres binary in {bin_dir}")
     return bin_dir
+
+
+def _reachable_by(user: str, bin_dir: Path) -> Path:
+    """postgres refuses to run as root, so it runs as ``user``; a checkout inside a private
+    directory (mktemp -d is 0700) hides the wheel's binaries from that user. Then use a
+    world-readable copy of the installation, made once per wheel location."""
+    try:
+        subprocess.run([str(bin_dir / "postgres"), "--version"], check=True,
+                       capture_output=True, user=user, timeout=30)
+        return bin_dir
+    except (OSError, subprocess.SubprocessError):
+        pass
+    install = bin_dir.parent
+    tag = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    shared = Path(tempfile.gettempdir()) / f"ampgate-pginstall-{tag}"
+    if not (shared / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="ampgate-pginstall-", dir=shared.parent))
+        shutil.copytree(install, staging / "pginstall", symlinks=True)
+        for path in (staging, staging / "pginstall"):
+            path.chmod(0o755)
+        try:
+            (staging / "pginstall").rename(shared)
+        except OSError:  # another process made it first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    return shared / "bin"
 
 
 def _ready(data: Path) -> bool:
