@@ -134,10 +134,14 @@ selector:
 # One pod at a time, the old one gone before its successor mounts the claim.
 updateStrategy:
   type: RollingUpdate
-# Kubernetes keeps the claims of scaled-down replicas (whenScaled: Retain): what is still in
-# their outbox or queue is picked up again when the replica comes back.
+# Claims outlive scale-downs and the StatefulSet itself (Kubernetes' default, spelled out): a
+# removed replica drains on SIGTERM, and what is still in its outbox or queue is picked up again
+# when that ordinal comes back (README.md).
+persistentVolumeClaimRetentionPolicy:
+  whenScaled: Retain
+  whenDeleted: Retain
 template:
-  {{- include "ampgate.podTemplate" (dict "ctx" .ctx "component" .component "values" $v "secretKeys" $pod.secretKeys "env" $pod.env "persistent" true) | nindent 2 }}
+  {{- include "ampgate.podTemplate" (dict "ctx" .ctx "component" .component "values" $v "secretKeys" $pod.secretKeys "secretRefs" $pod.secretRefs "env" $pod.env "persistent" true) | nindent 2 }}
 volumeClaimTemplates:
   - apiVersion: v1
     kind: PersistentVolumeClaim
@@ -172,10 +176,91 @@ Usage: $pod := include "ampgate.podArgs" (dict "ctx" $ "component" "gateway") | 
   "history" (list "AMPGATE_HISTORY__DATABASE_URL")
   "webhooks" (list "AMPGATE_WEBHOOKS__SUBSCRIPTIONS") }}
 {{- $env := dict }}
-{{- if and (eq .component "gateway") .ctx.Values.history.enabled }}
+{{- $refs := list }}
+{{- if eq .component "gateway" }}
+{{- if .ctx.Values.history.enabled }}
 {{- $_ := set $env "AMPGATE_HISTORY__URL" (include "ampgate.historyUrl" .ctx) }}
 {{- end }}
-{{- toYaml (dict "secretKeys" (get $keys .component) "env" $env) }}
+{{- $_ := set $env "AMPGATE_SHUTDOWN__GRACE_S" (toString .ctx.Values.gateway.shutdown.graceS) }}
+{{- if include "ampgate.clusterMode" .ctx }}
+{{- $c := .ctx.Values.cluster }}
+{{- if $c.existingSecret }}
+{{- $refs = append $refs (dict "env" "AMPGATE_CLUSTER__REDIS_URL" "secret" $c.existingSecret "key" $c.existingSecretKey) }}
+{{- else }}
+{{- $refs = append $refs (dict "env" "AMPGATE_CLUSTER__REDIS_URL" "secret" (include "ampgate.fullname" .ctx) "key" "AMPGATE_CLUSTER__REDIS_URL") }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "secretKeys" (get $keys .component) "env" $env "secretRefs" $refs) }}
+{{- end }}
+
+{{/* Cluster mode (AMPGATE_CLUSTER__REDIS_URL): "true" or "". */}}
+{{- define "ampgate.clusterMode" -}}
+{{- if or .Values.cluster.redisUrl .Values.cluster.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+The gateway's terminationGracePeriodSeconds: the outbox drain (AMPGATE_SHUTDOWN__GRACE_S) plus
+a margin, so the kubelet never kills a drain that is still within its time.
+*/}}
+{{- define "ampgate.gatewayTerminationGrace" -}}
+{{- with .Values.gateway.shutdown }}
+{{- add (ceil .graceS | int) (ceil .marginS | int) }}
+{{- end }}
+{{- end }}
+
+{{/*
+What the gateway's pod environment will hold for a name, from every source the chart knows
+(config, gateway.config, gateway.extraEnv, the chart's Secret): "" when nothing gives it.
+*/}}
+{{- define "ampgate.gatewayEnv" -}}
+{{- $ctx := .ctx }}
+{{- $env := include "ampgate.envTree" (dict "prefix" "AMPGATE" "sep" "_" "tree" $ctx.Values.config) | fromYaml }}
+{{- $env = mergeOverwrite $env (include "ampgate.envTree" (dict "prefix" "AMPGATE" "sep" "_" "tree" ($ctx.Values.gateway.config | default dict)) | fromYaml) }}
+{{- range $name, $value := ($ctx.Values.gateway.extraEnv | default dict) }}{{ $_ := set $env $name (toString $value) }}{{ end }}
+{{- get $env .name }}
+{{- end }}
+
+{{/*
+Refuse at render time what the services would refuse at start-up (the same line, naming the
+value to set) and what cannot work. One place, included once (configmap.yaml), first failure wins:
+- more than one gateway replica, or the autoscaler, without cluster mode: every replica would poll,
+  announce and fetch tokens on its own (DESIGN.md §12);
+- several history replicas on SQLite: each would keep its own history;
+- the gateway's settings: every upstream's base URL, token URL, client id and secret.
+*/}}
+{{- define "ampgate.validate" -}}
+{{- $v := .Values }}
+{{- if not (include "ampgate.clusterMode" .) }}
+{{- if $v.gateway.autoscaling.enabled }}
+{{- fail "gateway.autoscaling.enabled needs cluster mode: set cluster.redisUrl (or cluster.existingSecret) so the replicas act as one gateway, or turn the autoscaler off" }}
+{{- else if gt (int $v.gateway.replicaCount) 1 }}
+{{- fail (printf "gateway.replicaCount %d needs cluster mode: set cluster.redisUrl (or cluster.existingSecret) so the replicas act as one gateway, or run 1 replica" (int $v.gateway.replicaCount)) }}
+{{- end }}
+{{- end }}
+{{- if and $v.cluster.redisUrl $v.existingSecret (not $v.cluster.existingSecret) }}
+{{- fail "cluster.redisUrl goes into the chart's Secret, which existingSecret replaces: put AMPGATE_CLUSTER__REDIS_URL into your Secret and set cluster.existingSecret to its name" }}
+{{- end }}
+{{- if $v.history.enabled }}
+{{- include "ampgate.historyChecks" . }}
+{{- end }}
+{{- if include "ampgate.gatewayEnv" (dict "ctx" . "name" "AMPGATE_SHUTDOWN__GRACE_S") }}
+{{- fail "AMPGATE_SHUTDOWN__GRACE_S comes from gateway.shutdown.graceS (the pod's termination grace period follows it): set that instead" }}
+{{- end }}
+{{- $secret := include "ampgate.secretData" . | fromYaml }}
+{{- range $group := list "passport" "cpo" "pricing" }}
+{{- $fields := list "baseUrl" "tokenUrl" "clientId" }}
+{{- if eq $group "pricing" }}{{ $fields = list "baseUrl" }}{{ end }}
+{{- range $field := $fields }}
+{{- $name := printf "AMPGATE_%s__%s" (upper $group) ($field | snakecase | upper) }}
+{{- $_ := required (printf "%s is required: set gateway.config.%s.%s" $name $group $field) (include "ampgate.gatewayEnv" (dict "ctx" $ "name" $name)) }}
+{{- end }}
+{{- if not $v.existingSecret }}
+{{- $key := dict "passport" "passportClientSecret" "cpo" "cpoClientSecret" "pricing" "pricingApiToken" }}
+{{- $name := ternary "AMPGATE_PRICING__API_TOKEN" (printf "AMPGATE_%s__CLIENT_SECRET" (upper $group)) (eq $group "pricing") }}
+{{- $_ := required (printf "%s is required: set secrets.%s (or existingSecret)" $name (get $key $group)) (or (get $secret $name) (include "ampgate.gatewayEnv" (dict "ctx" $ "name" $name))) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -232,6 +317,7 @@ the settings expect.
 {{- if $s.cpoClientSecret }}{{ $_ := set $data "AMPGATE_CPO__CLIENT_SECRET" $s.cpoClientSecret }}{{ end }}
 {{- if $s.pricingApiToken }}{{ $_ := set $data "AMPGATE_PRICING__API_TOKEN" $s.pricingApiToken }}{{ end }}
 {{- if $s.historyDatabaseUrl }}{{ $_ := set $data "AMPGATE_HISTORY__DATABASE_URL" $s.historyDatabaseUrl }}{{ end }}
+{{- if and .Values.cluster.redisUrl (not .Values.cluster.existingSecret) }}{{ $_ := set $data "AMPGATE_CLUSTER__REDIS_URL" .Values.cluster.redisUrl }}{{ end }}
 {{- if $s.clients }}
 {{- $list := list }}
 {{- range $name, $c := $s.clients }}
@@ -286,7 +372,8 @@ metadata:
     {{- if not $ctx.Values.existingSecret }}
     checksum/secret: {{ include "ampgate.secretData" $ctx | sha256sum }}
     {{- end }}
-    {{- if $ctx.Values.metrics.podAnnotations }}
+    {{- /* Annotation scraping only without a ServiceMonitor: never both (double scrape). */}}
+    {{- if and $ctx.Values.metrics.podAnnotations (not $ctx.Values.serviceMonitor.enabled) }}
     prometheus.io/scrape: "true"
     prometheus.io/port: {{ $ctx.Values.containerPort | quote }}
     prometheus.io/path: /metrics
@@ -307,7 +394,12 @@ spec:
   {{- end }}
   securityContext:
     {{- toYaml $ctx.Values.podSecurityContext | nindent 4 }}
+  {{- if eq .component "gateway" }}
+  # gateway.shutdown: the outbox drain (AMPGATE_SHUTDOWN__GRACE_S) plus a margin.
+  terminationGracePeriodSeconds: {{ include "ampgate.gatewayTerminationGrace" $ctx }}
+  {{- else }}
   terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds | default 30 }}
+  {{- end }}
   containers:
     - name: {{ .component }}
       image: {{ include "ampgate.image" $ctx }}
@@ -332,6 +424,14 @@ spec:
               name: {{ include "ampgate.secretName" $ctx }}
               key: {{ $key }}
               optional: true
+        {{- end }}
+        {{- /* Settings that must be there once asked for (cluster mode): not optional. */}}
+        {{- range $ref := .secretRefs }}
+        - name: {{ $ref.env }}
+          valueFrom:
+            secretKeyRef:
+              name: {{ $ref.secret }}
+              key: {{ $ref.key }}
         {{- end }}
       {{- with $ctx.Values.probes }}
       startupProbe:
@@ -389,4 +489,33 @@ spec:
   topologySpreadConstraints:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/*
+NetworkPolicy ports: a comma-separated value plus the ports of the given addresses
+("host:port" or URLs; a URL without a port gets its scheme's), deduplicated and sorted.
+Output: a JSON list of ints. Usage: include "ampgate.ports" (dict "ports" "9092" "addresses" (list ...))
+*/}}
+{{- define "ampgate.ports" -}}
+{{- $ports := list }}
+{{- range $p := splitList "," (toString .ports) }}
+{{- if trim $p }}{{ $ports = append $ports (trim $p | int) }}{{ end }}
+{{- end }}
+{{- range $a := .addresses }}
+{{- $a = trim (toString $a) }}
+{{- if $a }}
+{{- if contains "://" $a }}
+{{- $u := urlParse $a }}
+{{- $host := $u.host }}
+{{- if regexMatch ":[0-9]+$" $host }}
+{{- $ports = append $ports (regexFind "[0-9]+$" $host | int) }}
+{{- else if eq $u.scheme "https" }}{{ $ports = append $ports 443 }}
+{{- else if eq $u.scheme "http" }}{{ $ports = append $ports 80 }}
+{{- end }}
+{{- else if regexMatch ":[0-9]+$" $a }}
+{{- $ports = append $ports (regexFind "[0-9]+$" $a | int) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | sortAlpha | toJson }}
 {{- end }}
