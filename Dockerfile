@@ -9,6 +9,9 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- build: install the project into /opt/venv, with generated protobuf code -------------
 FROM ${PYTHON_IMAGE} AS build
+# bash with pipefail: a failing command on the left of a pipe fails the RUN (hadolint DL4006).
+# No `cmd | grep -q`: grep quitting early would SIGPIPE cmd and fail the pipe; test $(...) instead.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -23,9 +26,9 @@ COPY . .
 RUN PATH="/src/.venv/bin:$PATH" bash scripts/gen_protos.sh \
  && /opt/venv/bin/pip install . \
  && /opt/venv/bin/python -c "import services.cli" \
- && if find proto-schemas -name '*.proto' | grep -q .; then \
-      find /opt/venv -name '*_pb2.py' | grep -q . \
-      || { echo "generated protobuf code missing from the installed package" >&2; exit 1; }; \
+ && if [ -n "$(find proto-schemas -name '*.proto' -print -quit)" ] \
+      && [ -z "$(find /opt/venv -name '*_pb2.py' -print -quit)" ]; then \
+      echo "generated protobuf code missing from the installed package" >&2; exit 1; \
     fi
 
 # --- runtime: the venv, a non-root user, nothing else ---------------------------------------
