@@ -104,7 +104,10 @@ def settings_env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREF
     return names
 
 
-ENV_NAMES = settings_env_names() | {f"{ENV_PREFIX}CONFIG"}
+# Set by the chart ahead of the code that reads them (cluster mode, the SIGTERM drain): allowed
+# until Settings has them, then this set empties by itself.
+CHART_AHEAD = {"AMPGATE_CLUSTER__REDIS_URL", "AMPGATE_SHUTDOWN__GRACE_S"} - settings_env_names()
+ENV_NAMES = settings_env_names() | {f"{ENV_PREFIX}CONFIG"} | CHART_AHEAD
 
 
 def camel_env(path: list[str]) -> str:
@@ -541,6 +544,16 @@ REFUSED_CASES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+def with_required(vals: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """vals over ci/default-values.yaml: the settings the chart refuses to render without."""
+    out = dict(yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text()) if base is None
+               else base)
+    for key, value in vals.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = with_required(value, out[key]) if both else value
+    return out
+
+
 @pytest.fixture(scope="module")
 def rendered_all() -> dict[str, dict[str, Any]]:
     """case name -> {lint, docs (parsed manifests), values} or {error}. Helm runs in a child
@@ -551,7 +564,8 @@ def rendered_all() -> dict[str, dict[str, Any]]:
         server_unavailable("helm (helm-python-sdk)", str(exc))
     cases = {p.name.removesuffix("-values.yaml"): yaml.safe_load(p.read_text()) or {}
              for p in CI_VALUES}
-    cases |= INLINE_CASES | {name: vals for name, (vals, _) in REFUSED_CASES.items()}
+    cases |= {name: with_required(vals) for name, vals in INLINE_CASES.items()}
+    cases |= {name: vals for name, (vals, _) in REFUSED_CASES.items()}
     done = subprocess.run([sys.executable, "-c", _HELM, str(CHART)], input=json.dumps(cases),
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -658,8 +672,10 @@ def test_pods_are_restricted_probed_and_configured_by_contract_names(
             assert "emptyDir" in volumes[mounts["/tmp"]], where
             refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]
                     if "valueFrom" in e}
+            # Optional, except the cluster's Redis URL: replicas without it must not start.
             assert all(e["valueFrom"]["secretKeyRef"]["optional"] is True
-                       for e in container["env"] if "valueFrom" in e)
+                       for e in container["env"]
+                       if "valueFrom" in e and e["name"] != "AMPGATE_CLUSTER__REDIS_URL")
             if component != "gateway":  # least privilege: workers never see upstream secrets
                 assert not refs & {"AMPGATE_PASSPORT__CLIENT_SECRET", "AMPGATE_CPO__CLIENT_SECRET",
                                    "AMPGATE_PRICING__API_TOKEN"}, where
@@ -671,7 +687,8 @@ def test_pods_are_restricted_probed_and_configured_by_contract_names(
             for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
                 monkeypatch.delenv(key)
             for key, value in full.items():
-                monkeypatch.setenv(key, value)
+                if key not in CHART_AHEAD:  # the code does not read them yet
+                    monkeypatch.setenv(key, value)
             try:
                 load_settings()
             except ConfigError as exc:
@@ -733,9 +750,8 @@ def test_gateway_keeps_its_outbox_on_a_claim_by_default_and_on_an_emptydir_witho
     assert claim["accessModes"] == ["ReadWriteOnce"]
     assert claim["resources"]["requests"]["storage"] == "1Gi"
     assert "storageClassName" not in claim  # the cluster's default class
-    (hpa,) = kinds(default, "HorizontalPodAutoscaler").values()
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet",
-                                             "name": gateway["metadata"]["name"]}
+    # One replica by default: more need cluster mode (test_helm_chart.py).
+    assert not kinds(default, "HorizontalPodAutoscaler") and gateway["spec"]["replicas"] == 1
 
     gateway = by_component(ephemeral, "Deployment")["gateway"]
     assert not kinds(ephemeral, "StatefulSet")
@@ -828,14 +844,15 @@ def test_default_case_follows_app_version_and_wires_gateway_to_history(
     history_svc = kinds(docs, "Service")["rel-ampgate-history"]
     assert env["AMPGATE_HISTORY__URL"] == (
         f"http://rel-ampgate-history:{history_svc['spec']['ports'][0]['port']}")
-    assert "replicas" not in gateway["spec"]  # the HPA owns it
-    (hpa,) = kinds(docs, "HorizontalPodAutoscaler").values()
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "rel-ampgate-gateway"
+    # One replica, no HPA by default: more need cluster mode (test_helm_chart.py).
+    assert gateway["spec"]["replicas"] == 1 and not kinds(docs, "HorizontalPodAutoscaler")
     (pdb,) = kinds(docs, "PodDisruptionBudget").values()
     assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
     assert not kinds(docs, "ServiceMonitor") and not kinds(docs, "PrometheusRule")
     (secret,) = kinds(docs, "Secret").values()
-    assert not secret.get("stringData")  # nothing set, nothing rendered (no half upstreams)
+    # Only what was set (the required upstream secrets), nothing else (no half upstreams).
+    assert set(secret["stringData"]) == {"AMPGATE_PASSPORT__CLIENT_SECRET",
+                                         "AMPGATE_CPO__CLIENT_SECRET", "AMPGATE_PRICING__API_TOKEN"}
 
 
 def test_full_case_renders_secrets_as_contract_json_and_monitoring(

@@ -80,11 +80,11 @@ INLINE_CASES: dict[str, dict[str, Any]] = {
 REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "defaults": ({}, "AMPGATE_PASSPORT__BASE_URL is required: set gateway.config.passport.baseUrl"),
     "two-replicas": (merged(REQUIRED, {"gateway": {"replicaCount": 2}}),
-                     "gateway.replicaCount 2 needs cluster mode: set cluster.redisUrl "
-                     "(or cluster.existingSecret)"),
+                     ("gateway.replicaCount 2 needs cluster mode: set cluster.redisUrl "
+                      "(or cluster.existingSecret)")),
     "hpa": (merged(REQUIRED, {"gateway": {"autoscaling": {"enabled": True}}}),
-            "gateway.autoscaling.enabled needs cluster mode: set cluster.redisUrl "
-            "(or cluster.existingSecret)"),
+            ("gateway.autoscaling.enabled needs cluster mode: set cluster.redisUrl "
+             "(or cluster.existingSecret)")),
     "url-without-our-secret": (
         merged(REQUIRED, {"existingSecret": "theirs", "cluster": {"redisUrl": "redis://r:6379"}}),
         "cluster.redisUrl goes into the chart's Secret, which existingSecret replaces"),
