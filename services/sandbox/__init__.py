@@ -4,6 +4,7 @@ one aiohttp app, plus test controls under ``/_control/`` (DESIGN.md §3, §11).
 
 Layout: ``config`` (SandboxConfig), ``keys`` (app keys), ``seed`` (deterministic
 data), ``tariffs`` (price arithmetic), ``tokens`` (issuers), ``faults`` (counters
-and injected faults), one handler module per upstream, ``control``, ``routes``,
-``app`` (create_app) and ``main`` (run).
+and injected faults), ``owned_list`` (the owned list's possible shapes), one
+handler module per upstream, ``control``, ``routes``, ``app`` (create_app) and
+``main`` (run).
 """

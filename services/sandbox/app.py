@@ -10,8 +10,15 @@ from services.sandbox._http import Handler, json_response
 from services.sandbox.config import SandboxConfig
 from services.sandbox.data import SandboxData
 from services.sandbox.faults import FaultBoard
-from services.sandbox.identity import SIEMENSID_SCOPE
-from services.sandbox.keys import COGNITO_KEY, CONFIG_KEY, DATA_KEY, FAULTS_KEY, SIEMENSID_KEY
+from services.sandbox.keys import (
+    COGNITO_KEY,
+    CONFIG_KEY,
+    DATA_KEY,
+    FAULTS_KEY,
+    OWNED_LIST_KEY,
+    SIEMENSID_KEY,
+)
+from services.sandbox.owned_list import OwnedListShape
 from services.sandbox.routes import add_routes
 from services.sandbox.tokens import TokenIssuer
 
@@ -45,20 +52,21 @@ def create_app(config: SandboxConfig | None = None, *,
     app[DATA_KEY] = SandboxData.seeded(config.seed, stations=config.stations,
                                        evses=config.evses, passports=config.passports)
     app[FAULTS_KEY] = FaultBoard(default_timeout_s=config.timeout_fault_s)
+    app[OWNED_LIST_KEY] = OwnedListShape()
     app[SIEMENSID_KEY] = TokenIssuer(
         "siemensid",
         issuer_url="https://siemensid.sandbox.local/",
         expires_in=config.siemensid_expires_in,
         audience=config.passport_audience,
-        claims={"scope": SIEMENSID_SCOPE, "azp": config.passport_client_id,
-                "gty": "client-credentials"},
+        scope=config.siemensid_scope,
+        claims={"azp": config.passport_client_id, "gty": "client-credentials"},
     )
     app[COGNITO_KEY] = TokenIssuer(
         "cognito",
         issuer_url="https://cognito-idp.eu-central-1.amazonaws.com/eu-central-1_sandbox",
         expires_in=config.cognito_expires_in,
-        claims={"client_id": config.cpo_client_id, "token_use": "access",
-                "scope": "cpoapi/read"},
+        scope="cpoapi/read",
+        claims={"client_id": config.cpo_client_id, "token_use": "access"},
     )
     app.on_shutdown.append(_release_held)
     add_routes(app)

@@ -9,6 +9,10 @@ if TYPE_CHECKING:
     from services.common.settings import Settings
 
 
+# What SiemensID grants the sandbox's client; the docs ask for at least data_viewer.
+SIEMENSID_SCOPE = "application.bp_portal.data_viewer application.bp_portal.data_editor openid"
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     host: str = "127.0.0.1"
@@ -20,6 +24,9 @@ class SandboxConfig:
     cpo_client_secret: str = "sandbox-cpo-secret"
     pricing_api_token: str = "sandbox-pricing-token"
     siemensid_expires_in: float = 86400
+    # The scope claim of SiemensID tokens (None: no scope claim at all); at run time
+    # PUT /_control/token-scope changes it.
+    siemensid_scope: str | None = SIEMENSID_SCOPE
     cognito_expires_in: float = 86400
     # How long a "timeout" fault holds a connection unless the fault is cleared first.
     timeout_fault_s: float = 30.0

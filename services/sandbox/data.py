@@ -17,8 +17,22 @@ _CURSOR_NS = uuid.UUID("6f1f6f0e-6c1b-4a53-9d55-2f8a0d0c9b41")
 
 @dataclass
 class Evse:
+    """One EVSE and what it charges: a variant of its tariff per tariff group (shared
+    between EVSEs until one is changed), and tariffs changed for single media."""
+
     evse_id: str  # as the vendor spells it (separator kept)
-    tariff: dict[str, Any]  # shared between EVSEs until one is changed
+    groups: dict[str, dict[str, Any]]  # tariff group -> tariff
+    media: dict[seed.Medium, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tariff(self) -> dict[str, Any]:
+        """The standard group's tariff (what the docs' sample media see)."""
+        return self.groups[seed.STANDARD]
+
+    def tariff_for(self, medium: seed.Medium) -> dict[str, Any]:
+        """The tariff this medium is charged here."""
+        found = self.media.get(medium)
+        return found if found is not None else self.groups[seed.tariff_group(medium)]
 
 
 @dataclass
@@ -44,9 +58,10 @@ class SandboxData:
         data.user = seed.user()
         data.users = {data.user["id"]: data.user}
         data.stations = seed.stations(rng, stations)
-        shared = seed.tariffs()
+        shared = {name: seed.variants(t) for name, t in seed.tariffs().items()}
         for evse_id, tariff in seed.evses(rng, evses):
-            data.evses[canonical_evse_id(evse_id)] = Evse(evse_id, shared[tariff])  # type: ignore[index]
+            data.evses[canonical_evse_id(evse_id)] = Evse(  # type: ignore[index]
+                evse_id, dict(shared[tariff]))
         return data
 
     def load(self, other: SandboxData) -> None:
@@ -62,8 +77,8 @@ class SandboxData:
         return pid
 
     def put_passport(self, pid: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """Store a document under ``pid``; its top-level ``id`` is the passport id (the
-        owned list identifies items by it), so public and owned views agree."""
+        """Store a document under ``pid``; its top-level ``id`` is the passport id: owned
+        views carry it, the public view leaves it out (the vendor's sample has none)."""
         stored = {"id": pid, **{k: v for k, v in doc.items() if k != "id"}}
         self.passports[pid] = stored
         return stored
@@ -82,16 +97,23 @@ class SandboxData:
         key = canonical_evse_id(raw_id)
         return self.evses.get(key) if key else None
 
-    def put_tariff(self, key: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """Merge tariff-defining fields into this EVSE's tariff only (copy on write)."""
+    def put_tariff(self, key: str, fields: dict[str, Any],
+                   medium: seed.Medium | None = None) -> dict[str, Any]:
+        """Merge tariff-defining fields into this EVSE's tariffs only (copy on write):
+        for one medium, or (``medium`` None) for every medium: each group's variant and
+        each single medium's tariff. Returns the medium's (else the standard) tariff."""
         evse = self.evses[key]
-        evse.tariff = {**copy.deepcopy(evse.tariff), **copy.deepcopy(fields)}
+        if medium is not None:
+            evse.media[medium] = _merged(evse.tariff_for(medium), fields)
+            return evse.media[medium]
+        evse.groups = {g: _merged(t, fields) for g, t in evse.groups.items()}
+        evse.media = {m: _merged(t, fields) for m, t in evse.media.items()}
         return evse.tariff
 
     def add_evse(self, evse_id: str, tariff: dict[str, Any]) -> Evse:
         key = canonical_evse_id(evse_id)
         assert key is not None
-        self.evses[key] = evse = Evse(evse_id, tariff)
+        self.evses[key] = evse = Evse(evse_id, seed.variants(tariff))
         self._sorted = None
         return evse
 
@@ -130,3 +152,7 @@ class SandboxData:
         cursor = str(uuid.uuid5(_CURSOR_NS, next_key))
         self._cursors[cursor] = next_key
         return [self.evses[k] for k in keys], cursor
+
+
+def _merged(tariff: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    return {**copy.deepcopy(tariff), **copy.deepcopy(fields)}

@@ -12,8 +12,6 @@ from aiohttp import web
 from services.sandbox._http import endpoint, json_object, json_response
 from services.sandbox.keys import COGNITO_KEY, CONFIG_KEY, SIEMENSID_KEY
 
-SIEMENSID_SCOPE = "application.bp_portal.data_viewer application.bp_portal.data_editor openid"
-
 
 def _same(given: object, expected: str) -> bool:
     return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())

@@ -7,6 +7,7 @@ from aiohttp import web
 from services.sandbox.config import SandboxConfig
 from services.sandbox.data import SandboxData
 from services.sandbox.faults import FaultBoard
+from services.sandbox.owned_list import OwnedListShape
 from services.sandbox.tokens import TokenIssuer
 
 CONFIG_KEY = web.AppKey("sandbox_config", SandboxConfig)
@@ -14,3 +15,4 @@ DATA_KEY = web.AppKey("sandbox_data", SandboxData)
 FAULTS_KEY = web.AppKey("sandbox_faults", FaultBoard)
 SIEMENSID_KEY = web.AppKey("sandbox_siemensid", TokenIssuer)
 COGNITO_KEY = web.AppKey("sandbox_cognito", TokenIssuer)
+OWNED_LIST_KEY = web.AppKey("sandbox_owned_list", OwnedListShape)

@@ -2,6 +2,10 @@
 
 Owned and user calls need a live SiemensID token; a public passport needs none,
 but a token that is sent must be valid (DESIGN.md §11).
+
+A public passport is the document of the getting-started guide: no top-level ``id``
+(it is identified by ``general_information.identification.uid``). Owned views carry
+the top-level ``id`` as well; the owned list's shape is set by ``owned_list``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from services.sandbox._http import endpoint, json_object, json_response
-from services.sandbox.keys import DATA_KEY, SIEMENSID_KEY
+from services.sandbox.keys import DATA_KEY, OWNED_LIST_KEY, SIEMENSID_KEY
+from services.sandbox.owned_list import BadPage, render
 from services.sandbox.tokens import bearer
 
 _UNAUTHORIZED = {"error": "unauthorized", "message": "Missing, invalid or expired access token"}
@@ -43,14 +48,20 @@ async def public_passport(request: web.Request) -> web.Response:
         return _unauthorized()
     pid = request.match_info["id"]
     doc = request.app[DATA_KEY].passports.get(pid)
-    return json_response(doc) if doc is not None else _not_found("passport", pid)
+    if doc is None:
+        return _not_found("passport", pid)
+    return json_response({k: v for k, v in doc.items() if k != "id"})
 
 
 @endpoint("passport.owned_list")
 async def owned_list(request: web.Request) -> web.Response:
     if not _authorized(request, required=True):
         return _unauthorized()
-    return json_response(list(request.app[DATA_KEY].passports.values()))
+    docs = list(request.app[DATA_KEY].passports.values())
+    try:
+        return json_response(render(request, docs, request.app[OWNED_LIST_KEY]))
+    except BadPage as exc:
+        return json_response({"error": "invalid_request", "message": str(exc)}, 400)
 
 
 @endpoint("passport.owned_get")

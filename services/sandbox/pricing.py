@@ -1,4 +1,7 @@
-"""be.ENERGISED Pricing API: single, batch and cursor-paged tariffs (static x-api-token)."""
+"""be.ENERGISED Pricing API: single, batch and cursor-paged tariffs (static x-api-token).
+
+Every answer is the tariff of the one authentication medium asked with (tag id, EMAID
+or UUID): media in different tariff groups see different tariffs (see ``seed``)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from aiohttp import web
 
 from services.sandbox._http import endpoint, json_response
 from services.sandbox.keys import CONFIG_KEY, DATA_KEY
+from services.sandbox.seed import Medium, medium_key
 from services.sandbox.tariffs import RATES, canonical_evse_id, parse_amount, render
 
 # Upstream spelling: "authendicationUuid".
@@ -40,10 +44,11 @@ def _check_token(request: web.Request) -> None:
         raise _Rejected(401, "Invalid or missing API token")
 
 
-def _check_medium(request: web.Request) -> None:
+def _medium(request: web.Request) -> Medium:
     given = [m for m in MEDIA if request.query.get(m)]
     if len(given) != 1:
         raise _Rejected(400, "Exactly one of tag_id, emaid, authendicationUuid is required")
+    return medium_key(given[0], request.query[given[0]])
 
 
 def _amount(request: web.Request, name: str) -> Decimal | None:
@@ -85,7 +90,7 @@ def _answer(evse_tariff: dict, q: _Query, fee_key: str = "costSessionFee") -> di
 async def single(request: web.Request) -> web.Response:
     try:
         _check_token(request)
-        _check_medium(request)
+        medium = _medium(request)
         evse_id = request.query.get("evseId", "")
         if canonical_evse_id(evse_id) is None:
             raise _Rejected(400, "evseId is missing or not a valid eMI3 EVSE ID")
@@ -95,14 +100,14 @@ async def single(request: web.Request) -> web.Response:
     evse = request.app[DATA_KEY].evse(evse_id)
     if evse is None:
         return _error(404, f"No tariff found for EVSE {evse_id}")
-    return json_response(_answer(evse.tariff, q))
+    return json_response(_answer(evse.tariff_for(medium), q))
 
 
 @endpoint("pricing.batch")
 async def batch(request: web.Request) -> web.Response:
     try:
         _check_token(request)
-        _check_medium(request)
+        medium = _medium(request)
         ids = [e.strip() for e in request.query.get("evseIds", "").split(",") if e.strip()]
         if not ids:
             raise _Rejected(400, "evseIds is required (comma separated)")
@@ -114,7 +119,7 @@ async def batch(request: web.Request) -> web.Response:
     data = request.app[DATA_KEY]
     # Keyed by the id as requested; EVSEs without a tariff are left out.
     found = {e: data.evse(e) for e in ids}
-    body = {e: _answer(evse.tariff, q) for e, evse in found.items() if evse is not None}
+    body = {e: _answer(evse.tariff_for(medium), q) for e, evse in found.items() if evse is not None}
     if not body:
         return _error(404, "No tariff found for any of the given EVSEs")
     return json_response(body)
@@ -124,7 +129,7 @@ async def batch(request: web.Request) -> web.Response:
 async def all_paged(request: web.Request) -> web.Response:
     try:
         _check_token(request)
-        _check_medium(request)
+        medium = _medium(request)
         raw_limit = request.query.get("limit", "")
         if not raw_limit.isdigit() or int(raw_limit) < 1:
             raise _Rejected(400, "limit is required and must be a positive integer")
@@ -141,5 +146,5 @@ async def all_paged(request: web.Request) -> web.Response:
     evses, next_cursor = data.page(start, int(raw_limit))
     return json_response({
         "pagination": {"nextCursorId": next_cursor, "isLastPage": next_cursor is None},
-        "data": {e.evse_id: _answer(e.tariff, q, fee_key="sessionFee") for e in evses},
+        "data": {e.evse_id: _answer(e.tariff_for(medium), q, fee_key="sessionFee") for e in evses},
     })

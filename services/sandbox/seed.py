@@ -1,11 +1,22 @@
 """Deterministic seed data: passports, the sandbox user, charging stations, EVSEs
-and a handful of tariffs shared across them. Same seed, same data."""
+and a handful of tariffs shared across them. Same seed, same data.
+
+Tariffs depend on the authentication medium, as upstream ("a tariff that is assigned
+to at least one authentication medium"): every medium belongs to one tariff group
+(``tariff_group``) and each EVSE answers each group with its own variant of the EVSE's
+tariff (``variants``). The docs' sample media are in the ``standard`` group, whose
+variant is the tariff itself, so the docs' samples reproduce exactly; any other medium
+lands in a group by a hash of its value: two tags usually see different tariffs, and
+always the same one for the same tag.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 import uuid
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from services.sandbox.tariffs import canonical_evse_id
@@ -137,6 +148,71 @@ _COUNTRY_TARIFFS = {
     "FR": ("dc-fast", "hpc"),
 }
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+# Tariff groups: name -> (rateName suffix, costId offset, price factor, added session fee).
+STANDARD = "standard"
+TARIFF_GROUPS: dict[str, tuple[str, int, Decimal, Decimal]] = {
+    STANDARD: ("", 0, Decimal(1), Decimal(0)),
+    "business": (" (Business)", 10000, Decimal("0.85"), Decimal(0)),
+    "roaming": (" (Roaming)", 20000, Decimal("1.2"), Decimal("0.5")),
+}
+# Media pinned to the standard group: the docs' samples (tag "SOMETHING", the curl
+# sample's "123456ABC") and the dev stack's demo tag.
+STANDARD_MEDIA = frozenset({("tag_id", "SOMETHING"), ("tag_id", "123456ABC"),
+                            ("tag_id", "DEMO-TAG-0001")})
+
+Medium = tuple[str, str]  # (upstream parameter name, normalized value)
+
+
+def medium_key(param: str, value: str) -> Medium:
+    """One key per medium whatever its spelling: tag ids (hex UIDs) and EMAIDs are
+    case-insensitive and EMAIDs take optional dashes; UUIDs are compared lower-case."""
+    value = value.strip()
+    if param == "emaid":
+        value = value.replace("-", "").upper()
+    elif param == "authendicationUuid":
+        value = value.lower()
+    else:
+        value = value.upper()
+    return param, value
+
+
+def tariff_group(medium: Medium) -> str:
+    """The tariff group of a medium: pinned, else by a stable hash of its value."""
+    if medium in STANDARD_MEDIA:
+        return STANDARD
+    h = int.from_bytes(hashlib.sha256("\0".join(medium).encode()).digest()[:8], "big")
+    groups = tuple(TARIFF_GROUPS)
+    return groups[h % len(groups)]
+
+
+def _scaled(value: Any, factor: Decimal) -> int | float:
+    out = (Decimal(str(value)) * factor).quantize(Decimal("0.0001"), ROUND_HALF_UP).normalize()
+    return int(out) if out == out.to_integral_value() else float(out)
+
+
+def variant(tariff: dict[str, Any], group: str) -> dict[str, Any]:
+    """A tariff as the given group is charged it (the standard group: the tariff itself)."""
+    suffix, cost_offset, factor, extra_fee = TARIFF_GROUPS[group]
+    if group == STANDARD:
+        return tariff
+    out = copy.deepcopy(tariff)
+    out["rateName"] = f"{tariff['rateName']}{suffix}"
+    if isinstance(tariff.get("costId"), int):
+        out["costId"] = tariff["costId"] + cost_offset
+    for part in out["priceStructure"].values():
+        for el in part.get("elements", []):
+            el["intervalCosts"] = _scaled(el["intervalCosts"], factor)
+    fee = tariff.get("sessionFee")
+    if fee is not None or extra_fee:
+        out["sessionFee"] = _scaled(Decimal(str(fee or 0)) * factor + extra_fee, Decimal(1))
+    return out
+
+
+def variants(tariff: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every group's variant of one tariff, keyed by group."""
+    return {group: variant(tariff, group) for group in TARIFF_GROUPS}
 
 
 def _uuid(rng: random.Random) -> str:

@@ -28,6 +28,7 @@ class TokenIssuer:
         issuer_url: str,
         expires_in: float,
         audience: str | None = None,
+        scope: str | None = None,
         claims: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -36,6 +37,9 @@ class TokenIssuer:
         self.default_expires_in = expires_in
         self.expires_in = expires_in
         self.audience = audience
+        # The ``scope`` claim of tokens issued from now on (None: no scope claim).
+        self.default_scope = scope
+        self.scope = scope
         self._claims = claims or {}
         self._clock = clock
         self._key = secrets.token_bytes(32)
@@ -55,6 +59,8 @@ class TokenIssuer:
             "jti": jti,
             **self._claims,
         }
+        if self.scope is not None:
+            payload["scope"] = self.scope
         if self.audience is not None:
             payload["aud"] = self.audience
         self._live[jti] = now + lifetime

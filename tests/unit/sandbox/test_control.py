@@ -149,7 +149,7 @@ async def test_passport_controls_and_reseed(sandbox: SandboxHandle) -> None:
     stored = await sandbox.put_passport("BP-NEW-1", {"status": {"state": "active"}})
     assert stored == {"id": "BP-NEW-1", "status": {"state": "active"}}
     async with sandbox.session.get(sandbox.url + "/passport/v1/passports/public/BP-NEW-1") as r:
-        assert await r.json() == stored
+        assert await r.json() == {"status": {"state": "active"}}  # public: no top-level id
     await sandbox.delete_passport("BP-0001")
     async with sandbox.session.get(sandbox.url + "/passport/v1/passports/public/BP-0001") as r:
         assert r.status == 404
@@ -234,3 +234,101 @@ async def test_held_connections_do_not_delay_shutdown() -> None:
     started = time.perf_counter()
     await runner.cleanup()
     assert time.perf_counter() - started < 2
+
+
+async def test_a_tariff_change_for_one_medium_leaves_every_other_medium(
+        sandbox: SandboxHandle) -> None:
+    evse = "DE*EEE*E000001"
+    before = {t: (await sandbox.tariff_for(evse, tag_id=t))["tariff"] for t in ("T", "X", "a")}
+    assert before["X"] == before["a"]  # one group: one tariff ...
+    changed = await sandbox.put_tariff(evse, {"rateName": "Fleet special"}, tag_id="X")
+    assert changed["rateName"] == "Fleet special" and changed["costId"] == before["X"]["costId"]
+    x = await sandbox.tariff_for(evse, tag_id="x")  # tag ids are case-insensitive
+    assert x["own"] is True and x["tariff"] == changed
+    # ... until one medium gets its own: nobody else's tariff moves.
+    assert (await sandbox.tariff_for(evse, tag_id="a"))["tariff"] == before["a"]
+    assert (await sandbox.tariff_for(evse, tag_id="T"))["tariff"] == before["T"]
+    body = await (await price(sandbox, "/api/pricing/?evseId=DE*EEE*E000001&tag_id=X")).json()
+    assert body["rateName"] == "Fleet special"
+    assert (await (await price(sandbox)).json())["rateName"] == "Standard-Verkaufstarif eMSP"
+
+    # Without a medium, a change is for every medium (the README's demo), own tariffs too.
+    await sandbox.put_tariff(evse, {"rateName": "Night tariff"})
+    for tag in ("T", "X", "a", "TAG-1", "DEMO-TAG-0001"):
+        got = (await sandbox.tariff_for(evse, tag_id=tag))["tariff"]
+        assert got["rateName"] == "Night tariff", tag
+    # ... and the groups keep their own prices.
+    assert (await sandbox.tariff_for(evse, tag_id="X"))["tariff"]["costId"] == 12206
+    for query in ("tag_id=a&emaid=DEABC123456789", ""):
+        async with sandbox.session.get(f"{sandbox.url}/_control/tariffs/{evse}?{query}") as resp:
+            assert resp.status == 400
+    async with sandbox.session.put(f"{sandbox.url}/_control/tariffs/{evse}?tag_id=X",
+                                   json={"currency": "XXX"}) as resp:
+        assert resp.status == 400
+
+
+async def test_token_scope_control(sandbox: SandboxHandle) -> None:
+    import jwt
+
+    def scope(tok: str) -> object:
+        return jwt.decode(tok, options={"verify_signature": False}).get("scope")
+
+    tok, _ = await passport_token(sandbox)
+    assert "application.bp_portal.data_viewer" in str(scope(tok)).split()
+    await sandbox.token_scope("siemensid", "openid application.bp_portal.data_editor")
+    tok, _ = await passport_token(sandbox)
+    assert scope(tok) == "openid application.bp_portal.data_editor"
+    assert await owned_status(sandbox, tok) == 200  # the sandbox still serves it
+    await sandbox.token_scope("siemensid", None)
+    assert scope((await passport_token(sandbox))[0]) is None
+    await sandbox.reset()
+    assert "application.bp_portal.data_viewer" in str(
+        scope((await passport_token(sandbox))[0])).split()
+    async with sandbox.session.put(sandbox.url + "/_control/token-scope",
+                                   json={"issuer": "siemensid", "scope": 3}) as resp:
+        assert resp.status == 400
+
+
+async def owned(sandbox: SandboxHandle, tok: str, query: str = "") -> tuple[int, object]:
+    async with sandbox.session.get(sandbox.url + "/passport/v1/passports" + query,
+                                   headers={"Authorization": f"Bearer {tok}"}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_owned_list_shapes(sandbox: SandboxHandle) -> None:
+    tok, _ = await passport_token(sandbox)
+    _, plain = await owned(sandbox, tok)
+    assert isinstance(plain, list) and len(plain) == 300 and all("id" in d for d in plain)
+
+    await sandbox.owned_list(shape="data", ids="uid")
+    _, body = await owned(sandbox, tok)
+    assert list(body) == ["data"] and len(body["data"]) == 300
+    assert not any("id" in d for d in body["data"])
+    assert [d["general_information"]["identification"]["uid"] for d in body["data"]] == [
+        d["id"] for d in plain]
+
+    await sandbox.owned_list(shape="unknown", ids="mixed")
+    _, body = await owned(sandbox, tok)
+    assert list(body) == ["passports"]
+    assert ["id" in d for d in body["passports"][:4]] == [True, False, True, False]
+
+    await sandbox.owned_list(shape="paged", ids="id", page_size=120)
+    seen, url, pages = [], "", 0
+    while True:
+        status, body = await owned(sandbox, tok, url)
+        assert status == 200
+        pages += 1
+        seen.extend(d["id"] for d in body["data"])
+        assert body["meta"]["total"] == 300 and body["meta"]["total_pages"] == 3
+        if body["links"]["next"] is None:
+            break
+        assert body["links"]["next"].startswith(sandbox.url + "/passport/v1/passports?")
+        url = "?" + body["links"]["next"].split("?", 1)[1]
+    assert pages == 3 and seen == [d["id"] for d in plain]
+    _, small = await owned(sandbox, tok, "?page=2&per_page=1000")
+    assert small["meta"]["per_page"] == 120 and len(small["data"]) == 120  # clamped
+    status, _ = await owned(sandbox, tok, "?page=0")
+    assert status == 400
+
+    await sandbox.reset()
+    assert (await owned(sandbox, tok))[1] == plain

@@ -226,3 +226,51 @@ async def test_cursor_survives_removal_of_its_evse(sandbox: SandboxHandle) -> No
     assert head not in rest["data"]
     assert len(first["data"]) + len(rest["data"]) == 1999
     assert rest["pagination"]["isLastPage"] is True
+
+
+# --- tariffs per authentication medium --------------------------------------------------------
+# Groups by the sandbox's stable hash: "T" standard, "X" business, "TAG-1" roaming (asserted
+# through /_control/tariffs below, so a changed hash fails loudly here, not in other tests).
+STANDARD_TAG, BUSINESS_TAG, ROAMING_TAG = "T", "X", "TAG-1"
+
+
+async def test_media_of_other_tariff_groups_see_their_own_tariff(sandbox: SandboxHandle) -> None:
+    for tag, group in ((STANDARD_TAG, "standard"), (BUSINESS_TAG, "business"),
+                       (ROAMING_TAG, "roaming"), ("SOMETHING", "standard")):
+        assert (await sandbox.tariff_for("DE*EEE*E000001", tag_id=tag))["group"] == group, tag
+    answers = {}
+    for tag in ("SOMETHING", BUSINESS_TAG, ROAMING_TAG):
+        status, answers[tag] = await get(sandbox, "/api/pricing/", evseId="DE*EEE*E000001",
+                                         tag_id=tag, consumption="90000", duration="1000")
+        assert status == 200
+    assert answers["SOMETHING"] == DOC_SINGLE
+    business, roaming = answers[BUSINESS_TAG], answers[ROAMING_TAG]
+    assert (business["rateName"], business["costId"]) == ("Standard-Verkaufstarif eMSP (Business)",
+                                                          12206)
+    assert [e["intervalCosts"] for e in business["priceStructure"]["energy"]["elements"]] == [
+        0, 34.34, 0.34, 0.34]
+    assert business["costPower"] == 30.6 and "costSessionFee" not in business
+    assert (roaming["rateName"], roaming["costId"]) == ("Standard-Verkaufstarif eMSP (Roaming)",
+                                                        22206)
+    assert roaming["costSessionFee"] == 0.5 and roaming["costTotal"] == 43.7  # 43.2 + 0.5
+    # The same medium always sees the same tariff, whatever the endpoint or spelling.
+    _, again = await get(sandbox, "/api/pricing/", evseId="DE-EEE-E000001",
+                         tag_id=BUSINESS_TAG.lower(), consumption="90000", duration="1000")
+    assert again == business
+    _, batch = await get(sandbox, "/api/pricing/batch", evseIds="DE*EEE*E000001",
+                         tag_id=ROAMING_TAG)
+    assert batch["DE*EEE*E000001"]["rateName"] == roaming["rateName"]
+    _, page = await get(sandbox, "/api/pricing/all_paged", tag_id=BUSINESS_TAG, limit="2000",
+                        cursor="start")
+    assert page["data"]["DE*EEE*E000001"]["costId"] == 12206
+
+
+async def test_emaid_and_uuid_media_are_grouped_whatever_their_spelling(
+        sandbox: SandboxHandle) -> None:
+    dashed = await sandbox.tariff_for("DE*EEE*E000001", emaid="DE-ABC-123456789")
+    assert dashed == await sandbox.tariff_for("DE*EEE*E000001", emaid="deabc123456789")
+    uuid = "6F1C3C1E-9A7E-4C1A-8F00-0D4C2B7A1E11"
+    assert (await sandbox.tariff_for("DE*EEE*E000001", authendicationUuid=uuid)
+            == await sandbox.tariff_for("DE*EEE*E000001", authenticationUuid=uuid.lower()))
+    _, body = await get(sandbox, "/api/pricing/", evseId="DE*EEE*E000001", emaid="DE-ABC-123456789")
+    assert body["rateName"] == dashed["tariff"]["rateName"]
