@@ -1,6 +1,7 @@
 """Pollers (DESIGN.md §8, issue 3): find changes nobody read or wrote through the gateway.
 
-* ``PassportPoller``: the owned-passports list, then each public document.
+* ``PassportPoller``: the owned-passports list (every page of it, see ``OwnedPages``),
+  then each public document.
 * ``PricePoller``: for every configured tariff context, the whole pricing ``all_paged``
   walk (``cursor=start`` → ``pagination.nextCursorId`` until ``isLastPage``).
 
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
+from yarl import URL
 
 from services.common.settings import Settings, TariffContext
 from services.gateway.changes import (
@@ -103,14 +105,18 @@ class _Runner:
         await run_forever(self, interval_s)
 
 
-def owned_ids(doc: Any) -> list[str]:
-    """Ids in the owned-passports answer: a JSON array, or an object with it under
-    ``data``; each item's ``id``, else ``general_information.identification.uid``."""
+def _owned_items(doc: Any) -> list[Any]:
     items = doc.get("data") if isinstance(doc, Mapping) else doc
     if not isinstance(items, list):
         raise _Pass("owned list is neither an array nor an object with a data array")
+    return items
+
+
+def owned_ids(doc: Any) -> list[str]:
+    """Ids in one owned-passports answer: a JSON array, or an object with it under
+    ``data``; each item's ``id``, else ``general_information.identification.uid``."""
     ids: list[str] = []
-    for item in items:
+    for item in _owned_items(doc):
         if not isinstance(item, Mapping):
             continue
         pid = item.get("id")
@@ -128,6 +134,128 @@ def owned_ids(doc: Any) -> list[str]:
     return ids
 
 
+# Paging metadata as vendors spell it, looked up in the answer, its ``meta``, its
+# ``pagination`` and ``meta.pagination``.
+_TOTAL_KEYS = ("total", "total_count", "totalCount", "total_items", "totalItems", "count")
+_PAGE_KEYS = ("page", "current_page", "currentPage", "page_number", "pageNumber")
+_PAGES_KEYS = ("total_pages", "totalPages", "last_page", "lastPage", "page_count", "pageCount")
+_LAST_KEYS = ("isLastPage", "is_last_page", "lastPage", "last")
+_MORE_KEYS = ("hasMore", "has_more", "hasNext", "has_next")
+
+
+def _paging_blocks(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    blocks = [doc]
+    for name in ("meta", "pagination", "paging", "page_info"):
+        if isinstance(block := doc.get(name), Mapping):
+            blocks.append(block)
+            if isinstance(inner := block.get("pagination"), Mapping):
+                blocks.append(inner)
+    return blocks
+
+
+def _first_int(blocks: list[Mapping[str, Any]], keys: tuple[str, ...]) -> int | None:
+    for block in blocks:
+        for key in keys:
+            value = block.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def _next_link(doc: Any) -> str | None:
+    """``links.next`` (a URL, or ``{"href": URL}``), or a top-level ``next`` URL."""
+    if not isinstance(doc, Mapping):
+        return None
+    links = doc.get("links")
+    candidates = [links.get("next") if isinstance(links, Mapping) else None, doc.get("next")]
+    for link in candidates:
+        if isinstance(link, Mapping):
+            link = link.get("href")
+        if isinstance(link, str) and link:
+            return link
+    return None
+
+
+def _says_more(doc: Any, items_so_far: int) -> bool:
+    """Does this answer's paging metadata say there is more than we have fetched?"""
+    if not isinstance(doc, Mapping):
+        return False
+    blocks = _paging_blocks(doc)
+    for block in blocks:
+        for key in _LAST_KEYS:
+            if block.get(key) is False:
+                return True
+        for key in _MORE_KEYS:
+            if block.get(key) is True:
+                return True
+    page, pages = _first_int(blocks, _PAGE_KEYS), _first_int(blocks, _PAGES_KEYS)
+    if page is not None and pages is not None and page < pages:
+        return True
+    total = _first_int(blocks, _TOTAL_KEYS)
+    return total is not None and total > items_so_far
+
+
+class OwnedPages:
+    """The whole owned-passports list, page after page.
+
+    Undocumented upstream (DESIGN.md §11): a JSON array is the whole list; so is an object
+    with the array under ``data`` and no paging. An object that pages is followed by its
+    ``links.next`` (or a top-level ``next``) until there is none. A walk is complete only
+    if it could reach everything: an answer of another shape, a next link that leaves
+    the upstream, a link that repeats, paging metadata that promises more than the walk
+    found (a total, ``page < total_pages``, ``isLastPage: false``, ...) or a total that
+    changes between pages (items shifted under the walk) all end it as INCOMPLETE, so
+    the poller announces no deletion from it.
+    """
+
+    def __init__(self, client: UpstreamClient, path: str) -> None:
+        self._client = client
+        self._path = path
+
+    async def ids(self) -> list[str]:
+        """Every owned passport id; raises _Pass (incomplete), UpstreamError, JSON errors."""
+        ids: dict[str, None] = {}
+        path, params = self._path, None
+        asked: set[str] = set()
+        items = 0
+        total: int | None = None
+        for _ in range(MAX_PAGES):
+            url = self._client.url(path).with_query(params)
+            asked.add(str(url))
+            resp = await self._client.request("owned_list", "GET", path, params=params)
+            doc = resp.json()
+            items += len(_owned_items(doc))
+            ids.update(dict.fromkeys(owned_ids(doc)))
+            if isinstance(doc, Mapping):
+                page_total = _first_int(_paging_blocks(doc), _TOTAL_KEYS)
+                if total is not None and page_total is not None and page_total != total:
+                    raise _Pass("owned list changed while paging through it")
+                total = page_total if page_total is not None else total
+            link = _next_link(doc)
+            if link is None:
+                if _says_more(doc, items):
+                    raise _Pass("owned list promises more pages than it links to")
+                return list(ids)
+            path, params = self._follow(url, link)
+            if str(self._client.url(path).with_query(params)) in asked:
+                raise _Pass("owned list next link repeats")
+        raise _Pass("owned list did not end")
+
+    def _follow(self, current: URL, link: str) -> tuple[str, list[tuple[str, str]]]:
+        """The upstream path and query of a next link (absolute or relative). A link
+        to another origin is taken only as the query of our own list path: our token
+        goes to the configured upstream, nowhere else."""
+        target = current.join(URL(link))
+        base = URL(str(self._client.settings.base_url))
+        prefix = base.path.rstrip("/")
+        query = list(target.query.items())
+        if target.origin() == base.origin() and target.path.startswith(prefix + "/"):
+            return target.path[len(prefix):], query
+        if target.path.rstrip("/").endswith(self._path.rstrip("/")):
+            return self._path, query
+        raise _Pass("owned list next link leaves the upstream")
+
+
 class PassportPoller(_Runner):
     name = "passports"
 
@@ -136,6 +264,7 @@ class PassportPoller(_Runner):
         assert settings.passport is not None
         self._client = client
         self._paths = settings.passport.paths
+        self._owned = OwnedPages(client, self._paths.owned_list)
         self._detector = detector
         self._concurrency = concurrency
 
@@ -143,8 +272,7 @@ class PassportPoller(_Runner):
         detector = self._detector
         first = not detector.pass_completed(PASSPORT_SCOPE)
         try:
-            resp = await self._client.request("owned_list", "GET", self._paths.owned_list)
-            ids = owned_ids(resp.json())
+            ids = await self._owned.ids()
         except (UpstreamError, orjson.JSONDecodeError, _Pass) as exc:
             log.warning("poll_incomplete", poller=self.name, stage="owned_list",
                         error=_reason(exc))
