@@ -6,8 +6,11 @@ import asyncio
 import itertools
 import time
 
+import orjson
 import pytest
 
+from services.common.logging import configure_logging
+from services.common.settings import LogSettings
 from tests.fixtures.gateway import auth
 
 NO_CACHE = {"default_ttl_s": 0, "stale_while_revalidate_s": 0, "stale_if_error_s": 0}
@@ -108,3 +111,43 @@ async def test_wrong_pricing_token_is_a_502_problem(make_gateway, sandbox):
     resp = await gw.get("/v1/prices?evseId=DE*EEE*E000001&tag_id=X", headers=auth())
     assert resp.status == 502
     assert (await resp.json(content_type=None))["upstream_status"] == 401
+
+
+async def _start_up_log_lines(make_gateway, sandbox, path) -> list[dict]:
+    """The gateway's JSON log lines from start-up until its first SiemensID token is in,
+    with no request made: what an operator sees when the gateway starts."""
+    with open(path, "w+") as stream:  # noqa: ASYNC230 - the logging sink under test
+        configure_logging(LogSettings(format="json"), stream=stream)
+        try:
+            await make_gateway()  # the fixture stops it
+            for _ in range(200):
+                if (await sandbox.calls())["siemensid.token"] >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the token is checked and logged as it arrives
+            stream.flush()
+        finally:
+            configure_logging(LogSettings(format="json"))
+    return [orjson.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_a_token_without_the_data_viewer_scope_is_warned_about(make_gateway, sandbox,
+                                                                     tmp_path):
+    # SiemensID grants the client other scopes, not the one the docs require.
+    await sandbox.token_scope("siemensid", "openid application.bp_portal.data_editor")
+    lines = await _start_up_log_lines(make_gateway, sandbox, tmp_path / "gateway.log")
+    (warning,) = [line for line in lines if line["event"] == "token_scope_missing"]
+    assert warning["level"] == "warning"
+    assert warning["upstream"] == "passport"
+    assert warning["required_scope"] == "application.bp_portal.data_viewer"
+    # ... and the gateway goes on with the token (the upstream decides what it may do).
+    assert "siemensid" in [line.get("upstream") for line in lines
+                           if line["event"] == "token_refreshed"]
+
+
+async def test_a_token_with_the_data_viewer_scope_is_not_warned_about(make_gateway, sandbox,
+                                                                      tmp_path):
+    lines = await _start_up_log_lines(make_gateway, sandbox, tmp_path / "gateway.log")
+    assert "siemensid" in [line.get("upstream") for line in lines
+                           if line["event"] == "token_refreshed"]
+    assert not [line for line in lines if line["event"] == "token_scope_missing"]
