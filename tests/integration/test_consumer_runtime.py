@@ -5,6 +5,9 @@ graceful stop vs cancellation, and the lag gauge."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,6 +28,7 @@ from tests.unit.history.helpers import (
 )
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Setup:
@@ -341,3 +345,71 @@ async def test_lag_counts_a_backlog_produced_in_batches(setup: Setup) -> None:
     finally:
         gate.set()
         await consumer.stop()
+
+
+async def ampgate_dlq_replay(setup: Setup, topic: str) -> tuple[int, str, str]:
+    """`ampgate dlq replay --topic ...` as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPGATE_")}
+    env.update({"AMPGATE_KAFKA__BOOTSTRAP_SERVERS": setup.bootstrap,
+                "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE": str(setup.settings.kafka.enable_idempotence),
+                "AMPGATE_LOG__FORMAT": "json"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services", "dlq", "replay", "--topic", topic, cwd=REPO, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_dlq_replay_republishes_to_the_original_topic_once(setup: Setup) -> None:
+    fixed = asyncio.Event()  # the bug that made p1 unappliable, before and after the fix
+    seen: list[str] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        if not fixed.is_set() and any(e.data["passport_id"] == "p1" for e in events):
+            raise ValueError("cannot apply p1")
+        seen.extend(e.data["passport_id"] for e in events)
+
+    records = setup.records(3)
+    original = next(r for r in records if r[1] == b"p1")
+    await produce(setup.bootstrap, records)
+    consumer = setup.consumer(handle)
+    await consumer.start()
+    try:
+        assert len(await read_topic(setup.bootstrap, setup.dlq, 1)) == 1
+        await wait_until(lambda: sorted(seen) == ["p0", "p2"])
+    finally:
+        await consumer.stop()
+
+    code, out, err = await ampgate_dlq_replay(setup, setup.dlq)
+    assert (code, out.strip()) == (0, f"replayed 1 dead letters from {setup.dlq}"), err
+    on_topic = await read_topic(setup.bootstrap, setup.topic, 4)
+    replayed = [r for r in on_topic if r.key == b"p1"]
+    assert len(replayed) == 2 and replayed[1].value == original[2]
+    assert dict(replayed[1].headers) == dict(original[3])  # ce_* kept, no dlq_*
+    assert not any(k.startswith("dlq_") for k, _ in replayed[1].headers)
+
+    # A second replay sends nothing again.
+    code, out, _ = await ampgate_dlq_replay(setup, setup.dlq)
+    assert (code, out.strip()) == (0, f"replayed 0 dead letters from {setup.dlq}")
+    assert len(await read_topic(setup.bootstrap, setup.topic, 5, timeout_s=1.5)) == 4
+
+    # Fixed: the consumer applies the replayed event.
+    fixed.set()
+    consumer = setup.consumer(handle)
+    await consumer.start()
+    try:
+        await wait_until(lambda: sorted(seen) == ["p0", "p1", "p2"])
+    finally:
+        await consumer.stop()
+
+
+async def test_dlq_replay_refuses_what_is_not_a_dead_letter_topic(setup: Setup) -> None:
+    await produce(setup.bootstrap, setup.records(1))
+    for topic, says in [(unique_name("missing"), "no such topic"),
+                        (setup.topic, "is not a dead-letter topic"),
+                        ("passport-changed", "is an event topic, not a dead-letter topic")]:
+        code, out, err = await ampgate_dlq_replay(setup, topic)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and out == "", (topic, out, err)
+        assert len(lines) == 1 and says in lines[0] and lines[0].startswith("ampgate dlq replay:")
+    assert len(await read_topic(setup.bootstrap, setup.topic, 2, timeout_s=1.0)) == 1
