@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_)
+    dlq = sub.add_parser("dlq", help="dead-letter topics").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    replay = dlq.add_parser("replay", help="republish dead letters to their original topic")
+    replay.add_argument("--topic", required=True, help="the dead-letter topic to replay")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ampgate {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
+    if args.command == "dlq":
+        return _dlq_replay(settings, args.topic)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         module.run(settings)
@@ -39,6 +46,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _dlq_replay(settings, topic: str) -> int:
+    from aiokafka.errors import KafkaError
+
+    from services.common.dlq import ReplayError, replay
+
+    try:
+        count = asyncio.run(replay(settings.kafka, topic))
+    except ReplayError as exc:
+        print(f"ampgate dlq replay: {exc}", file=sys.stderr)
+        return 2
+    except (KafkaError, OSError) as exc:
+        print(f"ampgate dlq replay: Kafka at {settings.kafka.bootstrap_servers}: "
+              f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    print(f"replayed {count} dead letters from {topic}")
     return 0
 
 

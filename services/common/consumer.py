@@ -6,12 +6,15 @@ Delivery is at least once, effect exactly once:
   ``handle_batch`` and only THEN committed (``{tp: last.offset + 1}``). A crash or a
   cancellation mid-batch commits nothing, so the batch is delivered again.
 * The first time a group starts it reads from the earliest offset: nothing is missed.
-* A message that is not a valid event (``parse_event`` raises ``InvalidEvent``) goes to
-  the dead-letter topic at once. A batch whose handler raises ``TransientError`` is
-  retried with exponential backoff, ``settings.consumer.max_attempts`` times in all; then
-  its events are retried one by one so a single bad event cannot sink its neighbours, and
-  those that still fail are dead-lettered. Any other exception is not retried as a batch;
-  the events are isolated the same way. Nothing is retried forever.
+* Transient is not poison (DESIGN.md §7). A message that is not a valid event
+  (``parse_event`` raises ``InvalidEvent``) can never be applied: it goes to the
+  dead-letter topic. A handler that raises ``TransientError`` (database locked or down,
+  broker hiccup) has NOT applied the batch: the records are held, every partition is
+  paused (the group still sees us poll) and the batch is retried with capped exponential
+  backoff for as long as it takes. Nothing at or after a held record is committed.
+  Any other exception from the handler says "this value cannot be applied": the batch
+  is retried one event at a time, events that still fail that way are dead-lettered,
+  and an event that fails transiently holds itself and everything after it.
 * Dead letters keep key, value and original headers, plus ``dlq_reason``,
   ``dlq_source_topic``, ``dlq_source_partition``, ``dlq_source_offset``, ``dlq_service``.
 * A rebalance listener waits for the batch in flight, commits it, then lets the
@@ -26,7 +29,7 @@ back and forth (A→B→A→B) is recorded every time. Handlers decide "same tra
 event id (``ce_id``) and by (entity, previous_digest, digest) — never by digest alone.
 
 Metrics (DESIGN.md §9): ``ampgate_consumer_messages_total{service,topic,outcome}`` with
-outcome ok|retried|dead_lettered|invalid, and ``ampgate_consumer_lag{service,topic,partition}``
+outcome ok|retried|dead_lettered|invalid (``retried``: once per event per failed attempt), and ``ampgate_consumer_lag{service,topic,partition}``
 = end offset − next offset not yet processed, refreshed every loop, also when idle.
 
 Use::
@@ -75,8 +78,9 @@ MAX_RECONNECT_DELAY_S = 5.0
 
 
 class TransientError(Exception):
-    """Raised by a handler for a failure worth retrying (database busy, endpoint down).
-    The batch is retried with backoff, a bounded number of times, then dead-lettered."""
+    """Raised by a handler for a failure worth retrying (database busy or down, broker
+    hiccup). The batch is not committed; it is retried with capped backoff until it is
+    applied. Never dead-lettered."""
 
 
 class ConsumerMetrics:
@@ -146,6 +150,12 @@ class EventConsumer:
         # Next offset to process per partition (what we committed or are about to).
         self._done: dict[TopicPartition, int] = {}
         self._uncommitted: dict[TopicPartition, int] = {}
+        # Records whose effect failed for a transient reason, oldest first: retried until
+        # applied; while any are held every partition is paused and nothing past them
+        # is committed.
+        self._held: list[ConsumerRecord] = []
+        self._held_attempts = 0
+        self._effect_error: str | None = None
         self._end: dict[TopicPartition, int] = {}
         self._lag_wakeup = asyncio.Event()
         self._lag_task: asyncio.Task[None] | None = None
@@ -197,6 +207,9 @@ class EventConsumer:
         }
         if self._last_error and not self._connected:
             detail["last_error"] = self._last_error
+        if self._held:  # paused: the effect fails for a transient reason, retrying
+            detail["retrying"] = {"events": len(self._held), "attempts": self._held_attempts,
+                                  "error": self._effect_error}
         return running, detail
 
     def lag(self) -> int:
@@ -315,6 +328,8 @@ class EventConsumer:
         self._done.clear()
         self._end.clear()
         self._uncommitted.clear()
+        self._held = []  # not committed: read again from the last commit
+        self._held_attempts = 0
         if commit:
             log.info("consumer_stopped", service=self.service, group=self.group_id)
 
@@ -339,6 +354,9 @@ class EventConsumer:
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping.is_set():
+            if self._held:
+                await self._retry_held(consumer)
+                continue
             batch = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS,
                                            max_records=self._settings.consumer.batch_size)
             async with self._batch_lock:
@@ -346,69 +364,142 @@ class EventConsumer:
                 owned = consumer.assignment()
                 records = [r for tp, rs in batch.items() if tp in owned for r in rs]
                 if records:
-                    await self._process(records)
-                    for r in records:
-                        tp = TopicPartition(r.topic, r.partition)
-                        self._done[tp] = max(self._done.get(tp, 0), r.offset + 1)
-                        self._uncommitted[tp] = self._done[tp]
-                        self._raise_end(tp, r.offset + 1)
+                    await self._apply_records(consumer, records)
                 await self._commit(consumer)
             if records:
                 self._publish_lag()
 
+    async def _apply_records(self, consumer: AIOKafkaConsumer,
+                             records: list[ConsumerRecord]) -> None:
+        """Process ``records``; mark what was dealt with as done, hold the rest (a
+        transient failure) and pause every partition until the held part is applied."""
+        settled = await self._process(records)
+        for r in records[:settled]:
+            tp = TopicPartition(r.topic, r.partition)
+            self._done[tp] = max(self._done.get(tp, 0), r.offset + 1)
+            self._uncommitted[tp] = self._done[tp]
+            self._raise_end(tp, r.offset + 1)
+        self._held = records[settled:]
+        if self._held:
+            self._raise_end_held()
+            consumer.pause(*consumer.assignment())
+        else:
+            self._held_attempts = 0
+            self._effect_error = None
+            if consumer.paused():
+                consumer.resume(*consumer.paused())
+                log.info("consumer_resumed", service=self.service)
+
+    def _raise_end_held(self) -> None:
+        for r in self._held:
+            self._raise_end(TopicPartition(r.topic, r.partition), r.offset + 1)
+
+    async def _retry_held(self, consumer: AIOKafkaConsumer) -> None:
+        """Wait out the backoff while still polling (paused partitions return nothing, and
+        the group sees a live member), then try the held records again."""
+        cfg = self._settings.consumer
+        delay = min(cfg.retry_backoff_s * 2 ** max(0, self._held_attempts - 1),
+                    cfg.retry_max_backoff_s)
+        due = asyncio.get_running_loop().time() + delay
+        while not self._stopping.is_set():
+            consumer.pause(*consumer.assignment())  # also partitions assigned meanwhile
+            left = due - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            started = asyncio.get_running_loop().time()
+            fetched = await consumer.getmany(timeout_ms=max(1, int(min(left, POLL_TIMEOUT_MS / 1000) * 1000)))
+            for tp, rs in fetched.items():  # fetched before the pause took: read them again
+                if rs and tp in consumer.assignment():
+                    consumer.seek(tp, rs[0].offset)
+            if asyncio.get_running_loop().time() - started < 0.005:
+                await asyncio.sleep(min(left, POLL_TIMEOUT_MS / 1000))  # never spin
+        if self._stopping.is_set():
+            return  # not committed: delivered again after the restart
+        async with self._batch_lock:
+            owned = consumer.assignment()
+            # Partitions taken away meanwhile: their new owner reads from the last commit.
+            held = [r for r in self._held if TopicPartition(r.topic, r.partition) in owned]
+            self._held = []
+            if held:
+                await self._apply_records(consumer, held)
+            elif consumer.paused():
+                consumer.resume(*consumer.paused())
+            await self._commit(consumer)
+        self._publish_lag()
+
     # -- processing ----------------------------------------------------------------
 
-    async def _process(self, records: list[ConsumerRecord]) -> None:
-        valid: list[tuple[ConsumerRecord, ConsumedEvent]] = []
+    async def _process(self, records: list[ConsumerRecord]) -> int:
+        """Apply ``records`` in order; return how many of them, from the front, are dealt
+        with (applied or dead-lettered). The rest failed transiently and must be held."""
+        parsed: list[tuple[ConsumerRecord, ConsumedEvent | None, str]] = []
         for record in records:
             try:
-                valid.append((record, parse_event(record)))
+                parsed.append((record, parse_event(record), ""))
             except InvalidEvent as exc:
-                log.warning("event_invalid", service=self.service, topic=record.topic,
-                            partition=record.partition, offset=record.offset, reason=str(exc))
-                await self._dead_letter(record, f"invalid event: {exc}")
-                self._metrics.messages.labels(self.service, record.topic, "invalid").inc()
-        if not valid:
-            return
-        error = await self._attempt([e for _, e in valid])
-        if error is None:
+                parsed.append((record, None, f"invalid event: {exc}"))
+        valid = [(r, e) for r, e, _ in parsed if e is not None]
+        outcome, reason = await self._attempt([e for _, e in valid]) if valid else ("ok", None)
+        if outcome == "transient":
+            self._held_failed(valid, reason)
+            return 0
+        if outcome == "ok":
+            for record, event, why in parsed:
+                if event is None:
+                    await self._dead_letter_invalid(record, why)
             self._count(valid, "ok")
-            return
-        # Isolate: one by one, so only the events that really fail are dead-lettered.
-        for record, event in valid:
-            single_error = await self._attempt([event]) if len(valid) > 1 else error
-            if single_error is None:
+            return len(records)
+        # A value the handler cannot apply: one by one, so only that one is dead-lettered.
+        for index, (record, event, why) in enumerate(parsed):
+            if event is None:
+                await self._dead_letter_invalid(record, why)
+                continue
+            if len(valid) > 1:
+                outcome, reason = await self._attempt([event])
+            if outcome == "transient":
+                self._held_failed([(record, event)], reason)
+                return index
+            if outcome == "ok":
                 self._count([(record, event)], "ok")
                 continue
             log.error("event_dead_lettered", service=self.service, topic=record.topic,
                       partition=record.partition, offset=record.offset, event_id=event.id,
-                      reason=single_error)
-            await self._dead_letter(record, single_error)
+                      reason=reason)
+            await self._dead_letter(record, reason or "cannot be applied")
             self._count([(record, event)], "dead_lettered")
+        return len(records)
 
-    async def _attempt(self, events: list[ConsumedEvent]) -> str | None:
-        """Run the handler with bounded retries; None on success, else the reason."""
+    def _held_failed(self, items: list[tuple[ConsumerRecord, ConsumedEvent]],
+                     reason: str | None) -> None:
+        self._held_attempts += 1
+        self._effect_error = reason
         cfg = self._settings.consumer
-        for attempt in range(1, cfg.max_attempts + 1):
-            try:
-                await self._handle_batch(events)
-                return None
-            except TransientError as exc:
-                reason = f"transient: {exc}"
-                if attempt == cfg.max_attempts:
-                    return f"{reason} (after {attempt} attempts)"
-                for e in events:
-                    self._metrics.messages.labels(self.service, e.topic, "retried").inc()
-                delay = cfg.retry_backoff_s * 2 ** (attempt - 1)
-                log.warning("batch_retry", service=self.service, events=len(events),
-                            attempt=attempt, retry_in_s=delay, error=str(exc))
-                # A retry sleep is not worth finishing on SIGTERM: stop() would wait for
-                # it; the batch is simply not committed and comes again.
-                await asyncio.sleep(delay)
-            except Exception as exc:  # a handler bug or bad data: do not retry as is
-                log.exception("batch_failed", service=self.service, events=len(events))
-                return f"{type(exc).__name__}: {exc}"
-        return "no attempt made"  # pragma: no cover (max_attempts > 0)
+        retry_in = min(cfg.retry_backoff_s * 2 ** (self._held_attempts - 1),
+                       cfg.retry_max_backoff_s)
+        self._count(items, "retried")
+        first = items[0][0] if items else None
+        log.warning("batch_retry", service=self.service, events=len(items),
+                    attempt=self._held_attempts, retry_in_s=retry_in, error=reason,
+                    topic=first.topic if first else None,
+                    partition=first.partition if first else None,
+                    offset=first.offset if first else None)
+
+    async def _dead_letter_invalid(self, record: ConsumerRecord, reason: str) -> None:
+        log.warning("event_invalid", service=self.service, topic=record.topic,
+                    partition=record.partition, offset=record.offset, reason=reason)
+        await self._dead_letter(record, reason)
+        self._metrics.messages.labels(self.service, record.topic, "invalid").inc()
+
+    async def _attempt(self, events: list[ConsumedEvent]) -> tuple[str, str | None]:
+        """Run the handler once: ("ok", None), ("transient", reason) or ("poison", reason)."""
+        try:
+            await self._handle_batch(events)
+        except TransientError as exc:
+            return "transient", f"transient: {exc}"
+        except Exception as exc:  # bad data the handler cannot apply (or a handler bug)
+            log.exception("batch_failed", service=self.service, events=len(events))
+            return "poison", f"{type(exc).__name__}: {exc}"
+        return "ok", None
 
     def _count(self, items: list[tuple[ConsumerRecord, ConsumedEvent]], outcome: str) -> None:
         for record, _ in items:
@@ -521,6 +612,9 @@ class EventConsumer:
             return
         async with self._batch_lock:  # let the batch in flight finish, then commit it
             await self._commit(consumer)
+        # Held records of a revoked partition are its new owner's (from the last commit).
+        self._held = [r for r in self._held
+                      if TopicPartition(r.topic, r.partition) not in revoked]
         for tp in revoked:
             self._done.pop(tp, None)
             self._uncommitted.pop(tp, None)

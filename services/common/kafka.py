@@ -5,6 +5,9 @@ order (aiokafka keeps one in-flight batch per partition), waits for the acks and
 then forgets them. When Kafka is away the rows wait; the gateway keeps serving and
 /readyz shows the publisher degraded.
 
+On shutdown ``drain(grace_s)`` keeps publishing until the outbox is empty or the grace
+is over; the rows left wait for the next start (DESIGN.md §7).
+
 After any failure the producer is thrown away and, once the broker answers again, the
 topics are ensured BEFORE a new producer sends: a broker that lost its topics (tansu
 keeps them in memory) would otherwise auto-create them on the producer's metadata
@@ -145,14 +148,45 @@ class OutboxPublisher:
         self._refresh_gauges()
         self._task = asyncio.create_task(self._run(), name="outbox-publisher")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Cancel the loop and close the producer; with ``timeout_s``, within about that
+        long even if the broker is gone (unsent rows simply stay in the outbox)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+            # The loop may be closing a producer of its own when cancelled: bounded.
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
+                task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
-        await self._close_producer()
+        await self._close_producer(timeout_s)
         self._state = "stopped"
+
+    async def drain(self, grace_s: float) -> int:
+        """Shutdown (DESIGN.md §7): keep publishing until the outbox is empty or
+        ``grace_s`` has passed, then stop; what is left stays in the outbox for the next
+        start. Call it once nothing adds events any more. Returns the rows left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        pending = self._outbox.pending()
+        running = self._task is not None and not self._task.done()
+        if pending and running:
+            log.info("outbox_draining", pending=pending, grace_s=grace_s)
+            while pending and loop.time() < deadline:
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+                pending = self._outbox.pending()
+        # Within the grace if there is time left, else a short bound: acks of sends
+        # still on the wire may arrive while the producer closes.
+        await self.stop(timeout_s=max(0.5, deadline - loop.time()))
+        left = self._outbox.pending()
+        self._pending = left
+        if left:
+            log.warning("outbox_drain_incomplete", pending=left, grace_s=grace_s,
+                        error=self._last_error)
+        else:
+            log.info("outbox_drained")
+        return left
 
     def status(self) -> tuple[bool, dict[str, Any]]:
         """For /readyz: ready unless the publisher itself died; Kafka being away is
@@ -308,10 +342,10 @@ class OutboxPublisher:
         for topic, n in per_topic.items():
             self._metrics.events_published.labels(topic, outcome).inc(n)
 
-    async def _close_producer(self) -> None:
+    async def _close_producer(self, timeout_s: float | None = None) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _stop_quietly(producer, self._request_timeout_s + 1)
+            await _stop_quietly(producer, timeout_s or self._request_timeout_s + 1)
 
     def _refresh_gauges(self) -> None:
         self._gauges_at = time.monotonic()

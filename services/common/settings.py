@@ -220,12 +220,20 @@ class WebhookSettings(_Group):
 
 
 class ConsumerSettings(_Group):
-    max_attempts: int = Field(5, gt=0)
+    # A batch whose effect fails for a transient reason is retried until it is applied:
+    # first after retry_backoff_s, doubling up to retry_max_backoff_s (DESIGN.md §7).
     retry_backoff_s: float = Field(0.5, gt=0)
+    retry_max_backoff_s: float = Field(30.0, gt=0)
     batch_size: int = Field(500, gt=0)
     # How fast a dead worker's partitions move on. Kafka's broker minimum is 6 s by
     # default; with tansu (dev, tests) ~2 s also makes joining the group quick.
     session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)
+
+
+class ShutdownSettings(_Group):
+    # On SIGTERM the gateway drains its outbox to Kafka for up to this long before it
+    # exits; what is left stays in the outbox for the next start (DESIGN.md §7).
+    grace_s: float = Field(20.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -250,6 +258,7 @@ class Settings(BaseSettings):
     history: HistorySettings = HistorySettings()
     webhooks: WebhookSettings = WebhookSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
 
     @classmethod
     def settings_customise_sources(

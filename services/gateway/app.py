@@ -92,7 +92,9 @@ async def publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     # Kafka down makes the publisher degraded, not the gateway unready: events wait.
     app[READINESS_KEY]["publisher"] = lambda: (True, publisher.status()[1])
     yield
-    await publisher.stop()
+    # Shutdown: the listener is closed and the pollers are stopped by now (cleanup runs
+    # in reverse order), so nothing adds events: drain, bounded by the grace.
+    await publisher.drain(app[SETTINGS_KEY].shutdown.grace_s)
 
 
 async def invalidation_ctx(app: web.Application) -> AsyncIterator[None]:

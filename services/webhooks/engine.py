@@ -118,7 +118,9 @@ class WebhookEngine:
             return
         try:
             result = self._store.enqueue(jobs)
-        except sqlite3.OperationalError as exc:  # locked, disk full: worth retrying the batch
+        except (sqlite3.DataError, sqlite3.IntegrityError):
+            raise  # about the value: it can never be queued as it is
+        except sqlite3.Error as exc:  # locked, disk full, I/O: retried until it passes
             raise TransientError(f"webhook queue: {exc}") from exc
         if result.duplicate_event or result.duplicate_transition:
             log.info("webhook_duplicates_skipped", same_event=result.duplicate_event,

@@ -1,11 +1,16 @@
-"""The shared consumer runtime against a real broker: commits, dead letters, retries,
+"""The shared consumer runtime against a real broker: commits, dead letters, retries
+(transient is not poison),
 graceful stop vs cancellation, and the lag gauge."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from services.common.consumer import EventConsumer, TransientError
@@ -23,6 +28,7 @@ from tests.unit.history.helpers import (
 )
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Setup:
@@ -33,7 +39,7 @@ class Setup:
         self.group = unique_name("group")
         self.settings = Settings(
             kafka=kafka.kafka_settings(partitions=2),
-            consumer={"max_attempts": 3, "retry_backoff_s": 0.05, "batch_size": 50,
+            consumer={"retry_backoff_s": 0.02, "retry_max_backoff_s": 0.1, "batch_size": 50,
                       "session_timeout_s": 2.0},
         )
 
@@ -90,32 +96,115 @@ async def test_poison_goes_to_dead_letter_and_the_rest_is_processed(setup: Setup
     assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="ok") == 3
 
 
-async def test_transient_errors_are_retried_then_dead_lettered(setup: Setup) -> None:
-    calls: list[list[str]] = []
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets per partition, as the broker keeps them (read by a
+    client that does not join the group)."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                              enable_auto_commit=False)
+    await reader.start()
+    try:
+        await reader.topics()
+        out = {}
+        for p in sorted(reader.partitions_for_topic(topic) or ()):
+            offset = await reader.committed(TopicPartition(topic, p))
+            if offset is not None:
+                out[p] = offset
+        return out
+    finally:
+        await reader.stop()
+
+
+async def test_a_transient_error_is_retried_until_applied_never_dead_lettered(
+        setup: Setup) -> None:
+    # DESIGN.md §7 "Transient is not poison". The old runtime gave up after
+    # consumer.max_attempts (3 here) and dead-lettered p1 with 'transient: ... (after 3
+    # attempts)'; here the database stays "busy" for 12 attempts, well past that budget.
+    attempts_with_p1: list[int] = []
+    applied: list[str] = []
 
     async def handle(events: list[ConsumedEvent]) -> None:
-        calls.append([e.id for e in events])
-        bad = [e for e in events if e.data["passport_id"] == "p1"]
-        if bad or len(calls) == 1:
-            raise TransientError("database busy")
+        if any(e.data["passport_id"] == "p1" for e in events) and len(attempts_with_p1) < 12:
+            attempts_with_p1.append(len(events))
+            raise TransientError("database is locked")
+        applied.extend(e.data["passport_id"] for e in events)
 
     registry = CollectorRegistry()
-    await produce(setup.bootstrap, setup.records(3))  # p0, p1, p2
+    records = setup.records(3)  # p0, p1, p2
+    await produce(setup.bootstrap, records, one_by_one=True)
+    on_topic = await read_topic(setup.bootstrap, setup.topic, 3)
+    p1 = next(r for r in on_topic if r.key == b"p1")
+    consumer = setup.consumer(handle, registry)
+    await consumer.start()
+    try:
+        await wait_until(lambda: len(attempts_with_p1) >= 6)
+        # Meanwhile: paused and retrying, and nothing committed past the failing event.
+        detail = consumer.status()[1]
+        assert detail["retrying"]["error"] == "transient: database is locked"
+        committed = await committed_offsets(setup.bootstrap, setup.group, setup.topic)
+        assert committed.get(p1.partition, 0) <= p1.offset
+        await wait_until(lambda: sorted(applied) == ["p0", "p1", "p2"], timeout_s=30)
+        assert "retrying" not in consumer.status()[1]
+    finally:
+        await consumer.stop()
+    assert await read_topic(setup.bootstrap, setup.dlq, 1, timeout_s=1.0) == []
+    labels = {"service": "test", "topic": setup.topic}
+    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="ok") == 3
+    assert sample(registry, "ampgate_consumer_messages_total", **labels,
+                  outcome="dead_lettered") == 0
+    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="retried") >= 12
+    committed = await committed_offsets(setup.bootstrap, setup.group, setup.topic)
+    assert committed[p1.partition] > p1.offset  # committed once applied
+
+
+async def test_a_member_stopped_while_retrying_leaves_the_event_to_the_next(setup: Setup) -> None:
+    failing: list[str] = []
+
+    async def down(events: list[ConsumedEvent]) -> None:
+        failing.extend(e.id for e in events)
+        raise TransientError("database is down")
+
+    seen: list[str] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        seen.extend(e.data["passport_id"] for e in events)
+
+    await produce(setup.bootstrap, setup.records(3))
+    first = setup.consumer(down)
+    await first.start()
+    await wait_until(lambda: len(failing) >= 3 * 5)  # past the old 3-attempt budget
+    await first.stop()
+    second = setup.consumer(handle)
+    await second.start()
+    try:
+        await wait_until(lambda: sorted(seen) == ["p0", "p1", "p2"])
+    finally:
+        await second.stop()
+    assert await read_topic(setup.bootstrap, setup.dlq, 1, timeout_s=1.0) == []
+
+
+async def test_a_value_the_handler_cannot_apply_is_dead_lettered_alone(setup: Setup) -> None:
+    seen: list[str] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        if any(e.data["passport_id"] == "p1" for e in events):
+            raise ValueError("changed_paths is not a list of strings")
+        seen.extend(e.data["passport_id"] for e in events)
+
+    registry = CollectorRegistry()
+    await produce(setup.bootstrap, setup.records(3))
     consumer = setup.consumer(handle, registry)
     await consumer.start()
     try:
         dead = await read_topic(setup.bootstrap, setup.dlq, 1)
-        await wait_until(lambda: sample(registry, "ampgate_consumer_messages_total",
-                                        service="test", topic=setup.topic, outcome="ok") == 2)
+        await wait_until(lambda: sorted(seen) == ["p0", "p2"])
     finally:
         await consumer.stop()
-    assert len(dead) == 1
-    headers = dict(dead[0].headers)
-    assert headers["dlq_reason"] == b"transient: database busy (after 3 attempts)"
-    assert dead[0].key == b"p1"
+    assert len(dead) == 1 and dead[0].key == b"p1"
+    assert dict(dead[0].headers)["dlq_reason"] == (
+        b"ValueError: changed_paths is not a list of strings")
     labels = {"service": "test", "topic": setup.topic}
-    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="dead_lettered") == 1
-    assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="retried") > 0
+    assert sample(registry, "ampgate_consumer_messages_total", **labels,
+                  outcome="dead_lettered") == 1
 
 
 async def test_graceful_stop_commits_and_a_new_member_does_not_reprocess(setup: Setup) -> None:
@@ -256,3 +345,71 @@ async def test_lag_counts_a_backlog_produced_in_batches(setup: Setup) -> None:
     finally:
         gate.set()
         await consumer.stop()
+
+
+async def ampgate_dlq_replay(setup: Setup, topic: str) -> tuple[int, str, str]:
+    """`ampgate dlq replay --topic ...` as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPGATE_")}
+    env.update({"AMPGATE_KAFKA__BOOTSTRAP_SERVERS": setup.bootstrap,
+                "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE": str(setup.settings.kafka.enable_idempotence),
+                "AMPGATE_LOG__FORMAT": "json"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services", "dlq", "replay", "--topic", topic, cwd=REPO, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_dlq_replay_republishes_to_the_original_topic_once(setup: Setup) -> None:
+    fixed = asyncio.Event()  # the bug that made p1 unappliable, before and after the fix
+    seen: list[str] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        if not fixed.is_set() and any(e.data["passport_id"] == "p1" for e in events):
+            raise ValueError("cannot apply p1")
+        seen.extend(e.data["passport_id"] for e in events)
+
+    records = setup.records(3)
+    original = next(r for r in records if r[1] == b"p1")
+    await produce(setup.bootstrap, records)
+    consumer = setup.consumer(handle)
+    await consumer.start()
+    try:
+        assert len(await read_topic(setup.bootstrap, setup.dlq, 1)) == 1
+        await wait_until(lambda: sorted(seen) == ["p0", "p2"])
+    finally:
+        await consumer.stop()
+
+    code, out, err = await ampgate_dlq_replay(setup, setup.dlq)
+    assert (code, out.strip()) == (0, f"replayed 1 dead letters from {setup.dlq}"), err
+    on_topic = await read_topic(setup.bootstrap, setup.topic, 4)
+    replayed = [r for r in on_topic if r.key == b"p1"]
+    assert len(replayed) == 2 and replayed[1].value == original[2]
+    assert dict(replayed[1].headers) == dict(original[3])  # ce_* kept, no dlq_*
+    assert not any(k.startswith("dlq_") for k, _ in replayed[1].headers)
+
+    # A second replay sends nothing again.
+    code, out, _ = await ampgate_dlq_replay(setup, setup.dlq)
+    assert (code, out.strip()) == (0, f"replayed 0 dead letters from {setup.dlq}")
+    assert len(await read_topic(setup.bootstrap, setup.topic, 5, timeout_s=1.5)) == 4
+
+    # Fixed: the consumer applies the replayed event.
+    fixed.set()
+    consumer = setup.consumer(handle)
+    await consumer.start()
+    try:
+        await wait_until(lambda: sorted(seen) == ["p0", "p1", "p2"])
+    finally:
+        await consumer.stop()
+
+
+async def test_dlq_replay_refuses_what_is_not_a_dead_letter_topic(setup: Setup) -> None:
+    await produce(setup.bootstrap, setup.records(1))
+    for topic, says in [(unique_name("missing"), "no such topic"),
+                        (setup.topic, "is not a dead-letter topic"),
+                        ("passport-changed", "is an event topic, not a dead-letter topic")]:
+        code, out, err = await ampgate_dlq_replay(setup, topic)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and out == "", (topic, out, err)
+        assert len(lines) == 1 and says in lines[0] and lines[0].startswith("ampgate dlq replay:")
+    assert len(await read_topic(setup.bootstrap, setup.topic, 2, timeout_s=1.0)) == 1

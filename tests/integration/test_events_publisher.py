@@ -1,17 +1,22 @@
 """Outbox → Kafka on a real broker: every value is a valid event, per-key order holds,
-nothing is lost when the broker goes away or the gateway is SIGKILLed."""
+nothing is lost when the broker goes away or the gateway is SIGKILLed, and SIGTERM
+drains the outbox within the grace."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -32,7 +37,10 @@ from services.common.events.schemas import PassportChanged, PriceChanged
 from services.common.kafka import OutboxPublisher, ensure_topics
 from services.common.outbox import Outbox
 from services.gateway.metrics import GatewayMetrics
+from tests.fixtures.gateway import CLIENTS, WRITER_KEY, auth
 from tests.fixtures.kafka import unique_name
+from tests.fixtures.processes import settings_env, start_service
+from tests.fixtures.sandbox import free_port, upstream_settings
 from tests.unit.common.event_samples import passport_data, price_data
 
 pytestmark = pytest.mark.integration
@@ -295,3 +303,125 @@ async def test_pending_events_of_a_sigkilled_gateway_are_published_after_restart
                                             until=lambda rs: wanted <= set(ids_of(rs)))
                if r.key == passport_id.encode()]
     assert ids_of(records) == [f"k-{n}" for n in range(50)]
+
+
+# -- SIGTERM: drain, bounded by AMPGATE_SHUTDOWN__GRACE_S (DESIGN.md §7) ----------------
+
+def gateway_env(sandbox, kafka, state_dir: Path, grace_s: float) -> dict[str, str]:
+    env = settings_env({
+        **upstream_settings(sandbox.url, sandbox.config),
+        "kafka": {"bootstrap_servers": kafka.bootstrap, "enable_idempotence": "false"},
+        "state_dir": str(state_dir),
+        "shutdown": {"grace_s": grace_s},
+    })
+    env["AMPGATE_CLIENTS"] = orjson.dumps(CLIENTS).decode()
+    return env
+
+
+async def write_versions(url: str, pid: str, n: int) -> list[str]:
+    """POST then PUTs through the gateway: ``n`` passport-changed events."""
+    def doc(state: str) -> dict:
+        return {"id": pid, "status": {"state": state},
+                "general_information": {"identification": {"uid": pid}}}
+
+    async with aiohttp.ClientSession(headers=auth(WRITER_KEY)) as http:
+        async with http.post(f"{url}/v1/passports", json=doc("v0")) as resp:
+            assert resp.status == 201, await resp.text()
+        for i in range(1, n):
+            async with http.put(f"{url}/v1/passports/{pid}", json=doc(f"v{i}")) as resp:
+                assert resp.status == 200
+    return [f"v{i}" for i in range(n)]
+
+
+def outbox_rows(state_dir: Path) -> int:
+    conn = sqlite3.connect(state_dir / "gateway.sqlite3")
+    try:
+        return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def states_of(bootstrap: str, pid: str, want: int) -> list[str]:
+    def states(rs) -> list[str]:
+        return [orjson.loads(r.value)["passport"]["status"]["state"] for r in rs
+                if r.key == pid.encode()]
+
+    await ensure_topics(bootstrap, [PASSPORT_TOPIC, PRICE_TOPIC], 6, 1)
+    records = await read_topics(bootstrap, [PASSPORT_TOPIC],
+                                until=lambda rs: len(states(rs)) >= want, timeout_s=15)
+    return states(records)
+
+
+def logged_events(log: str) -> list[str]:
+    events = []
+    for line in log.splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(orjson.loads(line).get("event"))
+    return events
+
+
+def wait_exit(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+@pytest.mark.slow
+async def test_sigterm_drains_the_outbox_to_kafka_before_exit(private_kafka, sandbox, tmp_path):
+    state = tmp_path / "state"
+    env = gateway_env(sandbox, private_kafka, state, grace_s=15)
+    await asyncio.to_thread(private_kafka.stop)  # the writes' events wait in the outbox
+    gw = await asyncio.to_thread(start_service, "gateway", free_port(), env)
+    try:
+        pid = unique_name("BP-TERM")
+        written = await write_versions(gw.url, pid, 20)
+        assert outbox_rows(state) == 20
+        gw.proc.send_signal(signal.SIGTERM)
+        terminated = time.monotonic()
+        await asyncio.sleep(0.5)
+        # No longer taking requests, but still running: draining, waiting for Kafka.
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/healthz"):
+                pass
+        assert gw.proc.poll() is None, gw.log()[-2000:]
+        await asyncio.to_thread(private_kafka.start)
+        code = await asyncio.to_thread(wait_exit, gw.proc, 20)
+        took = time.monotonic() - terminated
+    finally:
+        gw.kill()
+    assert code == 0, gw.log()[-3000:]
+    assert took < 15, f"exit after {took:.1f} s, grace 15 s"
+    assert outbox_rows(state) == 0
+    assert "outbox_drained" in logged_events(gw.log())
+    assert await states_of(private_kafka.bootstrap, pid, 20) == written
+
+
+@pytest.mark.slow
+async def test_sigterm_with_the_broker_down_exits_within_the_grace_and_keeps_the_rows(
+        private_kafka, sandbox, tmp_path):
+    state = tmp_path / "state"
+    env = gateway_env(sandbox, private_kafka, state, grace_s=2)
+    await asyncio.to_thread(private_kafka.stop)
+    port = free_port()
+    gw = await asyncio.to_thread(start_service, "gateway", port, env)
+    try:
+        pid = unique_name("BP-DOWN")
+        written = await write_versions(gw.url, pid, 10)
+        gw.proc.send_signal(signal.SIGTERM)
+        terminated = time.monotonic()
+        code = await asyncio.to_thread(wait_exit, gw.proc, 15)
+        took = time.monotonic() - terminated
+    finally:
+        gw.kill()
+    assert code == 0, gw.log()[-3000:]
+    assert 2 <= took < 2 + 3, f"exit after {took:.1f} s, grace 2 s"  # it did wait, boundedly
+    assert outbox_rows(state) == 10
+    assert "outbox_drain_incomplete" in logged_events(gw.log())
+    # The next start publishes what was left.
+    await asyncio.to_thread(private_kafka.start)
+    gw = await asyncio.to_thread(start_service, "gateway", port, env)
+    try:
+        assert await states_of(private_kafka.bootstrap, pid, 10) == written
+    finally:
+        gw.stop()

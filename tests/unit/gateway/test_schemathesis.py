@@ -28,6 +28,7 @@ def live_gateway(tmp_path_factory):
         **upstream_settings(sandbox_url, SandboxConfig()),
         "kafka": {"bootstrap_servers": "127.0.0.1:9", "enable_idempotence": "false"},
         "state_dir": str(tmp_path_factory.mktemp("gw")),
+        "shutdown": {"grace_s": 0},  # no broker: nothing to drain to
     })
     env["AMPGATE_CLIENTS"] = __import__("orjson").dumps(clients).decode()
     gw = start_service("gateway", free_port(), env)
