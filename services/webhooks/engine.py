@@ -125,6 +125,8 @@ class WebhookEngine:
         if result.duplicate_event or result.duplicate_transition:
             log.info("webhook_duplicates_skipped", same_event=result.duplicate_event,
                      same_transition=result.duplicate_transition)
+        if result.revived:
+            log.info("webhook_dead_letters_requeued", jobs=result.revived)
         for w in woken:
             w.wake()
 

@@ -132,6 +132,7 @@ class EnqueueResult:
     queued: int = 0
     duplicate_event: int = 0
     duplicate_transition: int = 0
+    revived: int = 0  # dead-lettered jobs queued again by a replay
 
 
 def _encode_headers(headers: Iterable[tuple[str, bytes]]) -> bytes:
@@ -198,6 +199,15 @@ class JobStore:
         result = EnqueueResult()
         with self._tx(durable=True) as db:
             for job in jobs:
+                # A dead letter replayed to its topic (`ampgate dlq replay`) is delivered
+                # again: its job comes back to life with fresh attempts, same webhook-id.
+                if db.execute(
+                        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                        "finished_at = NULL, last_error = NULL, dlq_reason = NULL "
+                        "WHERE subscription = ? AND event_id = ? AND state = 'dead'",
+                        (now, job.subscription, job.event_id)).rowcount:
+                    result.revived += 1
+                    continue
                 if job.transition is not None:
                     key, previous, digest = job.transition
                     row = db.execute(

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from standardwebhooks import Webhook
 
+from services.common.dlq import replay
 from services.common.events import PASSPORT_CE_TYPE, PASSPORT_TOPIC, PRICE_TOPIC, build_event
 from services.common.kafka import ensure_topics
 from services.common.settings import Settings
@@ -135,5 +136,46 @@ async def test_topic_to_signed_webhook_and_dead_letter(kafka, tmp_path, receiver
         assert ready["checks"]["webhooks"]["subscriptions"] == 2
         await asyncio.sleep(0.3)
         assert len(ok.requests) == 1  # exactly once
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_replayed_dead_letter_is_delivered_once_the_endpoint_is_back(
+        kafka, tmp_path, receivers):
+    healthy = asyncio.Event()
+    flaky = await Receiver(lambda n, body: (200 if healthy.is_set() else 500, {})).start()
+    other = await Receiver(always(200)).start()
+    receivers += [flaky, other]
+    passport_id = f"BP-WH-{uuid.uuid4().hex[:8]}"
+    secret = new_secret()
+    settings = worker_settings(kafka, tmp_path, [
+        {"name": "flaky", "url": flaky.url, "events": ["*"], "secret": secret,
+         "entity_ids": [passport_id]},
+        {"name": "other", "url": other.url, "events": ["*"], "secret": new_secret(),
+         "entity_ids": [passport_id]},
+    ])
+    await ensure_topics(kafka.bootstrap, [PASSPORT_TOPIC, PRICE_TOPIC, DEAD_LETTER_TOPIC], 6, 1)
+    runner, _ = await serve(create_app(settings, group_id=unique_name("webhooks")))
+    try:
+        record = build_event(PASSPORT_TOPIC, PASSPORT_CE_TYPE, passport_id, {
+            "passport_id": passport_id, "change": "CHANGE_KIND_CREATED",
+            "detected_by": "DETECTION_WRITE", "digest": "sha256:" + "b" * 64,
+            "changed_paths": [""], "passport": {"id": passport_id},
+            "observed_at": "2026-11-21T10:00:00.123456Z"})
+        event_id = dict(record.headers)["ce_id"].decode()
+        await produce(kafka, [record])
+        await dead_letters_for(kafka, event_id)
+        assert len(flaky.requests) == 3 and len(other.requests) == 1
+
+        healthy.set()
+        replayed = await replay(settings.kafka, DEAD_LETTER_TOPIC)
+        assert replayed >= 1
+        await eventually(lambda: len(flaky.requests) == 4, timeout=30)
+        got = flaky.requests[3]
+        assert got.status == 200 and got.headers["webhook-id"] == event_id
+        assert Webhook(secret).verify(got.body, got.headers)["subject"] == passport_id
+        await asyncio.sleep(0.5)
+        # The endpoint that had it already is not called again; the fixed one once.
+        assert (len(flaky.requests), len(other.requests)) == (4, 1)
     finally:
         await runner.cleanup()
