@@ -9,8 +9,10 @@ service demand what it uses, with one clear line naming the missing variable.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -191,7 +193,7 @@ class CacheSettings(_Group):
 
 class HistorySettings(_Group):
     url: AnyHttpUrl | None = None
-    # A plain path or sqlite:///path for SQLite, postgresql://... for PostgreSQL.
+    # A plain path or sqlite:///absolute/path for SQLite, postgresql://... for PostgreSQL.
     # Empty: <state_dir>/history.sqlite3.
     database_url: str = ""
     timeout_s: float = Field(5.0, gt=0)
@@ -236,6 +238,15 @@ class ShutdownSettings(_Group):
     grace_s: float = Field(20.0, ge=0)
 
 
+class ClusterSettings(_Group):
+    """Several gateway replicas acting as one (DESIGN.md §12). Declared ahead of the code that
+    uses it so the documented AMPGATE_CLUSTER__* variables are accepted at start-up; nothing
+    reads these yet."""
+
+    redis_url: str | None = None  # redis://, rediss://, unix://; unset: single-replica mode
+    lease_s: float = Field(15.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -259,6 +270,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -295,9 +307,42 @@ def env_name(loc: tuple[int | str, ...]) -> str:
     return ENV_PREFIX + "__".join(parts).upper()
 
 
+# AMPGATE_* names that are not settings: the TOML file, test-only variables, and docker
+# compose's image override (deploy/docker-compose.yaml), which a shell may well export.
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+TEST_ENV_PREFIX = f"{ENV_PREFIX}TEST_"
+_NOT_SETTINGS = frozenset({CONFIG_ENV, f"{ENV_PREFIX}IMAGE"})
+
+
+def unknown_env_name(environ: Mapping[str, str]) -> str | None:
+    """The first ``AMPGATE_*`` variable naming no setting, if any.
+
+    Known names come from the model itself: a top-level field ``x`` accepts ``AMPGATE_X`` and
+    ``AMPGATE_X__...``; below the top level the groups' ``extra="forbid"`` names the culprit.
+    Matching is case-insensitive, as pydantic-settings reads the environment."""
+    fields = {name.upper() for name in Settings.model_fields}
+    for key in sorted(environ):
+        upper = key.upper()
+        if (not upper.startswith(ENV_PREFIX) or upper.startswith(TEST_ENV_PREFIX)
+                or upper in _NOT_SETTINGS):
+            continue
+        if upper.removeprefix(ENV_PREFIX).split("__", 1)[0] not in fields:
+            return key
+    return None
+
+
+def _did_you_mean(name: str) -> str:
+    fields = [f"{ENV_PREFIX}{f.upper()}" for f in Settings.model_fields]
+    head = name.upper().split("__", 1)[0]
+    close = difflib.get_close_matches(head, fields, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (+ TOML); raise ConfigError on the first problem."""
-    path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if (unknown := unknown_env_name(os.environ)) is not None:
+        raise ConfigError(f"{unknown}: unknown setting{_did_you_mean(unknown)}")
+    path = os.environ.get(CONFIG_ENV)
     if path and not Path(path).is_file():
         raise ConfigError(f"{ENV_PREFIX}CONFIG: no such file: {path}")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -50,8 +51,10 @@ def _row(row: asyncpg.Record) -> Version:
 class PostgresStore(HistoryStore):
     dialect = "postgres"
 
-    def __init__(self, dsn: str, *, max_size: int = 5) -> None:
+    def __init__(self, dsn: str, *, max_size: int = 5,
+                 migrations_dir: Path | None = None) -> None:
         self.dsn = dsn
+        self._migrations_dir = migrations_dir
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
 
@@ -81,7 +84,7 @@ class PostgresStore(HistoryStore):
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                 "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, name, sql in migrations(self.dialect):
+            for version, name, sql in migrations(self.dialect, self._migrations_dir):
                 if version not in done:
                     await conn.execute(sql)
                     await conn.execute(

@@ -75,8 +75,9 @@ def _chunks(items: list[T], size: int = _CHUNK) -> Iterator[list[T]]:
 class SqliteStore(HistoryStore):
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, migrations_dir: Path | None = None) -> None:
         self.path = path
+        self._migrations_dir = migrations_dir
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
 
@@ -122,7 +123,7 @@ class SqliteStore(HistoryStore):
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
             "name TEXT NOT NULL, applied_at TEXT NOT NULL)")
         done = {r[0] for r in db.execute("SELECT version FROM schema_migrations")}
-        for version, name, sql in migrations(self.dialect):
+        for version, name, sql in migrations(self.dialect, self._migrations_dir):
             if version in done:
                 continue
             now = datetime.now(UTC).isoformat()

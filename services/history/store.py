@@ -13,6 +13,7 @@ import importlib.resources
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from services.common.settings import ConfigError
@@ -56,20 +57,23 @@ class HistoryStore(abc.ABC):
     async def applied_migrations(self) -> list[int]: ...
 
 
-def open_store(database_url: str) -> HistoryStore:
-    """The store for a database URL (not yet opened)."""
+def open_store(database_url: str, *, migrations_dir: Path | None = None) -> HistoryStore:
+    """The store for a database URL (not yet opened). ``migrations_dir`` replaces the
+    packaged ``migrations/<dialect>/`` folder (tests of the migration runner)."""
     url = database_url.strip()
     if re.match(r"^postgres(ql)?(\+\w+)?://", url):
         from services.history.postgres_store import PostgresStore
 
-        return PostgresStore(re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url))
+        return PostgresStore(re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url),
+                             migrations_dir=migrations_dir)
     if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        # sqlite:///abs/path -> /abs/path ; sqlite:///rel -> rel (SQLAlchemy style: 3 slashes
-        # then the path; 4 slashes for an absolute one also works).
-        path = path.removeprefix("/")
-        if not path:
-            raise ConfigError("AMPGATE_HISTORY__DATABASE_URL: sqlite:/// needs a path")
+        # sqlite:///var/lib/h.db -> /var/lib/h.db: the path after the (empty) host is
+        # absolute, as documented; sqlite:////var/lib/h.db (SQLAlchemy's spelling) too.
+        # A relative path is written as a plain path.
+        path = "/" + url.removeprefix("sqlite://").lstrip("/")
+        if path == "/" or not url.startswith("sqlite:///"):
+            raise ConfigError("AMPGATE_HISTORY__DATABASE_URL: use sqlite:///absolute/path "
+                              "(or a plain path)")
     elif "://" in url:
         raise ConfigError("AMPGATE_HISTORY__DATABASE_URL: use a path, sqlite:///path or "
                           "postgresql://...")
@@ -77,15 +81,20 @@ def open_store(database_url: str) -> HistoryStore:
         path = url
     from services.history.sqlite_store import SqliteStore
 
-    return SqliteStore(Path(path))
+    return SqliteStore(Path(path), migrations_dir=migrations_dir)
 
 
-def migrations(dialect: str) -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration file for ``dialect``, in order."""
-    folder = importlib.resources.files("services.history.migrations").joinpath(dialect)
+def migrations(dialect: str, folder: Traversable | None = None) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration file for ``dialect``, in version order."""
+    if folder is None:
+        folder = importlib.resources.files("services.history.migrations").joinpath(dialect)
     out = []
     for entry in folder.iterdir():
         m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
         if m:
             out.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
-    return sorted(out)
+    out.sort()
+    versions = [v for v, _, _ in out]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two {dialect} migrations share a version number: {versions}")
+    return out

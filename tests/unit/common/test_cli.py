@@ -42,6 +42,14 @@ def run_gateway(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
      "AMPGATE_CLIENTS__0__KEY_SHA256"),
     ({**UPSTREAMS, "AMPGATE_TARIFF_CONTEXTS": '[{"name": "a"}]'}, "AMPGATE_TARIFF_CONTEXTS__0"),
     ({**UPSTREAMS, "AMPGATE_CONFIG": "/nonexistent/ampgate.toml"}, "AMPGATE_CONFIG"),
+    # A misspelled top-level name stops start-up like a misspelled nested one.
+    ({**UPSTREAMS, "AMPGATE_CLUSTRE__REDIS_URL": "redis://127.0.0.1:6379"},
+     "AMPGATE_CLUSTRE__REDIS_URL"),
+    ({**UPSTREAMS, "AMPGATE_UPSTREAMS__PASSPORT__TIMEOUT_S": "3"},
+     "AMPGATE_UPSTREAMS__PASSPORT__TIMEOUT_S"),
+    ({**UPSTREAMS, "AMPGATE_HTTP_PORT": "9000"}, "AMPGATE_HTTP_PORT"),
+    ({**UPSTREAMS, "AMPGATE_CLUSTER__REDIS_URLS": "redis://127.0.0.1:6379"},
+     "AMPGATE_CLUSTER__REDIS_URLS"),
 ])
 def test_bad_setting_fails_start_up_naming_it(env, named):
     result = run_gateway(env)

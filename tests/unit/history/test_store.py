@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from services.history.store import HistoryStore, open_store
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.common.settings import ConfigError
+from services.history.store import HistoryStore, migrations, open_store
 from services.history.versions import PASSPORT, PRICE, EntityKey, version_from_event
 from tests.unit.history.helpers import (
     at,
@@ -91,6 +98,88 @@ async def test_migrations_are_recorded_and_applied_once(database_url: str) -> No
         await s.open()
         assert await s.applied_migrations() == [1]
         await s.close()
+
+
+# Two migrations after the packaged ones: 0002 creates a table and alters the real one, 0003
+# needs 0002 (order matters) and fails if run twice (a second INSERT of the same key).
+EXTRA_MIGRATIONS = {
+    "0002_labels.sql": "CREATE TABLE history_labels (name TEXT PRIMARY KEY, note TEXT NOT NULL);\n"
+                       "ALTER TABLE history_versions ADD COLUMN label TEXT;\n",
+    "0003_first_label.sql": "INSERT INTO history_labels (name, note) VALUES ('first', '0003');\n",
+}
+
+
+def migration_dir(tmp_path: Path, dialect: str, names: list[str]) -> Path:
+    folder = tmp_path / f"migrations-{dialect}-{len(names)}"
+    folder.mkdir()
+    for name in reversed(names):  # written newest first: the order comes from the names
+        (folder / name).write_text(EXTRA_MIGRATIONS[name])
+    for version, name, sql in migrations(dialect):
+        (folder / f"{version:04d}_{name}.sql").write_text(sql)
+    return folder
+
+
+async def labels(database_url: str) -> list[tuple[str, str]]:
+    if database_url.startswith("postgresql://"):
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [tuple(r) for r in await conn.fetch("SELECT name, note FROM history_labels")]
+        finally:
+            await conn.close()
+    db = sqlite3.connect(database_url.removeprefix("sqlite://"))
+    try:
+        return list(db.execute("SELECT name, note FROM history_labels"))
+    finally:
+        db.close()
+
+
+async def test_several_migrations_apply_in_order_once_and_upgrade(database_url: str,
+                                                                  tmp_path: Path) -> None:
+    dialect = "postgres" if database_url.startswith("postgresql://") else "sqlite"
+    key = EntityKey(PASSPORT, "p1")
+    # A database made by an older release (0001, 0002), then upgraded by a newer one (0003).
+    older = migration_dir(tmp_path, dialect, ["0002_labels.sql"])
+    s = open_store(database_url, migrations_dir=older)
+    await s.open()
+    assert await s.applied_migrations() == [1, 2]
+    stream = versions_of(flip_flop("p1"))
+    await s.record(stream[:1])
+    await s.close()
+    assert await labels(database_url) == []
+    newer = migration_dir(tmp_path, dialect, ["0002_labels.sql", "0003_first_label.sql"])
+    for before in (1, 4):  # the second start finds nothing to do
+        s = open_store(database_url, migrations_dir=newer)
+        await s.open()
+        assert await s.applied_migrations() == [1, 2, 3]
+        assert len(await s.versions(key)) == before  # the data survived the upgrade
+        await s.record(stream)
+        assert len(await s.versions(key)) == 4
+        await s.close()
+        assert await labels(database_url) == [("first", "0003")]
+
+
+async def test_sqlite_url_with_three_slashes_is_an_absolute_path(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    target = tmp_path / "data" / "history.sqlite3"
+    url = f"sqlite://{target}"  # sqlite:///tmp/.../history.sqlite3, as documented
+    assert url.startswith("sqlite:///") and not url.startswith("sqlite:////")
+    s = open_store(url)
+    await s.open()
+    await s.record(versions_of(flip_flop("p1")))
+    await s.close()
+    assert target.is_file()
+    assert not any(elsewhere.rglob("history.sqlite3")), "created relative to the working dir"
+    # SQLAlchemy's four-slash spelling names the same file; a host is no path.
+    s = open_store(f"sqlite:///{target}")
+    await s.open()
+    assert len(await s.versions(EntityKey(PASSPORT, "p1"))) == 4
+    await s.close()
+    for bad in ("sqlite:///", "sqlite://host/history.sqlite3"):
+        with pytest.raises(ConfigError, match="AMPGATE_HISTORY__DATABASE_URL"):
+            open_store(bad)
 
 
 async def test_a_large_batch_finds_the_latest_version_of_every_entity(store: HistoryStore) -> None:
