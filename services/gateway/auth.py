@@ -1,56 +1,45 @@
-"""Inbound authentication: callers present an API key (Bearer or X-API-Key); we keep only
-its SHA-256. The scope check runs before anything else, the cache included."""
+"""The gateway's side of inbound auth: the shared check (services.common.auth) and the
+caller's key forwarded to the history service, which checks it again (DESIGN.md §11)."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from aiohttp import web
 
-from services.common.errors import Problem
-from services.common.http import CLIENT_NAME_KEY
-from services.common.settings import ClientSpec
+from services.common.auth import Authenticator, presented_key
+
+__all__ = ["Authenticator", "CallerCredential", "forwarding_caller_key"]
+
+# The key of the caller whose request is being proxied. A ContextVar: each request runs in
+# its own task, so concurrent callers never see each other's key.
+_CALLER_KEY: ContextVar[str | None] = ContextVar("ampgate_caller_key", default=None)
 
 
-class Authenticator:
-    def __init__(self, clients: Iterable[ClientSpec]) -> None:
-        self._by_hash = {c.key_sha256: c for c in clients}
-        # Keys seen lately -> client, to skip hashing on every request. Only valid keys
-        # enter, so a flood of wrong keys cannot grow it.
-        self._recent: dict[str, ClientSpec] = {}
+class CallerCredential:
+    """The history client's credential: the key the caller presented, as a bearer token, set
+    for the duration of one proxied call by ``forwarding_caller_key``. Nothing to refresh:
+    a 401 from the history service is the answer for that key."""
 
-    def authenticate(self, request: web.Request) -> ClientSpec:
-        key = _presented_key(request)
-        if key is None:
-            raise Problem(401, "Unauthorized", "send Authorization: Bearer <api key> or X-API-Key",
-                          headers={"WWW-Authenticate": 'Bearer realm="ampgate"'})
-        client = self._recent.get(key)
-        if client is None:
-            # Looking up a SHA-256 leaks nothing useful through timing: it is preimage resistant.
-            client = self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
-            if client is not None and len(self._recent) < 4096:
-                self._recent[key] = client
-        if client is None:
-            raise Problem(401, "Unauthorized", "unknown API key",
-                          headers={"WWW-Authenticate": 'Bearer realm="ampgate", error="invalid_token"'})
-        request[CLIENT_NAME_KEY] = client.name
-        return client
+    refreshable = False
 
-    def authorize(self, request: web.Request, scope: str) -> ClientSpec:
-        client = self.authenticate(request)
-        if scope not in client.scopes:
-            raise Problem(403, "Forbidden", f"this API key lacks the scope {scope}",
-                          extra={"required_scope": scope})
-        return client
+    async def headers(self) -> tuple[dict[str, str], str]:
+        key = _CALLER_KEY.get()
+        return ({"Authorization": f"Bearer {key}"} if key else {}), ""
 
-
-def _presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+    async def invalidate(self, token: str) -> None:
         return None
-    key = request.headers.get("X-API-Key", "").strip()
-    return key or None
+
+    def __repr__(self) -> str:
+        return "CallerCredential(<the caller's key>)"
+
+
+@contextmanager
+def forwarding_caller_key(request: web.Request) -> Iterator[None]:
+    token = _CALLER_KEY.set(presented_key(request))
+    try:
+        yield
+    finally:
+        _CALLER_KEY.reset(token)

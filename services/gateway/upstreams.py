@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from services.common.settings import UpstreamSettings
+from services.gateway.auth import CallerCredential
 from services.gateway.keys import METRICS_KEY, SESSION_KEY, SETTINGS_KEY, UPSTREAMS_KEY
 from services.gateway.tokens import (
     StaticToken,
@@ -60,7 +61,7 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         history = UpstreamClient(
             "history",
             UpstreamSettings(base_url=settings.history.url, timeout_s=settings.history.timeout_s),
-            session, None, metrics)
+            session, CallerCredential(), metrics)
     upstreams = Upstreams(
         passport=UpstreamClient("passport", settings.passport, session, siemens, metrics),
         cpo=UpstreamClient("cpo", settings.cpo, session, cognito, metrics),

@@ -9,12 +9,13 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from services.common.auth import Authenticator
 from services.common.consumer import EventConsumer, attach_consumer
 from services.common.events import HISTORY_DEAD_LETTER_TOPIC, PASSPORT_TOPIC, PRICE_TOPIC
 from services.common.http import READINESS_KEY, base_app
 from services.common.settings import Settings
 from services.history.ingest import handle_batch
-from services.history.keys import METRICS_KEY, SETTINGS_KEY, STORE_KEY
+from services.history.keys import AUTH_KEY, METRICS_KEY, SETTINGS_KEY, STORE_KEY
 from services.history.metrics import HistoryMetrics
 from services.history.routes import add_routes
 from services.history.store import open_store
@@ -43,6 +44,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None, *,
     app = base_app(registry)
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = HistoryMetrics(registry)
+    app[AUTH_KEY] = Authenticator(settings.clients)  # the gateway's clients and scopes
     app.cleanup_ctx.append(store_ctx)  # before the consumer: opened first, closed last
     if consume:
         attach_consumer(app, EventConsumer(

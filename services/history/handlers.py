@@ -10,11 +10,13 @@ import orjson
 from aiohttp import web
 
 from services.common.errors import Problem
-from services.history.keys import STORE_KEY
+from services.history.keys import AUTH_KEY, STORE_KEY
 from services.history.query import HistoryQuery, evse_id, parse_query, passport_id
 from services.history.versions import PASSPORT, PRICE, EntityKey, Version, format_time
 
 JSON_PATCH = "application/json-patch+json"
+# The gateway's scope for these routes: nobody reads history around the gateway's auth.
+SCOPE = "history:read"
 
 
 def _json(body: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
@@ -22,6 +24,7 @@ def _json(body: Any, status: int = 200, content_type: str = "application/json") 
 
 
 async def passport_history(request: web.Request) -> web.Response:
+    request.app[AUTH_KEY].authorize(request, SCOPE)  # before anything else, as at the gateway
     pid = passport_id(request)
     query = parse_query(request, with_context=False)
     key = EntityKey(PASSPORT, pid)
@@ -29,6 +32,7 @@ async def passport_history(request: web.Request) -> web.Response:
 
 
 async def price_history(request: web.Request) -> web.Response:
+    request.app[AUTH_KEY].authorize(request, SCOPE)
     eid = evse_id(request)
     query = parse_query(request, with_context=True)
     key = EntityKey(PRICE, eid, query.context)

@@ -879,6 +879,10 @@ def test_full_case_renders_secrets_as_contract_json_and_monitoring(
     (monitor,) = kinds(docs, "ServiceMonitor").values()
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    # The history service checks the callers' keys itself (DESIGN.md §11): it reads the clients.
+    history_env = sets["rel-ampgate-history"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "AMPGATE_CLIENTS" in {e["valueFrom"]["secretKeyRef"]["key"] for e in history_env
+                                 if "valueFrom" in e}
 
 
 def test_existing_secret_case_renders_no_secret_and_reads_the_given_one(

@@ -11,6 +11,7 @@ from services.common.settings import Settings
 from services.history.app import create_app
 from services.history.keys import STORE_KEY
 from services.history.versions import PASSPORT, PRICE, EntityKey
+from tests.fixtures.gateway import CLIENTS, auth
 from tests.unit.history.helpers import (
     create_topics,
     flip_flop,
@@ -44,7 +45,7 @@ async def private_kafka(private_kafka):
 
 def worker_settings(kafka, database_url: str) -> Settings:
     return Settings(kafka=kafka.kafka_settings(partitions=3),
-                    history={"database_url": database_url},
+                    history={"database_url": database_url}, clients=CLIENTS,
                     consumer={"session_timeout_s": 2.0, "retry_backoff_s": 0.05,
                               "batch_size": 100})
 
@@ -52,7 +53,7 @@ def worker_settings(kafka, database_url: str) -> Settings:
 async def test_the_same_stream_twice_and_flip_flops(private_kafka, database_url, aiohttp_client):
     registry = CollectorRegistry()
     app = create_app(worker_settings(private_kafka, database_url), registry)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(app, headers=auth())
     store = app[STORE_KEY]
     evse = "DE*EEE*E000001"
     stream = [*flip_flop("p1"), *flip_flop("p2"),
@@ -99,7 +100,7 @@ async def test_poison_is_dead_lettered_and_the_worker_keeps_going(private_kafka,
                                                                   aiohttp_client):
     registry = CollectorRegistry()
     app = create_app(worker_settings(private_kafka, f"sqlite:///{tmp_path}/h.sqlite3"), registry)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(app, headers=auth())
     a, b = passport_doc("px", 1.0), passport_doc("px", 2.0)
     first, second = passport_record("px", a, None, 0), passport_record("px", b, a, 1)
     poison = ("passport-changed", b"px", b'{"passport_id": 42}', list(first.headers))

@@ -173,7 +173,7 @@ Usage: $pod := include "ampgate.podArgs" (dict "ctx" $ "component" "gateway") | 
 {{- define "ampgate.podArgs" -}}
 {{- $keys := dict
   "gateway" (list "AMPGATE_CLIENTS" "AMPGATE_PASSPORT__CLIENT_SECRET" "AMPGATE_CPO__CLIENT_SECRET" "AMPGATE_PRICING__API_TOKEN" "AMPGATE_TARIFF_CONTEXTS")
-  "history" (list "AMPGATE_HISTORY__DATABASE_URL")
+  "history" (list "AMPGATE_CLIENTS" "AMPGATE_HISTORY__DATABASE_URL")
   "webhooks" (list "AMPGATE_WEBHOOKS__SUBSCRIPTIONS") }}
 {{- $env := dict }}
 {{- $refs := list }}

@@ -1,10 +1,12 @@
-"""History queries, proxied path for path to the history service."""
+"""History queries, proxied path for path to the history service with the caller's own key:
+the history service checks it and the scope again (DESIGN.md §11)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from services.common.errors import Problem
+from services.gateway.auth import forwarding_caller_key
 from services.gateway.handlers.respond import passthrough, trace, upstreams
 from services.gateway.validation import HistoryQuery, PriceHistoryQuery, evse_path_id, path_id
 
@@ -17,8 +19,9 @@ async def _proxy(request: web.Request, operation: str, path: str, params: dict[s
     client = upstreams(request).history
     if client is None:
         raise Problem(503, "History unavailable", "AMPGATE_HISTORY__URL is not configured")
-    resp = await client.request(operation, "GET", path, params=params, accept_statuses=(404,),
-                                **trace(request))
+    with forwarding_caller_key(request):
+        resp = await client.request(operation, "GET", path, params=params,
+                                    accept_statuses=(404,), **trace(request))
     return passthrough(resp)
 
 

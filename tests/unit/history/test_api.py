@@ -11,6 +11,7 @@ from services.common.settings import Settings
 from services.history.app import create_app
 from services.history.keys import STORE_KEY
 from services.history.versions import version_from_event
+from tests.fixtures.gateway import CLIENTS, auth
 from tests.unit.history.helpers import (
     consumed,
     flip_flop,
@@ -25,9 +26,9 @@ EVSE = "DE*EEE*E000001"
 
 @pytest.fixture
 async def client(aiohttp_client, database_url: str):
-    settings = Settings(history={"database_url": database_url})
+    settings = Settings(history={"database_url": database_url}, clients=CLIENTS)
     app = create_app(settings, CollectorRegistry(), consume=False)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(app, headers=auth())  # a key with history:read
     a, b = passport_doc("p1", 60.0), passport_doc("p1", 58.5)
     stream = [*flip_flop("p1"),
               passport_record("gone", a, None, 0), passport_record("gone", None, a, 10),
