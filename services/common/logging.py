@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from contextvars import ContextVar
@@ -12,9 +13,17 @@ import structlog.tracebacks
 
 from services.common.settings import LogSettings
 
-# Tracebacks as data, without local variables: locals hold tokens, keys and documents.
+# Tracebacks without local variables in every renderer: locals hold tokens, keys and
+# documents. As data for JSON; for the console, Rich (when installed) with show_locals off:
+# structlog's default console formatters (Rich, better-exceptions) print every local.
 _DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
     structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+
+
+def _console_tracebacks() -> structlog.typing.ExceptionRenderer:
+    if importlib.util.find_spec("rich") is None:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
 
 # (request_id, traceparent) of the request being handled. One ContextVar set per request
 # is much cheaper than structlog's clear_contextvars()+bind_contextvars() on a cache hit.
@@ -46,7 +55,8 @@ def configure_logging(settings: LogSettings, *, stream=None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "console":
-        renderer: list[structlog.types.Processor] = [structlog.dev.ConsoleRenderer()]
+        renderer: list[structlog.types.Processor] = [
+            structlog.dev.ConsoleRenderer(exception_formatter=_console_tracebacks())]
         factory = structlog.PrintLoggerFactory(stream)
     else:
         renderer = [

@@ -58,3 +58,13 @@ def test_bad_setting_fails_start_up_naming_it(env, named):
     assert len(lines) == 1, result.stderr
     assert named in lines[0] and "configuration error" in lines[0]
     assert "secret" not in lines[0].lower() or "CLIENT_SECRET" in lines[0]
+
+
+def test_version_prints_the_installed_version():
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    result = subprocess.run([sys.executable, "-m", "services", "--version"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ampgate {version}"
