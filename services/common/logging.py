@@ -25,6 +25,7 @@ def _console_tracebacks() -> structlog.typing.ExceptionRenderer:
         return structlog.dev.plain_traceback
     return structlog.dev.RichTracebackFormatter(show_locals=False)
 
+
 # (request_id, traceparent) of the request being handled. One ContextVar set per request
 # is much cheaper than structlog's clear_contextvars()+bind_contextvars() on a cache hit.
 REQUEST_CONTEXT: ContextVar[tuple[str, str] | None] = ContextVar("ampgate_request", default=None)
