@@ -21,8 +21,10 @@ COPY . .
 # The build itself compiles proto-schemas/ (setup.py's build step, with grpcio-tools from the
 # isolated build environment: protoc never reaches the final image). Generated code is
 # git-ignored and excluded by .dockerignore, so it always comes from the schemas.
-RUN /opt/venv/bin/pip install . \
- && cd / && /opt/venv/bin/python -c "import services.common.events.schemas" \
+RUN /opt/venv/bin/pip install .
+# Import from outside the sources: proves the installed package carries the generated code.
+WORKDIR /
+RUN /opt/venv/bin/python -c "import services.common.events.schemas" \
  && /opt/venv/bin/ampgate --version
 
 # --- runtime: the venv, a non-root user, nothing else ---------------------------------------
