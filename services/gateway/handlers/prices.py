@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
 from services.gateway.cache import make_response
+from services.gateway.eviction import ALL_PRICES_TAG, price_tag
 from services.gateway.handlers.respond import cached_get, trace, upstreams
 from services.gateway.keys import CONTEXTS_KEY, DETECTOR_KEY
 from services.gateway.validation import PriceAllQuery, PriceBatchQuery, PriceQuery
 
 log = structlog.get_logger("ampgate.gateway")
-
-
-def price_tag(evse_id: str) -> tuple[str, str]:
-    return ("price", evse_id)
 
 
 def _context(request: web.Request, medium: dict[str, str]) -> str | None:
@@ -50,9 +46,9 @@ async def _priced(request: web.Request, route: str, operation: str, path: str,
     async def fetch():
         resp = await client.request(operation, "GET", path, params=params, **ids)
         if resp.status == 200 and context is not None:
-            try:
-                _detect(request, context, pick(resp.json()))
-            except (orjson.JSONDecodeError, AttributeError, TypeError):
+            try:  # decoded (and checked to be JSON) by the client; the shape is ours to check
+                _detect(request, context, pick(resp.data))
+            except (AttributeError, TypeError):
                 log.warning("pricing_unparsable", operation=operation)
         return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
@@ -78,5 +74,5 @@ async def all_paged(request: web.Request, query: PriceAllQuery) -> web.Response:
     params = query.upstream_params()
     # A page's content is unknown before the fill: tag it so any price change evicts it.
     return await _priced(request, "prices_all", "all_paged", "/api/pricing/all_paged", params,
-                         [("price", "*")], query.medium_params(),
+                         [ALL_PRICES_TAG], query.medium_params(),
                          lambda doc: doc.get("data") or {})
