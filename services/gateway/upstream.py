@@ -3,14 +3,10 @@ concurrency, retries for idempotent reads, one replay after a 401, a circuit bre
 metrics. Every failure leaves here as a services.gateway.errors exception.
 
 Bodies are read and decoded here, once: a body over ``max_body_bytes``
-(``AMPGATE_UPSTREAM__MAX_BODY_BYTES``) is never read whole, and a 2xx answer to a read
-must be a JSON document (object or array) — otherwise UpstreamBadBody (502), never a
-500 further in. The decoded document is ``UpstreamResponse.data``. A write's answer is
-decoded too but not required to be JSON: the write happened, its answer passes through.
-
-Timeouts: ``timeout_s`` is the budget of the whole call, retries included (a client
-never waits longer than that for one upstream call); ``connect_timeout_s`` bounds
-each connection attempt, so a refused or hung connect is retried within the budget.
+(``AMPGATE_UPSTREAM__MAX_BODY_BYTES``) is never read whole, and a 2xx answer to a GET
+(but a 204) must be a JSON document (object or array), else UpstreamBadBody (502) —
+never a 500 further in. The decoded document is ``UpstreamResponse.data``. A write's
+answer is decoded too but need not be JSON: the write happened, its answer passes on.
 """
 
 from __future__ import annotations
@@ -311,13 +307,13 @@ class UpstreamClient:
     def _decoded(self, operation: str, method: str, resp: UpstreamResponse) -> UpstreamResponse:
         """``resp`` with ``data`` set; UpstreamBadBody for a read's 2xx that is not a JSON
         document. Accepted error statuses (``accept_statuses``) are decoded if they can be."""
-        if not resp.body:
+        strict = method == "GET" and 200 <= resp.status < 300 and resp.status != 204
+        if not resp.body and not strict:
             return resp
         try:
             data = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
             data = None
-        strict = method in IDEMPOTENT and 200 <= resp.status < 300
         if strict and not isinstance(data, dict | list):
             log.warning("upstream_body_invalid", upstream=self.name, operation=operation,
                         status=resp.status, reason="not_json", bytes=len(resp.body))

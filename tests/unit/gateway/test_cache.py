@@ -10,9 +10,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from services.common.settings import CachePolicy
+from services.common.settings import CachePolicy, UpstreamSettings
 from services.gateway.cache import CachedResponse, CacheResult, ResponseCache, make_response
-from services.common.settings import UpstreamSettings
 from services.gateway.errors import UpstreamBadBody, UpstreamStatus, UpstreamTimeout
 from services.gateway.upstream import UpstreamClient
 
