@@ -81,7 +81,7 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     app[OUTBOX_KEY] = outbox
     cache = app[CACHE_KEY]
     app[DETECTOR_KEY] = ChangeDetector(outbox, app[METRICS_KEY],
-                                       on_change=lambda entity, key: evict_change(cache, entity, key))
+                                       on_change=lambda *change: evict_change(cache, *change))
     yield
     outbox.close()
 

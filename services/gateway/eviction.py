@@ -17,8 +17,12 @@ next request on any replica answers the new version:
 What a change covers (the cache tags):
 
 * passport P: its public and owned documents (``passport_tag(P)``) and the owned list;
-* price of EVSE E: every pricing answer that names E (``price_tag(E)``), and every
-  all_paged page (their content is unknown before the fill: ``ALL_PRICES_TAG``);
+* price of EVSE E: every pricing answer that names E (``price_tag(E)``), whatever its
+  medium (a tariff change seen for one context may well hold for every tag), and every
+  all_paged page (their content is unknown before the fill: ``ALL_PRICES_TAG``). A
+  SNAPSHOT of context C (C's tariff seen for the first time: no version of it is known
+  to be older) evicts only the views of C (``price_context_tag(C, E)``), so reading a
+  second context does not throw out the first one's answers;
 * the user: ``ME_TAG``.
 """
 
@@ -32,6 +36,7 @@ import structlog
 
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, EventRecord
 from services.common.outbox import Outbox
+from services.gateway.changes import ChangeKind
 
 log = structlog.get_logger(__name__)
 
@@ -53,31 +58,41 @@ def price_tag(evse_id: str) -> tuple[str, str]:
     return ("price", evse_id.upper())
 
 
+def price_context_tag(context: str, evse_id: str) -> tuple[str, str, str]:
+    """The answers for one tariff context (by its name) and EVSE."""
+    return ("price", context, evse_id.upper())
+
+
 class Evicts(Protocol):
     def invalidate_tag(self, tag: Hashable) -> int: ...
 
 
-def tags_of_change(entity: str, key: str) -> list[tuple[str, str]]:
-    """The tags a change of ``entity`` (passport | price) ``key`` evicts."""
+def tags_of_change(entity: str, key: str, context: str = "",
+                   kind: str | None = None) -> list[tuple[str, ...]]:
+    """The tags a change of ``entity`` (passport | price) ``key`` evicts; ``kind`` is the
+    ChangeKind value, ``context`` the tariff context name (prices)."""
     if entity == "passport":
         return [passport_tag(key), OWNED_LIST_TAG]
     if entity == "price":
+        if kind == ChangeKind.SNAPSHOT and context:
+            return [price_context_tag(context, key)]
         return [price_tag(key), ALL_PRICES_TAG]
     raise ValueError(f"unknown entity {entity!r}")
 
 
-def evict_change(cache: Evicts, entity: str, key: str) -> None:
+def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str) -> None:
     """A change was found here (write, read or poll): evict what shows it."""
-    for tag in tags_of_change(entity, key):
+    for tag in tags_of_change(entity, key, context, kind):
         cache.invalidate_tag(tag)
 
 
 def evict_event(cache: Evicts, topic: str, key: str, data: Mapping[str, Any]) -> None:
     """A record read by the invalidation consumer (any replica's, ours included)."""
+    kind = data.get("change")
     if topic == PASSPORT_TOPIC:
-        evict_change(cache, "passport", key)
+        evict_change(cache, "passport", "", key, kind)
     elif topic == PRICE_TOPIC:
-        evict_change(cache, "price", key)
+        evict_change(cache, "price", str(data.get("tariff_context") or ""), key, kind)
     elif topic == CACHE_TOPIC:
         for tag in _tags(data):
             cache.invalidate_tag(tag)
@@ -107,4 +122,5 @@ def _tags(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
 
 
 __all__ = ["ALL_PRICES_TAG", "CACHE_TOPIC", "ME_TAG", "OWNED_LIST_TAG", "evict_change",
-           "evict_event", "evict_everywhere", "passport_tag", "price_tag", "tags_of_change"]
+           "evict_event", "evict_everywhere", "passport_tag", "price_context_tag", "price_tag",
+           "tags_of_change"]

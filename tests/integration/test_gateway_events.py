@@ -288,6 +288,13 @@ async def test_update_through_replica_a_evicts_replica_b(kafka_gateway, kafka, s
         await asyncio.sleep(0.1)
 
 
+async def polled_prices(gw) -> float:
+    text = await (await gw.get("/metrics")).text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ampgate_changes_detected_total{")
+               and 'detected_by="poll"' in line and 'entity="price"' in line)
+
+
 async def test_readme_demo_a_polled_tariff_change_is_served_at_once(kafka_gateway, kafka, sandbox):
     """README, "A change, end to end": GET a price for a configured tariff context, change
     that tariff upstream; once the poller has announced it, the same GET answers the new
@@ -296,6 +303,10 @@ async def test_readme_demo_a_polled_tariff_change_is_served_at_once(kafka_gatewa
     gw = await kafka_gateway(tariff_contexts=[{"name": "demo", "tag_id": "DEMO-TAG-0001"}],
                              poll={"prices_interval_s": interval})
     url = "/v1/prices?evseId=DE*EEE*E000001&tag_id=DEMO-TAG-0001"
+    deadline = time.monotonic() + 15
+    while not await polled_prices(gw):  # the first pass (snapshots) is behind us
+        assert time.monotonic() < deadline, "the price poller never completed a pass"
+        await asyncio.sleep(0.1)
     async with TopicReader(kafka.bootstrap) as reader:
         old = await (await gw.get(url, headers=auth())).json()
         assert (await gw.get(url, headers=auth())).headers["X-Cache"] == "HIT"

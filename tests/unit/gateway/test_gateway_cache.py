@@ -268,3 +268,29 @@ async def test_a_public_url_fixes_the_links_for_every_host(make_gateway, sandbox
     assert len(bodies) == 1
     doc = await (await gw.get(STATIONS, headers=auth())).json()
     assert doc["links"]["next"] == f"https://api.example.com/gw{NEXT}"
+
+
+async def test_a_read_that_finds_a_new_tariff_evicts_every_view_of_that_evse(make_gateway,
+                                                                               sandbox):
+    gw = await make_gateway(tariff_contexts=[{"name": "demo", "tag_id": "DEMO-TAG-0001"}])
+    evse = "DE*EEE*E000001"
+    plain = f"/v1/prices?evseId={evse}&tag_id=DEMO-TAG-0001"
+    views = {  # a view -> where it shows the EVSE's rate name (None: not necessarily)
+        plain + "&consumption=5000": lambda d: d["rateName"],
+        f"/v1/prices?evseId={evse}&tag_id=OTHER-TAG-7": lambda d: d["rateName"],  # no context
+        f"/v1/prices/batch?evseIds={evse},CH*CHI*E00193&tag_id=DEMO-TAG-0001":
+            lambda d: d[evse]["rateName"],
+        "/v1/prices/all?limit=50&tag_id=DEMO-TAG-0001": None,  # a page: unknown before the fill
+    }
+    await gw.get(plain, headers=auth())
+    for view in views:
+        assert (await gw.get(view, headers=auth())).status == 200
+        assert (await gw.get(view, headers=auth())).headers["X-Cache"] == "HIT"
+    await sandbox.put_tariff(evse, {"rateName": "Night tariff"})
+    read = await gw.get(plain, headers={**auth(), "Cache-Control": "no-cache"})
+    assert (await read.json())["rateName"] == "Night tariff"  # a read found the change
+    for view, rate_name in views.items():
+        resp = await gw.get(view, headers=auth())
+        assert resp.headers["X-Cache"] == "MISS", view
+        if rate_name is not None:
+            assert rate_name(await resp.json()) == "Night tariff", view
