@@ -67,9 +67,8 @@ async def cached_get(
 
 def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: str,
             params: dict[str, str] | None = None,
-            transform: Callable[[UpstreamResponse], bytes] | None = None,
             ) -> Callable[[], Awaitable[CachedResponse]]:
-    """A fill function for the cache: one upstream GET, optionally rewritten. It returns
+    """A fill function for the cache: one upstream GET, passed on as it is. It returns
     the upstream's 2xx answer or raises what the client raised (UpstreamStatus for an
     error status, UpstreamBadBody for a body that is not JSON): the cache tells an outage
     (stale-if-error) from an answer (the entry is dropped) by that exception."""
@@ -77,8 +76,7 @@ def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: 
 
     async def fetch() -> CachedResponse:
         resp = await client.request(operation, "GET", path, params=params, **ids)
-        body = transform(resp) if transform else resp.body
-        return make_response(resp.status, body, resp.content_type or "application/json")
+        return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
     return fetch
 
