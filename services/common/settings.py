@@ -83,6 +83,13 @@ class UpstreamSettings(_Group):
     breaker_reset_s: float = Field(10.0, gt=0)
 
 
+class UpstreamLimits(_Group):
+    """What holds for every upstream alike (``AMPGATE_UPSTREAM__*``)."""
+
+    # A larger answer is an upstream failure (502), never read whole.
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+
+
 class PassportPaths(_Group):
     public: str = "/v1/passports/public/{id}"
     owned_list: str = "/v1/passports"
@@ -260,6 +267,7 @@ class Settings(BaseSettings):
     passport: PassportSettings | None = None
     cpo: CpoSettings | None = None
     pricing: PricingSettings | None = None
+    upstream: UpstreamLimits = UpstreamLimits()
     kafka: KafkaSettings = KafkaSettings()
     state_dir: Path = Path("./state")
     tariff_contexts: list[TariffContext] = []

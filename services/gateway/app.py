@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC
+from services.common.events import EVENT_TOPICS
 from services.common.http import READINESS_KEY, base_app
 from services.common.kafka import OutboxPublisher
 from services.common.outbox import Outbox
@@ -18,8 +18,7 @@ from services.common.settings import Settings
 from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache
 from services.gateway.changes import ChangeDetector
-from services.gateway.handlers.passports import OWNED_LIST_TAG, passport_tag
-from services.gateway.handlers.prices import price_tag
+from services.gateway.eviction import CACHE_TOPIC, evict_change, evict_event
 from services.gateway.invalidation import InvalidationConsumer
 from services.gateway.keys import (
     AUTH_KEY,
@@ -80,13 +79,16 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     outbox = Outbox(settings.state_dir / "gateway.sqlite3")
     outbox.open()
     app[OUTBOX_KEY] = outbox
-    app[DETECTOR_KEY] = ChangeDetector(outbox, app[METRICS_KEY])
+    cache = app[CACHE_KEY]
+    app[DETECTOR_KEY] = ChangeDetector(outbox, app[METRICS_KEY],
+                                       on_change=lambda *change: evict_change(cache, *change))
     yield
     outbox.close()
 
 
 async def publisher_ctx(app: web.Application) -> AsyncIterator[None]:
-    publisher = OutboxPublisher(app[OUTBOX_KEY], app[SETTINGS_KEY].kafka, app[METRICS_KEY])
+    publisher = OutboxPublisher(app[OUTBOX_KEY], app[SETTINGS_KEY].kafka, app[METRICS_KEY],
+                                topics=(*EVENT_TOPICS, CACHE_TOPIC))
     await publisher.start()
     app[PUBLISHER_KEY] = publisher
     # Kafka down makes the publisher degraded, not the gateway unready: events wait.
@@ -98,23 +100,10 @@ async def publisher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def invalidation_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Every replica evicts what any replica (or poller) saw change."""
-    cache, detector = app[CACHE_KEY], app[DETECTOR_KEY]
-
-    def on_change(topic: str, entity_id: str, data: dict) -> None:
-        # Our own announcements: this replica already evicted (writes) or holds exactly
-        # this version (reads, polls); evicting again would only cost an upstream call.
-        entity, context = ("passport", "") if topic == PASSPORT_TOPIC else ("price", data.get("tariff_context", ""))
-        if data.get("digest") and detector.last_digest(entity, entity_id, context) == data["digest"]:
-            return
-        if topic == PASSPORT_TOPIC:
-            cache.invalidate_tag(passport_tag(entity_id))
-            cache.invalidate_tag(OWNED_LIST_TAG)
-        elif topic == PRICE_TOPIC:
-            cache.invalidate_tag(price_tag(entity_id))
-            cache.invalidate_tag(("price", "*"))
-
-    consumer = InvalidationConsumer(app[SETTINGS_KEY].kafka, on_change)
+    """Every replica evicts what any replica (or poller) saw change, its own events too."""
+    cache = app[CACHE_KEY]
+    consumer = InvalidationConsumer(
+        app[SETTINGS_KEY].kafka, lambda topic, key, data: evict_event(cache, topic, key, data))
     await consumer.start()
     yield
     await consumer.stop()

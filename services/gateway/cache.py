@@ -8,7 +8,10 @@ stale-while-revalidate, stale-if-error, an LRU bounded by bytes, tag invalidatio
   same task; nobody polls, unlike nginx's 500 ms lock).
 - Invalidation (writes, change events, purge) detaches in-flight fills of the
   invalidated keys: their callers still get the answer, but it is not stored, and
-  new callers start a fresh fill.
+  new callers start a fresh fill. The one exception is the fill that evicts: its own
+  answer revealed the change, so it is the new version.
+- Stale-if-error is for an unavailable upstream only (``UpstreamError.unavailable``);
+  an upstream 4xx is the answer and drops the entry (DESIGN.md §5).
 """
 
 from __future__ import annotations
@@ -166,9 +169,15 @@ class ResponseCache:
         return response, result
 
     def invalidate_tag(self, tag: Hashable) -> int:
-        """Evict every entry tagged ``tag``; fills in flight for it will not be stored."""
+        """Evict every entry tagged ``tag``; fills in flight for it will not be stored,
+        except the fill that is evicting (a read whose answer revealed the change: its
+        answer IS the new version, and storing it is what makes the next request see it)."""
+        try:
+            evicting = asyncio.current_task()
+        except RuntimeError:  # no running loop: no fill can be the caller
+            evicting = None
         for fill_key, fill in list(self._fills.items()):
-            if tag in fill.tags:
+            if tag in fill.tags and fill.task is not evicting:
                 fill.outdated = True
                 del self._fills[fill_key]
         keys = list(self._by_tag.get(tag, ()))
@@ -226,25 +235,30 @@ class ResponseCache:
     async def _run_fill(self, key: Hashable, fetch: Callable[[], Awaitable[CachedResponse]],
                         policy: CachePolicy, tags: tuple[Hashable, ...],
                         this: Callable[[], _Fill]) -> tuple[CachedResponse, bool]:
-        """Fetch, store if allowed; returns (response, served_stale)."""
+        """Fetch, store if allowed; returns (response, served_stale).
+
+        ``fetch`` returns the upstream's 2xx answer or raises an UpstreamError (what the
+        upstream client does). Stale-if-error stands in only for an upstream that is
+        unavailable; an upstream 4xx about the resource (404 deleted, 410, 403) is the
+        answer: the entry goes, the error reaches the caller."""
         try:
             response = await fetch()
-        except UpstreamError:
-            if stale_entry := self._stale_for_error(key):
-                log.info("cache_stale_if_error", reason="upstream_error")
-                return stale_entry.response, True
+        except UpstreamError as exc:
+            if exc.unavailable:
+                if stale_entry := self._stale_for_error(key):
+                    log.info("cache_stale_if_error", reason=type(exc).__name__,
+                             status=exc.status)
+                    return stale_entry.response, True
+            elif key in self._entries:
+                self._remove(key, "invalidated")  # the old 200 must not outlive the answer
+                self._publish()
             raise
-        if response.status >= 500:
-            if stale_entry := self._stale_for_error(key):
-                log.info("cache_stale_if_error", reason="upstream_status", status=response.status)
-                return stale_entry.response, True
-            return response, False
         if this().outdated:
             return response, False  # invalidated meanwhile: answer, but do not store
         if response.status == 200:
             self._store(key, response, policy, tags)
         elif key in self._entries:
-            self._remove(key, "invalidated")  # e.g. 404 now: the old 200 must not live on
+            self._remove(key, "invalidated")
             self._publish()
         return response, False
 

@@ -17,6 +17,11 @@ pass). Pollers also keep here which keys their last pass saw ("members") and whe
 a pass ever completed, so vanished entities are those a complete pass no longer
 finds, never entities that only a read has seen.
 
+Whatever found it, an announced change is handed to ``on_change(entity, context, key,
+kind)`` once its transaction has committed: the gateway evicts there (services.gateway.eviction), so the
+replica that found a change answers the new version at once, without waiting for its
+own event to come back from Kafka.
+
 Calls are synchronous and cheap on the common path: last digests are held in memory
 (loaded once), so an unchanged entity costs one canonical dump and one hash.
 """
@@ -193,10 +198,12 @@ class ChangeDetector:
     """
 
     def __init__(self, outbox: Outbox, metrics: GatewayMetrics, *,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 on_change: Callable[[str, str, str, str], None] | None = None) -> None:
         self._outbox = outbox
         self._metrics = metrics
         self._clock = clock
+        self._on_change = on_change
         # (entity, context, key) -> last digest ('' = tombstone). Only this detector writes
         # these rows, so memory and file agree once loaded.
         self._seen: dict[tuple[str, str, str], str] = {}
@@ -276,7 +283,7 @@ class ChangeDetector:
     def _observe(self, entity: str, context: str, observations: list[Observation],
                  detected_by: Detection, change: ChangeKind | None) -> int:
         # Cheap pass first: most observations are unchanged and cost a dump and a hash.
-        pending: list[tuple[Observation, str, EventRecord]] = []
+        pending: list[tuple[Observation, str, EventRecord, ChangeKind]] = []
         now = self._clock()
         if len({o.key for o in observations}) != len(observations):
             observations = list({o.key: o for o in observations}.values())  # last one wins
@@ -295,12 +302,12 @@ class ChangeDetector:
                 # not remember it either, rather than fail the request that saw it.
                 log.error("change_event_invalid", entity=entity, error=str(exc)[:200])
                 continue
-            pending.append((obs, new, record))
+            pending.append((obs, new, record, kind))
         if not pending:
             return 0
         seen_at = rfc3339(now)
         with self._outbox.transaction() as conn:
-            for obs, new, record in pending:
+            for obs, new, record, _ in pending:
                 self._outbox.add(conn, record)
                 document = (zlib.compress(orjson.dumps(obs.document), 1)
                             if obs.document is not None else None)
@@ -309,8 +316,14 @@ class ChangeDetector:
                              "VALUES (?, ?, ?, ?, ?, ?)",
                              (entity, context, obs.key, new, document, seen_at))
         # Committed: now memory may follow (a failed transaction leaves it as it was).
-        for obs, new, _ in pending:
+        for obs, new, _, _ in pending:
             self._seen[(entity, context, obs.key)] = new
+        if self._on_change is not None:
+            for obs, _, _, kind in pending:
+                try:
+                    self._on_change(entity, context, obs.key, kind.value)
+                except Exception:  # the event is committed; a failed eviction is logged
+                    log.exception("change_eviction_failed", entity=entity)
         self._metrics.changes_detected.labels(entity=entity,
                                               detected_by=detected_by.label).inc(len(pending))
         log.debug("changes_detected", entity=entity, detected_by=detected_by.label,

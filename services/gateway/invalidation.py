@@ -1,8 +1,11 @@
-"""Cache invalidation across replicas (issue 3 §4): every replica reads every change event.
+"""Cache invalidation across replicas: every replica reads every change event.
 
-Each gateway replica reads both topics WITHOUT a consumer group: it assigns itself every
-partition, so each replica sees each event and there is nothing to commit. For every
-event it calls ``on_change(topic, entity_id, data)``; the gateway maps that to eviction.
+Each gateway replica reads both change topics, and the gateway's internal
+``gateway-cache-invalidation`` topic, WITHOUT a consumer group: it assigns itself every
+partition, so each replica sees each record and there is nothing to commit. For every
+record it calls ``on_change(topic, key, data)``; services.gateway.eviction says what that
+evicts. Change events are CloudEvents (parsed and checked); records of the internal
+topic are a plain JSON object ``{"tags": [...]}`` keyed by what they evict.
 
 Which partitions: found by asking the broker for ALL topics' metadata (an admin
 ``describe_topics(None)``), never by naming ours — naming a missing topic makes Kafka and
@@ -33,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -41,11 +45,12 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, InvalidEvent, parse_event
 from services.common.settings import KafkaSettings
+from services.gateway.eviction import CACHE_TOPIC
 
 log = structlog.get_logger(__name__)
 
 OnChange = Callable[[str, str, dict[str, Any]], Awaitable[None] | None]
-TOPICS = (PASSPORT_TOPIC, PRICE_TOPIC)
+TOPICS = (PASSPORT_TOPIC, PRICE_TOPIC, CACHE_TOPIC)
 _LOOK_MISSING_S = 1.0
 _LOOK_COMPLETE_S = 30.0
 _CHECK_ENDS_S = 2.0
@@ -53,10 +58,12 @@ _CHECK_ENDS_S = 2.0
 
 class InvalidationConsumer:
     def __init__(self, settings: KafkaSettings, on_change: OnChange, *,
-                 topics: tuple[str, ...] = TOPICS, retry_max_s: float = 10.0) -> None:
+                 topics: tuple[str, ...] = TOPICS, cache_topic: str = CACHE_TOPIC,
+                 retry_max_s: float = 10.0) -> None:
         self._settings = settings
         self._on_change = on_change
         self._topics = tuple(topics)
+        self._cache_topic = cache_topic
         self._retry_max_s = retry_max_s
         self._task: asyncio.Task[None] | None = None
         # next offset to read per partition; kept across reconnects
@@ -186,16 +193,29 @@ class InvalidationConsumer:
 
     async def _handle(self, record: Any) -> None:
         try:
-            event = parse_event(record)
+            topic, key, data = self._parse(record)
         except InvalidEvent as exc:
             log.warning("invalidation_event_invalid", topic=record.topic,
                         partition=record.partition, offset=record.offset, reason=exc.reason)
             return
         self.events_seen += 1
         try:
-            result = self._on_change(event.topic, event.subject, event.data)
+            result = self._on_change(topic, key, data)
             if inspect.isawaitable(result):
                 await result
         except Exception:  # one bad eviction must not stop invalidation
-            log.exception("invalidation_failed", topic=event.topic, partition=event.partition,
-                          offset=event.offset)
+            log.exception("invalidation_failed", topic=record.topic, partition=record.partition,
+                          offset=record.offset)
+
+    def _parse(self, record: Any) -> tuple[str, str, dict[str, Any]]:
+        if record.topic != self._cache_topic:
+            event = parse_event(record)
+            return event.topic, event.subject, event.data
+        try:
+            data = orjson.loads(record.value)
+            key = record.key.decode() if record.key is not None else ""
+        except (orjson.JSONDecodeError, UnicodeDecodeError, TypeError):
+            raise InvalidEvent("not a JSON object with a UTF-8 key") from None
+        if not isinstance(data, dict):
+            raise InvalidEvent("not a JSON object")
+        return record.topic, key, data

@@ -2,9 +2,11 @@
 concurrency, retries for idempotent reads, one replay after a 401, a circuit breaker,
 metrics. Every failure leaves here as a services.gateway.errors exception.
 
-Timeouts: ``timeout_s`` is the budget of the whole call, retries included (a client
-never waits longer than that for one upstream call); ``connect_timeout_s`` bounds
-each connection attempt, so a refused or hung connect is retried within the budget.
+Bodies are read and decoded here, once: a body over ``max_body_bytes``
+(``AMPGATE_UPSTREAM__MAX_BODY_BYTES``) is never read whole, and a 2xx answer to a GET
+(but a 204) must be a JSON document (object or array), else UpstreamBadBody (502) —
+never a 500 further in. The decoded document is ``UpstreamResponse.data``. A write's
+answer is decoded too but need not be JSON: the write happened, its answer passes on.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from tenacity import (
 from yarl import URL
 
 from services.common.settings import UpstreamSettings
-from services.gateway.errors import CircuitOpen, UpstreamError, UpstreamStatus, UpstreamTimeout
+from services.gateway.errors import (
+    CircuitOpen,
+    UpstreamBadBody,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.tokens import Credential
 
@@ -41,6 +49,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD"})  # retried; writes never are (a lost ans
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 5.0  # longer Retry-After: give up now rather than hold the client
 EXCERPT_CHARS = 200
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+_CHUNK_BYTES = 256 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 State = Literal["closed", "open", "half_open"]
@@ -53,9 +63,32 @@ class UpstreamResponse:
     body: bytes
     content_type: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    data: Any = None  # the decoded body (None: empty, or a write's answer that is not JSON)
 
     def json(self) -> Any:
-        return orjson.loads(self.body)
+        """The decoded body (decoded once, by the client)."""
+        return self.data
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_capped(raw: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or _TooLarge as soon as it is known to exceed ``limit`` bytes
+    (decompressed bytes count: a small gzip bomb is caught too)."""
+    if raw.content_length is not None and raw.content_length > limit:
+        raise _TooLarge
+    if raw.content_length is not None and not raw.headers.get("Content-Encoding"):
+        return await raw.read()  # the common case: size known and within the cap
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in raw.content.iter_chunked(_CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def safe_excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
@@ -184,8 +217,10 @@ class UpstreamClient:
         clock: Callable[[], float] = time.monotonic,
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 1.0,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.name = name
+        self.max_body_bytes = max_body_bytes
         self.settings = settings
         self._session = session
         self._credential = credential
@@ -266,8 +301,24 @@ class UpstreamClient:
             resp = await self._attempts(operation, method, url, body,
                                         {**base_headers, **cred_headers}, deadline)
         if 200 <= resp.status < 300 or resp.status in accept_statuses:
-            return resp
+            return self._decoded(operation, method, resp)
         raise UpstreamStatus(self.name, resp.status, safe_excerpt(resp.body))
+
+    def _decoded(self, operation: str, method: str, resp: UpstreamResponse) -> UpstreamResponse:
+        """``resp`` with ``data`` set; UpstreamBadBody for a read's 2xx that is not a JSON
+        document. Accepted error statuses (``accept_statuses``) are decoded if they can be."""
+        strict = method == "GET" and 200 <= resp.status < 300 and resp.status != 204
+        if not resp.body and not strict:
+            return resp
+        try:
+            data = orjson.loads(resp.body)
+        except orjson.JSONDecodeError:
+            data = None
+        if strict and not isinstance(data, dict | list):
+            log.warning("upstream_body_invalid", upstream=self.name, operation=operation,
+                        status=resp.status, reason="not_json", bytes=len(resp.body))
+            raise UpstreamBadBody(self.name, "a body that is not a JSON document", resp.status)
+        return UpstreamResponse(resp.status, resp.body, resp.content_type, resp.headers, data)
 
     async def _attempts(self, operation: str, method: str, url: URL, body: bytes | None,
                         headers: dict[str, str], deadline: float) -> UpstreamResponse:
@@ -327,7 +378,16 @@ class UpstreamClient:
                             method, url, data=body, headers=headers, timeout=timeout,
                             allow_redirects=False,
                         ) as raw:
-                            payload = await raw.read()
+                            try:
+                                payload = await _read_capped(raw, self.max_body_bytes)
+                            except _TooLarge:
+                                status_label, verdict = str(raw.status), raw.status < 500
+                                log.warning("upstream_body_invalid", upstream=self.name,
+                                            operation=operation, status=raw.status,
+                                            reason="too_large", limit=self.max_body_bytes)
+                                raise UpstreamBadBody(
+                                    self.name, f"a body over {self.max_body_bytes} bytes",
+                                    raw.status) from None
                             resp = UpstreamResponse(
                                 status=raw.status,
                                 body=payload,

@@ -56,17 +56,20 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     cognito = TokenManager(
         "cognito", cognito_fetcher(settings.cpo), session, metrics,
         breaker_failures=settings.cpo.breaker_failures, breaker_reset_s=settings.cpo.breaker_reset_s)
+    limit = settings.upstream.max_body_bytes
     history = None
     if settings.history.url is not None:
         history = UpstreamClient(
             "history",
             UpstreamSettings(base_url=settings.history.url, timeout_s=settings.history.timeout_s),
-            session, CallerCredential(), metrics)
+            session, CallerCredential(), metrics, max_body_bytes=limit)
     upstreams = Upstreams(
-        passport=UpstreamClient("passport", settings.passport, session, siemens, metrics),
-        cpo=UpstreamClient("cpo", settings.cpo, session, cognito, metrics),
+        passport=UpstreamClient("passport", settings.passport, session, siemens, metrics,
+                                max_body_bytes=limit),
+        cpo=UpstreamClient("cpo", settings.cpo, session, cognito, metrics, max_body_bytes=limit),
         pricing=UpstreamClient("pricing", settings.pricing, session,
-                               StaticToken("x-api-token", settings.pricing.api_token), metrics),
+                               StaticToken("x-api-token", settings.pricing.api_token), metrics,
+                               max_body_bytes=limit),
         history=history,
         token_managers={"siemensid": siemens, "cognito": cognito},
     )

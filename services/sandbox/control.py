@@ -74,6 +74,7 @@ async def add_fault(request: web.Request) -> web.Response:
         ("times", (int,), lambda v: v >= 1),
         ("retry_after", (int, float), lambda v: v >= 0),
         ("timeout_s", (int, float), lambda v: v >= 0),
+        ("body_bytes", (int,), lambda v: 0 <= v <= 256 * 1024 * 1024),
     ):
         value = body.get(name)
         if value is None:

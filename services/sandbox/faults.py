@@ -2,6 +2,11 @@
 
 A fault targets one endpoint, a family prefix (``pricing``) or ``*``; it applies to
 the next ``times`` matching calls (every call if ``times`` is None).
+
+Kinds: ``status`` (an error answer), ``timeout`` (hold the connection), ``reset`` (drop
+it), ``latency`` (delay, then answer), ``non_json`` (a 200 whose body is an HTML page, as
+a proxy's error page would be), ``oversized`` (a 200 with a valid JSON body of
+``body_bytes`` bytes, default 20 MiB).
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ ENDPOINTS = (
     "pricing.batch",
     "pricing.all_paged",
 )
-FaultKind = Literal["status", "timeout", "reset", "latency"]
-KINDS = ("status", "timeout", "reset", "latency")
+FaultKind = Literal["status", "timeout", "reset", "latency", "non_json", "oversized"]
+KINDS = ("status", "timeout", "reset", "latency", "non_json", "oversized")
+OVERSIZED_DEFAULT_BYTES = 20 * 1024 * 1024
+_NON_JSON_BODY = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
 
 
 def matches(pattern: str, name: str) -> bool:
@@ -49,6 +56,7 @@ class Fault:
     times: int | None = None
     retry_after: float | None = None
     timeout_s: float | None = None
+    body_bytes: int | None = None
 
 
 @dataclass
@@ -101,6 +109,12 @@ class FaultBoard:
             except TimeoutError:
                 pass
             return None
+        if fault.kind == "non_json":
+            return web.Response(status=200, body=_NON_JSON_BODY, content_type="text/html")
+        if fault.kind == "oversized":
+            size = fault.body_bytes if fault.body_bytes is not None else OVERSIZED_DEFAULT_BYTES
+            return web.Response(status=200, body=_json_of_size(size),
+                                content_type="application/json")
         if fault.kind == "reset":
             if request.transport is not None:
                 request.transport.abort()
@@ -119,6 +133,12 @@ class FaultBoard:
 
     def describe(self) -> list[dict[str, object]]:
         return [asdict(f) for f in self.faults]
+
+
+def _json_of_size(size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes (at least the 10 of its frame)."""
+    frame = b'{"pad":""}'
+    return b'{"pad":"' + b"x" * max(0, size - len(frame)) + b'"}'
 
 
 def _error_body(name: str, status: int) -> dict[str, object]:

@@ -286,3 +286,66 @@ async def test_update_through_replica_a_evicts_replica_b(kafka_gateway, kafka, s
             break
         assert time.monotonic() < deadline, "replica B still serves the old passport"
         await asyncio.sleep(0.1)
+
+
+async def polled_prices(gw) -> float:
+    text = await (await gw.get("/metrics")).text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ampgate_changes_detected_total{")
+               and 'detected_by="poll"' in line and 'entity="price"' in line)
+
+
+async def test_readme_demo_a_polled_tariff_change_is_served_at_once(kafka_gateway, kafka, sandbox):
+    """README, "A change, end to end": GET a price for a configured tariff context, change
+    that tariff upstream; once the poller has announced it, the same GET answers the new
+    tariff — not the old one as a cache HIT until the TTL runs out."""
+    interval = 0.5
+    gw = await kafka_gateway(tariff_contexts=[{"name": "demo", "tag_id": "DEMO-TAG-0001"}],
+                             poll={"prices_interval_s": interval})
+    url = "/v1/prices?evseId=DE*EEE*E000001&tag_id=DEMO-TAG-0001"
+    deadline = time.monotonic() + 15
+    while not await polled_prices(gw):  # the first pass (snapshots) is behind us
+        assert time.monotonic() < deadline, "the price poller never completed a pass"
+        await asyncio.sleep(0.1)
+    async with TopicReader(kafka.bootstrap) as reader:
+        old = await (await gw.get(url, headers=auth())).json()
+        assert (await gw.get(url, headers=auth())).headers["X-Cache"] == "HIT"
+        new_name = f"Night tariff {uuid.uuid4().hex[:6]}"
+        assert old["rateName"] != new_name
+        await sandbox.put_tariff("DE*EEE*E000001", {"rateName": new_name})
+        changed = time.monotonic()
+
+        def announced(rs) -> bool:
+            return any(r.topic == PRICE_TOPIC and r.key == b"DE*EEE*E000001"
+                       and data(r).get("current", {}).get("rate_name") == new_name
+                       for r in rs)
+
+        await reader.until(announced, timeout_s=10)
+        resp = await gw.get(url, headers=auth())  # the first GET after the announcement
+        assert (await resp.json())["rateName"] == new_name, resp.headers["X-Cache"]
+    event = next(data(r) for r in reader.records if r.topic == PRICE_TOPIC
+                 and data(r).get("current", {}).get("rate_name") == new_name)
+    assert (event["change"], event["detected_by"]) == ("CHANGE_KIND_UPDATED", "DETECTION_POLL")
+    assert event["changed_paths"] == ["/rate_name"]
+    assert time.monotonic() - changed < 2 * interval + 3.0  # a poll interval, plus slack
+
+
+async def test_a_user_update_through_replica_a_evicts_replica_b(kafka_gateway, kafka, sandbox,
+                                                                tmp_path):
+    a = await kafka_gateway(state_dir=tmp_path / "a")
+    b = await kafka_gateway(state_dir=tmp_path / "b")
+    await asyncio.sleep(1.0)  # let B's invalidation consumer attach
+    me = await (await b.get("/v1/users/me", headers=auth())).json()
+    assert (await b.get("/v1/users/me", headers=auth())).headers["X-Cache"] == "HIT"
+    language = f"x-{uuid.uuid4().hex[:4]}"
+    assert me.get("language") != language
+    resp = await a.put("/v1/users/me", json={**me, "language": language},
+                       headers=auth(WRITER_KEY))
+    assert resp.status == 200, await resp.text()
+    deadline = time.monotonic() + 10  # well under the 30 s TTL B's entry would live
+    while True:
+        seen = await b.get("/v1/users/me", headers=auth())
+        if (await seen.json()).get("language") == language:
+            break
+        assert time.monotonic() < deadline, "replica B still serves the old user"
+        await asyncio.sleep(0.1)

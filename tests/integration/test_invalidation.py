@@ -74,16 +74,20 @@ async def existing_topics(bootstrap: str) -> set[str]:
 class Replica:
     """What a gateway replica's cache would be told to evict."""
 
-    def __init__(self, kafka, topics: tuple[str, ...], *, fail_on: str | None = None) -> None:
+    def __init__(self, kafka, topics: tuple[str, ...], *, fail_on: str | None = None,
+                 cache_topic: str | None = None) -> None:
         self.evicted: list[tuple[str, str]] = []
+        self.data: list[dict] = []
         self.fail_on = fail_on
         self.consumer = InvalidationConsumer(kafka.kafka_settings(), self.on_change,
-                                             topics=topics, retry_max_s=0.2)
+                                             topics=topics, retry_max_s=0.2,
+                                             cache_topic=cache_topic or unique_name("cache"))
 
     async def on_change(self, topic: str, entity_id: str, data: dict) -> None:
         if entity_id == self.fail_on:
             raise RuntimeError("eviction failed")
         self.evicted.append((topic, entity_id))
+        self.data.append(data)
 
 
 async def test_every_replica_evicts_every_new_event(kafka) -> None:
@@ -113,6 +117,34 @@ async def test_every_replica_evicts_every_new_event(kafka) -> None:
         assert "invalidation_failed" in events and "invalidation_event_invalid" in events
     finally:
         for r in (a, b):
+            await r.consumer.stop()
+
+
+async def test_the_internal_cache_topic_reaches_every_replica(kafka) -> None:
+    """What has no change event (a user update) travels as ``{"tags": [...]}`` on the
+    gateway's internal topic: plain JSON, not a CloudEvent, read like the others."""
+    passports, prices, cache = (unique_name("passport-changed"), unique_name("price-changed"),
+                                unique_name("gateway-cache-invalidation"))
+    await ensure_topics(kafka.bootstrap, [passports, prices, cache], 2, 1)
+    replicas = [Replica(kafka, (passports, prices, cache), cache_topic=cache) for _ in range(2)]
+    for r in replicas:
+        await r.consumer.start()
+    try:
+        for r in replicas:
+            await asyncio.wait_for(r.consumer.ready.wait(), 15)
+        with structlog.testing.capture_logs() as logs:
+            await produce(kafka.bootstrap, [
+                (cache, (b"users/me", b"not json", [])),
+                (cache, (b"users/me", b'{"tags": [["users", "me"]]}',
+                         [("content-type", b"application/json")])),
+            ])
+            await wait_until(lambda: all(r.evicted for r in replicas))
+        for r in replicas:
+            assert r.evicted == [(cache, "users/me")]
+            assert r.data == [{"tags": [["users", "me"]]}]
+        assert "invalidation_event_invalid" in [e["event"] for e in logs]
+    finally:
+        for r in replicas:
             await r.consumer.stop()
 
 

@@ -8,15 +8,11 @@ import orjson
 from aiohttp import web
 
 from services.gateway.cache import make_response
-from services.gateway.handlers.respond import cached_get, passthrough, trace, upstreams
+from services.gateway.errors import UpstreamBadBody
+from services.gateway.eviction import OWNED_LIST_TAG, passport_tag
+from services.gateway.handlers.respond import cached_get, fetcher, passthrough, trace, upstreams
 from services.gateway.keys import CACHE_KEY, DETECTOR_KEY, SETTINGS_KEY
 from services.gateway.validation import Passport, path_id, read_json_body
-
-OWNED_LIST_TAG = ("passports", "owned")
-
-
-def passport_tag(passport_id: str) -> tuple[str, str]:
-    return ("passport", passport_id)
 
 
 def _paths(request: web.Request):
@@ -38,10 +34,11 @@ async def get_public(request: web.Request, query: Any) -> web.Response:
     async def fetch():
         client, ids = upstreams(request).passport, trace(request)
         resp = await client.request("public_get", "GET", _paths(request).public.format(id=pid), **ids)
+        if not isinstance(resp.data, dict):
+            raise UpstreamBadBody(client.name, "a passport that is not a JSON object", resp.status)
         if resp.status == 200:
-            doc = resp.json()
-            if isinstance(doc, dict):
-                _detect(request, pid, doc, "DETECTION_READ")
+            # a new version evicts the owned views too; this fill stores the new one
+            _detect(request, pid, resp.data, "DETECTION_READ")
         return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
     return await cached_get(request, "passport_public", ("passport", "public", pid), fetch,
@@ -49,23 +46,15 @@ async def get_public(request: web.Request, query: Any) -> web.Response:
 
 
 async def list_owned(request: web.Request, query: Any) -> web.Response:
-    async def fetch():
-        client, ids = upstreams(request).passport, trace(request)
-        resp = await client.request("owned_list", "GET", _paths(request).owned_list, **ids)
-        return make_response(resp.status, resp.body, resp.content_type or "application/json")
-
+    fetch = fetcher(request, upstreams(request).passport, "owned_list", _paths(request).owned_list)
     return await cached_get(request, "passport_owned_list", ("passport", "owned_list"), fetch,
                             tags=[OWNED_LIST_TAG])
 
 
 async def get_owned(request: web.Request, query: Any) -> web.Response:
     pid = path_id(request, "passport_id")
-
-    async def fetch():
-        client, ids = upstreams(request).passport, trace(request)
-        resp = await client.request("owned_get", "GET", _paths(request).owned_item.format(id=pid), **ids)
-        return make_response(resp.status, resp.body, resp.content_type or "application/json")
-
+    fetch = fetcher(request, upstreams(request).passport, "owned_get",
+                    _paths(request).owned_item.format(id=pid))
     return await cached_get(request, "passport_owned", ("passport", "owned", pid), fetch,
                             tags=[passport_tag(pid)])
 
@@ -86,15 +75,16 @@ def _evict(request: web.Request, passport_id: str | None) -> None:
         cache.invalidate_tag(passport_tag(passport_id))
 
 
-def _written_doc(resp_body: bytes, sent: bytes) -> dict | None:
-    for raw in (resp_body, sent):
-        try:
-            doc = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(doc, dict):
-            return doc
-    return None
+def _written_doc(answer: Any, sent: bytes) -> dict | None:
+    """The document a write left: the upstream's answer (decoded by the client) if it is
+    one, else what we sent (validated JSON)."""
+    if isinstance(answer, dict):
+        return answer
+    try:
+        doc = orjson.loads(sent) if sent else None
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 async def create(request: web.Request, query: Any) -> web.Response:
@@ -102,7 +92,7 @@ async def create(request: web.Request, query: Any) -> web.Response:
     resp = await upstreams(request).passport.request(
         "create", "POST", _paths(request).owned_list, body=body, content_type="application/json",
         **trace(request))
-    doc = _written_doc(resp.body, body)
+    doc = _written_doc(resp.data, body)
     pid = passport_id_of(doc)
     if pid:
         _detect(request, pid, doc, "DETECTION_WRITE", "CHANGE_KIND_CREATED")
@@ -116,7 +106,7 @@ async def update(request: web.Request, query: Any) -> web.Response:
     resp = await upstreams(request).passport.request(
         "update", "PUT", _paths(request).owned_item.format(id=pid), body=body,
         content_type="application/json", **trace(request))
-    _detect(request, pid, _written_doc(resp.body, body), "DETECTION_WRITE", "CHANGE_KIND_UPDATED")
+    _detect(request, pid, _written_doc(resp.data, body), "DETECTION_WRITE", "CHANGE_KIND_UPDATED")
     _evict(request, pid)
     return passthrough(resp)
 

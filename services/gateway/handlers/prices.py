@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
 from services.gateway.cache import make_response
+from services.gateway.eviction import ALL_PRICES_TAG, price_context_tag, price_tag
 from services.gateway.handlers.respond import cached_get, trace, upstreams
 from services.gateway.keys import CONTEXTS_KEY, DETECTOR_KEY
 from services.gateway.validation import PriceAllQuery, PriceBatchQuery, PriceQuery
 
 log = structlog.get_logger("ampgate.gateway")
-
-
-def price_tag(evse_id: str) -> tuple[str, str]:
-    return ("price", evse_id)
 
 
 def _context(request: web.Request, medium: dict[str, str]) -> str | None:
@@ -39,20 +35,29 @@ def _detect(request: web.Request, context: str | None, tariffs: dict[str, Any]) 
 
 
 async def _priced(request: web.Request, route: str, operation: str, path: str,
-                  params: dict[str, str], tags: list, medium: dict[str, str], pick) -> web.Response:
+                  params: dict[str, str], evses: list[str] | None, medium: dict[str, str],
+                  pick) -> web.Response:
+    """``evses``: the EVSEs the answer names (None: unknown before the fill, all_paged)."""
     from services.gateway.changes import tariff_comparable
 
     client = upstreams(request).pricing
     ids = trace(request)
+    named = _context(request, medium)
     # A currency or tax view of a tariff is not the tariff: compare only plain reads.
-    context = _context(request, medium) if tariff_comparable(params) else None
+    context = named if tariff_comparable(params) else None
+    if evses is None:
+        tags: list = [ALL_PRICES_TAG]
+    else:
+        tags = [price_tag(e) for e in evses]
+        if named is not None:
+            tags += [price_context_tag(named, e) for e in evses]
 
     async def fetch():
         resp = await client.request(operation, "GET", path, params=params, **ids)
         if resp.status == 200 and context is not None:
-            try:
-                _detect(request, context, pick(resp.json()))
-            except (orjson.JSONDecodeError, AttributeError, TypeError):
+            try:  # decoded (and checked to be JSON) by the client; the shape is ours to check
+                _detect(request, context, pick(resp.data))
+            except (AttributeError, TypeError):
                 log.warning("pricing_unparsable", operation=operation)
         return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
@@ -63,14 +68,14 @@ async def _priced(request: web.Request, route: str, operation: str, path: str,
 async def single(request: web.Request, query: PriceQuery) -> web.Response:
     params = query.upstream_params()
     return await _priced(request, "prices", "single", "/api/pricing/", params,
-                         [price_tag(query.evseId)], query.medium_params(),
+                         [query.evseId], query.medium_params(),
                          lambda doc: {query.evseId: doc})
 
 
 async def batch(request: web.Request, query: PriceBatchQuery) -> web.Response:
     params = query.upstream_params()
     return await _priced(request, "prices_batch", "batch", "/api/pricing/batch", params,
-                         [price_tag(e) for e in query.evseIds], query.medium_params(),
+                         list(query.evseIds), query.medium_params(),
                          lambda doc: doc)
 
 
@@ -78,5 +83,5 @@ async def all_paged(request: web.Request, query: PriceAllQuery) -> web.Response:
     params = query.upstream_params()
     # A page's content is unknown before the fill: tag it so any price change evicts it.
     return await _priced(request, "prices_all", "all_paged", "/api/pricing/all_paged", params,
-                         [("price", "*")], query.medium_params(),
+                         None, query.medium_params(),
                          lambda doc: doc.get("data") or {})

@@ -48,7 +48,10 @@ async def cached_get(
     key: Hashable,
     fetch: Callable[[], Awaitable[CachedResponse]],
     tags: Collection[Hashable] = (),
+    outbound: Callable[[CachedResponse], CachedResponse] | None = None,
 ) -> web.Response:
+    """The cached answer for ``key`` (filled by ``fetch``); ``outbound`` adapts it to this
+    request on the way out (for what must not enter the key, e.g. the caller's Host)."""
     app = request.app
     policy = app[POLICIES_KEY].get(route) or app[SETTINGS_KEY].cache.policy(route)
     cache_control = request.headers.get("Cache-Control")
@@ -57,20 +60,23 @@ async def cached_get(
     cache = app[CACHE_KEY]
     entry, result = await cache.get_or_fetch(key, fetch, policy, route=route,
                                              revalidate=revalidate, tags=tags)
+    if outbound is not None:
+        entry = outbound(entry)
     return send(request, entry, X_CACHE[result])
 
 
 def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: str,
             params: dict[str, str] | None = None,
-            transform: Callable[[UpstreamResponse], bytes] | None = None,
             ) -> Callable[[], Awaitable[CachedResponse]]:
-    """A fill function for the cache: one upstream GET, optionally rewritten."""
+    """A fill function for the cache: one upstream GET, passed on as it is. It returns
+    the upstream's 2xx answer or raises what the client raised (UpstreamStatus for an
+    error status, UpstreamBadBody for a body that is not JSON): the cache tells an outage
+    (stale-if-error) from an answer (the entry is dropped) by that exception."""
     ids = trace(request)
 
     async def fetch() -> CachedResponse:
         resp = await client.request(operation, "GET", path, params=params, **ids)
-        body = transform(resp) if transform else resp.body
-        return make_response(resp.status, body, resp.content_type or "application/json")
+        return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
     return fetch
 

@@ -6,23 +6,15 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway.cache import make_response
-from services.gateway.handlers.respond import cached_get, passthrough, trace, upstreams
-from services.gateway.keys import CACHE_KEY, SETTINGS_KEY
+from services.gateway.eviction import ME_TAG, evict_everywhere
+from services.gateway.handlers.respond import cached_get, fetcher, passthrough, trace, upstreams
+from services.gateway.keys import CACHE_KEY, OUTBOX_KEY, SETTINGS_KEY
 from services.gateway.validation import NewUser, User, read_json_body
-
-ME_TAG = ("users", "me")
 
 
 async def get_me(request: web.Request, query: Any) -> web.Response:
-    client = upstreams(request).passport
-    path = request.app[SETTINGS_KEY].passport.paths.users_me
-    ids = trace(request)
-
-    async def fetch():
-        resp = await client.request("users_me", "GET", path, **ids)
-        return make_response(resp.status, resp.body, resp.content_type or "application/json")
-
+    fetch = fetcher(request, upstreams(request).passport, "users_me",
+                    request.app[SETTINGS_KEY].passport.paths.users_me)
     return await cached_get(request, "users_me", ("users", "me"), fetch, tags=[ME_TAG])
 
 
@@ -31,7 +23,8 @@ async def update_me(request: web.Request, query: Any) -> web.Response:
     resp = await upstreams(request).passport.request(
         "users_update", "PUT", request.app[SETTINGS_KEY].passport.paths.users_me, body=body,
         content_type="application/json", **trace(request))
-    request.app[CACHE_KEY].invalidate_tag(ME_TAG)
+    # No change event speaks for users: every replica is told through the internal topic.
+    evict_everywhere(request.app[CACHE_KEY], request.app.get(OUTBOX_KEY), "users/me", [ME_TAG])
     return passthrough(resp)
 
 

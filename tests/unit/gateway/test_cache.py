@@ -10,9 +10,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from services.common.settings import CachePolicy
+from services.common.settings import CachePolicy, UpstreamSettings
 from services.gateway.cache import CachedResponse, CacheResult, ResponseCache, make_response
-from services.gateway.errors import UpstreamStatus, UpstreamTimeout
+from services.gateway.errors import UpstreamBadBody, UpstreamStatus, UpstreamTimeout
+from services.gateway.upstream import UpstreamClient
 
 POLICY = CachePolicy(ttl_s=10, stale_while_revalidate_s=5, stale_if_error_s=100)
 
@@ -26,7 +27,9 @@ class FakeClock:
 
 
 class Fetcher:
-    """A fetch callable that counts calls; its answer and delay can be changed."""
+    """A fetch callable that counts calls; its answer and delay can be changed. Like the
+    handlers' fetchers (the upstream client under them), an error status is raised as
+    UpstreamStatus, never returned."""
 
     def __init__(self, body: bytes = b'{"v": 1}', status: int = 200, delay: float = 0.0) -> None:
         self.calls = 0
@@ -41,6 +44,8 @@ class Fetcher:
             await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
+        if self.status >= 400:
+            raise UpstreamStatus("passport", self.status, self.body.decode())
         return make_response(self.status, self.body, "application/json")
 
 
@@ -183,9 +188,14 @@ async def test_stale_if_error_then_the_error_for_everyone(cache, clock):
     assert (resp.body, res) == (b"old", CacheResult.STALE)
 
     fetch.error = None
-    fetch.status, fetch.body = 500, b"boom"  # a 5xx answer counts as an error too
+    for unavailable in (500, 429, 401):  # 5xx, rate limited, our credential refused
+        fetch.status = unavailable
+        resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r")
+        assert (resp.body, res) == (b"old", CacheResult.STALE)
+    fetch.error = UpstreamBadBody("passport", "a body that is not a JSON document")
     resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r")
     assert (resp.body, res) == (b"old", CacheResult.STALE)
+    fetch.error = None
 
     clock.now += 100  # past the stale-if-error window: the error reaches every waiter
     fetch.status, fetch.delay = 200, 0.05
@@ -198,19 +208,55 @@ async def test_stale_if_error_then_the_error_for_everyone(cache, clock):
     assert fetch.calls == calls + 1
 
 
-async def test_non_200_answers_reach_waiters_but_are_not_stored(cache):
+async def test_an_upstream_4xx_reaches_every_waiter_and_is_not_stored(cache):
     fetch = Fetcher(body=b'{"title":"not found"}', status=404, delay=0.05)
     results = await asyncio.gather(
-        *(cache.get_or_fetch("k", fetch, POLICY, route="r") for _ in range(10)))
-    assert {(r.status, res) for r, res in results} == {
-        (404, CacheResult.MISS), (404, CacheResult.COALESCED)}
+        *(cache.get_or_fetch("k", fetch, POLICY, route="r") for _ in range(10)),
+        return_exceptions=True)
+    assert all(isinstance(r, UpstreamStatus) and r.status == 404 for r in results)
     assert fetch.calls == 1 and cache.entries == 0
-    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    with pytest.raises(UpstreamStatus):
+        await cache.get_or_fetch("k", fetch, POLICY, route="r")
     assert fetch.calls == 2
 
-    fetch.status = 502  # a 5xx without anything stale is handed over as it is
-    resp, _ = await cache.get_or_fetch("k2", fetch, POLICY, route="r")
-    assert resp.status == 502 and cache.entries == 0
+
+@pytest.mark.parametrize("status", [404, 410, 403])
+async def test_an_upstream_4xx_drops_the_entry_instead_of_serving_stale(
+        status, metrics, clock, aiohttp_server, session):
+    """Through the real path: the upstream client under a fetch as the handlers build it.
+    The passport is deleted (404), gone (410) or made private (403) upstream while the
+    old 200 is still inside its stale-if-error window: the answer is the 4xx, and the
+    old document is dropped, not kept for the next outage."""
+    answer = {"status": 200}
+
+    async def handle(request: web.Request) -> web.Response:
+        if answer["status"] != 200:
+            return web.json_response({"error": "gone"}, status=answer["status"])
+        return web.json_response({"id": "p1", "v": 1})
+
+    app = web.Application()
+    app.router.add_get("/p1", handle)
+    server = await aiohttp_server(app)
+    client = UpstreamClient("passport", UpstreamSettings(base_url=str(server.make_url("/"))),
+                            session, None, metrics)
+
+    async def fetch() -> CachedResponse:  # what handlers.respond.fetcher does
+        resp = await client.request("public_get", "GET", "/p1")
+        return make_response(resp.status, resp.body, resp.content_type)
+
+    cache = ResponseCache(1024 * 1024, metrics, clock=clock)
+    await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    clock.now += 16  # past the TTL and SWR, well inside stale-if-error (ttl + 100 s)
+    answer["status"] = status
+    with pytest.raises(UpstreamStatus) as err:
+        await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert err.value.status == status and err.value.upstream_status == status
+    assert cache.entries == 0
+    answer["status"] = 503  # and a later outage has nothing old to fall back on
+    with pytest.raises(UpstreamStatus) as err:
+        await cache.get_or_fetch("k", fetch, POLICY, route="r")
+    assert err.value.status == 502
+    await cache.close()
 
 
 async def test_revalidate_fetches_even_when_fresh(cache):

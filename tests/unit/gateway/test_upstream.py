@@ -13,7 +13,13 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from services.common.settings import PassportSettings, UpstreamSettings
-from services.gateway.errors import CircuitOpen, UpstreamError, UpstreamStatus, UpstreamTimeout
+from services.gateway.errors import (
+    CircuitOpen,
+    UpstreamBadBody,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from services.gateway.tokens import StaticToken, TokenManager, siemensid_fetcher
 from services.gateway.upstream import UpstreamClient
 
@@ -328,3 +334,94 @@ async def test_concurrency_is_bounded(upstream, session, metrics):
     await asyncio.gather(*(client.request("stations", "GET", "/x") for _ in range(20)))
     assert len(upstream.calls) == 20
     assert upstream.max_in_flight == 3
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'"a string"', b"42", b"",
+                                  b'{"truncated": '])
+async def test_a_get_whose_2xx_is_not_a_json_document_is_a_502(upstream, session, metrics,
+                                                               registry, body):
+    upstream.script = [(200, body, {})]
+    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    with pytest.raises(UpstreamBadBody) as err:
+        await client.request("public_get", "GET", "/v1/passports/public/p1")
+    assert err.value.status == 502 and err.value.unavailable
+    assert err.value.extra["upstream_status"] == 200
+    assert len(upstream.calls) == 1  # the same answer again would not help: no retry
+    assert client.breaker.state == "closed"
+
+
+async def test_the_body_is_decoded_once_by_the_client(upstream, session, metrics):
+    upstream.script = [(200, b'{"data": [1, 2]}', {})]
+    client = UpstreamClient("cpo", settings(upstream.url), session, None, metrics)
+    resp = await client.request("stations", "GET", "/s")
+    assert resp.data == {"data": [1, 2]} and resp.json() is resp.data
+
+
+async def test_a_write_answer_that_is_not_json_passes_on(upstream, session, metrics):
+    upstream.script = [(200, b"OK", {})]
+    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    resp = await client.request("update", "PUT", "/v1/passports/p1", body=b"{}")
+    assert resp.status == 200 and resp.body == b"OK" and resp.data is None
+
+
+@pytest.fixture
+async def big_upstream(aiohttp_server):
+    """Answers /known (Content-Length), /chunked (no length) and /gzip (small on the
+    wire, large once decompressed), each a JSON body of ``n`` bytes."""
+    import gzip
+
+    def body(request: web.Request) -> bytes:
+        n = int(request.query["n"])
+        return b'{"pad":"' + b"x" * (n - 10) + b'"}'
+
+    async def known(request: web.Request) -> web.Response:
+        return web.Response(body=body(request), content_type="application/json")
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        data = body(request)
+        for i in range(0, len(data), 10_000):
+            await resp.write(data[i:i + 10_000])
+        await resp.write_eof()
+        return resp
+
+    async def gzipped(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(body(request)), content_type="application/json",
+                            headers={"Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/known", known)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/gzip", gzipped)
+    return await aiohttp_server(app)
+
+
+@pytest.mark.parametrize("path", ["/known", "/chunked", "/gzip"])
+async def test_a_body_over_the_cap_is_a_502(big_upstream, session, metrics, path):
+    cap = 100_000
+    client = UpstreamClient("cpo", settings(str(big_upstream.make_url("/"))), session, None,
+                            metrics, max_body_bytes=cap)
+    resp = await client.request("stations", "GET", path, params={"n": str(cap)})
+    assert len(resp.body) == cap and resp.data["pad"]  # at the cap: fine
+    with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamBadBody) as err:
+        await client.request("stations", "GET", path, params={"n": str(cap + 1)})
+    assert err.value.status == 502 and f"over {cap} bytes" in err.value.detail
+    assert [e["reason"] for e in logs if e["event"] == "upstream_body_invalid"] == ["too_large"]
+
+
+@pytest.mark.parametrize(("status", "client_status", "unavailable"), [
+    (404, 404, False), (410, 410, False), (403, 403, False), (409, 409, False),
+    (429, 502, True), (401, 502, True), (408, 502, True), (500, 502, True), (503, 502, True),
+])
+async def test_which_statuses_are_an_answer_and_which_an_outage(upstream, session, metrics,
+                                                                status, client_status,
+                                                                unavailable):
+    upstream.script = [(status, b'{"message": "x"}', {})]
+    client = UpstreamClient("passport", settings(upstream.url, retries=0), session, None,
+                            metrics)
+    with pytest.raises(UpstreamStatus) as err:
+        await client.request("public_get", "GET", "/v1/passports/public/p1")
+    assert (err.value.status, err.value.unavailable) == (client_status, unavailable)
+    assert err.value.upstream_status == status

@@ -1,0 +1,126 @@
+"""What a change evicts, here and on every other replica (DESIGN.md §5).
+
+One policy for every path that finds a new version — a write, a read whose answer
+differs from what was seen last, a poll, an event from another replica — so that the
+next request on any replica answers the new version:
+
+* the detector (services.gateway.changes) calls ``evict_change`` the moment it announces
+  a change, on the replica that found it, whatever found it;
+* every replica's invalidation consumer calls ``evict_event`` for each change event on
+  the topics, its own events included (evicting twice costs one upstream call; skipping
+  an eviction serves an old document);
+* what has no change event of its own (a user update) goes through
+  ``evict_everywhere``: evicted here, and announced on the gateway's internal topic
+  ``gateway-cache-invalidation`` through the outbox (durable, like any event), which
+  every replica's invalidation consumer reads too.
+
+What a change covers (the cache tags):
+
+* passport P: its public and owned documents (``passport_tag(P)``) and the owned list;
+* price of EVSE E: every pricing answer that names E (``price_tag(E)``), whatever its
+  medium (a tariff change seen for one context may well hold for every tag), and every
+  all_paged page (their content is unknown before the fill: ``ALL_PRICES_TAG``). A
+  SNAPSHOT of context C (C's tariff seen for the first time: no version of it is known
+  to be older) evicts only the views of C (``price_context_tag(C, E)``), so reading a
+  second context does not throw out the first one's answers;
+* the user: ``ME_TAG``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, EventRecord
+from services.common.outbox import Outbox
+from services.gateway.changes import ChangeKind
+
+log = structlog.get_logger(__name__)
+
+# Internal to the gateway (no consumer but its replicas): key = what is evicted, value =
+# ``{"tags": [[...], ...]}``. Not a CloudEvents topic; not in the AsyncAPI document.
+CACHE_TOPIC = "gateway-cache-invalidation"
+
+OWNED_LIST_TAG = ("passports", "owned")
+ALL_PRICES_TAG = ("price", "*")
+ME_TAG = ("users", "me")
+
+
+def passport_tag(passport_id: str) -> tuple[str, str]:
+    return ("passport", passport_id)
+
+
+def price_tag(evse_id: str) -> tuple[str, str]:
+    """EVSE ids are case-insensitive; validation and the detector upper-case them."""
+    return ("price", evse_id.upper())
+
+
+def price_context_tag(context: str, evse_id: str) -> tuple[str, str, str]:
+    """The answers for one tariff context (by its name) and EVSE."""
+    return ("price", context, evse_id.upper())
+
+
+class Evicts(Protocol):
+    def invalidate_tag(self, tag: Hashable) -> int: ...
+
+
+def tags_of_change(entity: str, key: str, context: str = "",
+                   kind: str | None = None) -> list[tuple[str, ...]]:
+    """The tags a change of ``entity`` (passport | price) ``key`` evicts; ``kind`` is the
+    ChangeKind value, ``context`` the tariff context name (prices)."""
+    if entity == "passport":
+        return [passport_tag(key), OWNED_LIST_TAG]
+    if entity == "price":
+        if kind == ChangeKind.SNAPSHOT and context:
+            return [price_context_tag(context, key)]
+        return [price_tag(key), ALL_PRICES_TAG]
+    raise ValueError(f"unknown entity {entity!r}")
+
+
+def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str) -> None:
+    """A change was found here (write, read or poll): evict what shows it."""
+    for tag in tags_of_change(entity, key, context, kind):
+        cache.invalidate_tag(tag)
+
+
+def evict_event(cache: Evicts, topic: str, key: str, data: Mapping[str, Any]) -> None:
+    """A record read by the invalidation consumer (any replica's, ours included)."""
+    kind = data.get("change")
+    if topic == PASSPORT_TOPIC:
+        evict_change(cache, "passport", "", key, kind)
+    elif topic == PRICE_TOPIC:
+        evict_change(cache, "price", str(data.get("tariff_context") or ""), key, kind)
+    elif topic == CACHE_TOPIC:
+        for tag in _tags(data):
+            cache.invalidate_tag(tag)
+
+
+def evict_everywhere(cache: Evicts, outbox: Outbox | None, key: str,
+                     tags: Iterable[tuple[str, ...]]) -> None:
+    """Evict ``tags`` here now, and on every replica once the outbox has published."""
+    tags = [tuple(t) for t in tags]
+    for tag in tags:
+        cache.invalidate_tag(tag)
+    if outbox is None:
+        return
+    record = EventRecord(topic=CACHE_TOPIC, key=key.encode(),
+                         headers=(("content-type", b"application/json"),),
+                         value=orjson.dumps({"tags": [list(t) for t in tags]}))
+    with outbox.transaction() as conn:
+        outbox.add(conn, record)
+
+
+def _tags(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    tags = data.get("tags")
+    if not isinstance(tags, list):
+        return []
+    return [tuple(t) for t in tags
+            if isinstance(t, list) and t and all(isinstance(p, str) for p in t)]
+
+
+__all__ = ["ALL_PRICES_TAG", "CACHE_TOPIC", "ME_TAG", "OWNED_LIST_TAG", "evict_change",
+           "evict_event", "evict_everywhere", "passport_tag", "price_context_tag", "price_tag",
+           "tags_of_change"]
