@@ -88,6 +88,17 @@ def digest(doc: Any) -> str:
 _REQUEST_DEPENDENT_ELEMENT_FIELDS = frozenset({"stepCosts"})
 
 
+def passport_of(document: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """A passport as compared and announced: the document minus a top-level ``id``.
+
+    The owned views carry one and the public view (the vendor sample) does not; the id is the
+    entity key (``passport_id``), not content, so the same passport seen through either view
+    digests alike instead of flipping ``/id`` on every read after a write."""
+    if document is None or "id" not in document:
+        return document
+    return {k: v for k, v in document.items() if k != "id"}
+
+
 def tariff_of(pricing_entry: Mapping[str, Any]) -> dict[str, Any]:
     """The tariff-defining part of a pricing answer, as the proto3 JSON of ``Tariff``.
 
@@ -218,7 +229,7 @@ class ChangeDetector:
     def passport(self, passport_id: str, document: Mapping[str, Any] | None,
                  detected_by: Detection, change: ChangeKind | None = None) -> bool:
         """Record a passport as seen; True if an event was enqueued. ``None`` = deleted."""
-        return self._observe(PASSPORT, "", [Observation(passport_id, document)],
+        return self._observe(PASSPORT, "", [Observation(passport_id, passport_of(document))],
                              detected_by, change) > 0
 
     def tariff(self, evse_id: str, context: str, tariff: Mapping[str, Any] | None,
@@ -231,7 +242,8 @@ class ChangeDetector:
     def passports(self, observations: Iterable[Observation], detected_by: Detection,
                   change: ChangeKind | None = None) -> int:
         """Several passports in one transaction (pollers); returns how many were announced."""
-        return self._observe(PASSPORT, "", list(observations), detected_by, change)
+        return self._observe(PASSPORT, "", [Observation(o.key, passport_of(o.document))
+                                            for o in observations], detected_by, change)
 
     def tariffs(self, context: str, observations: Iterable[Observation],
                 detected_by: Detection, change: ChangeKind | None = None) -> int:
@@ -428,4 +440,4 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
 
 
 __all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Detection", "Observation",
-           "digest", "evse_key", "tariff_comparable", "tariff_of"]
+           "digest", "evse_key", "passport_of", "tariff_comparable", "tariff_of"]

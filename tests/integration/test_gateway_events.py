@@ -349,3 +349,22 @@ async def test_a_user_update_through_replica_a_evicts_replica_b(kafka_gateway, k
             break
         assert time.monotonic() < deadline, "replica B still serves the old user"
         await asyncio.sleep(0.1)
+
+
+async def test_a_read_after_a_write_of_the_same_passport_announces_nothing(
+        kafka_gateway, kafka, sandbox):
+    """The owned view carries a top-level ``id``, the public view (the vendor sample) does not:
+    the same passport seen through both is one version, not an UPDATED of ``/id``."""
+    gw = await kafka_gateway()
+    pid = f"BP-VIEW-{uuid.uuid4().hex[:8]}"
+    async with TopicReader(kafka.bootstrap) as reader:
+        created = await gw.post("/v1/passports", json=new_passport(pid), headers=auth(WRITER_KEY))
+        assert created.status == 201, await created.text()
+        public = await gw.get(f"/v1/passports/{pid}", headers=auth())
+        assert public.status == 200 and "id" not in await public.json()
+        owned = await gw.get(f"/v1/passports/{pid}/owned", headers=auth())
+        assert owned.status == 200 and (await owned.json())["id"] == pid
+        await reader.until(lambda rs: len(reader.for_key(pid)) >= 1)
+        await asyncio.sleep(0.5)  # nothing else may follow
+        await reader.until(lambda rs: True)
+    assert [data(r)["change"] for r in reader.for_key(pid)] == ["CHANGE_KIND_CREATED"]
