@@ -4,10 +4,12 @@ Invariants:
 - Every Redis call goes through ``ClusterStore.call`` (or a ``ClusterScript``, which uses
   it). Each call is bounded by ``timeout_s`` (connect included) — a Redis call never hangs
   a request — and every redis-py or socket error is translated there, once, into
-  ``ClusterUnavailable``. No redis-py retries: one attempt, then the caller falls back.
+  ``ClusterUnavailable``; then the caller falls back.
 - ``is_up`` is False from the moment a call fails for a connection reason (refused, reset,
   timed out) until a health ping succeeds again. While down, calls fail at once without
-  touching the network, so an outage costs requests nothing but a branch.
+  touching the network, so an outage costs requests nothing but a branch. The only
+  retry is one immediate reconnect after a connection error (a pooled connection that
+  a Redis restart left dead), inside the same bound.
 - A background health loop pings every ``health_interval_s`` while up (so an idle replica
   notices an outage too) and, while down, with exponential backoff from
   ``retry_min_s`` to ``retry_max_s``. Recovery needs no restart and no new objects:
@@ -71,9 +73,11 @@ class ClusterScript:
         return await self._store.call(self.name, lambda: self._script(keys=list(keys),
                                                                       args=list(args)))
 
-    def in_pipeline(self, pipe: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        """Queue the script in a pipeline (run it with ``store.call(op, pipe.execute)``)."""
-        return self._script(keys=list(keys), args=list(args), client=pipe)
+    async def in_pipeline(self, pipe: Any, keys: Sequence[Any] = (),
+                          args: Sequence[Any] = ()) -> None:
+        """Queue the script in a pipeline (no I/O; run the pipeline inside one
+        ``store.call``, which loads missing scripts first)."""
+        await self._script(keys=list(keys), args=list(args), client=pipe)
 
 
 class ClusterStore:
@@ -107,7 +111,9 @@ class ClusterStore:
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=connect_timeout_s or timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            # one immediate retry on a connection error only: a pooled connection that a
+            # Redis restart left dead reconnects at once; the call stays bounded as a whole
+            retry=Retry(NoBackoff(), 1, supported_errors=(rexc.ConnectionError,)),
             retry_on_timeout=False,
             health_check_interval=0,
             client_name=client_name,
