@@ -260,9 +260,13 @@ class LeaseKeeper:
         step = self.lease.ttl_s / 3
         while True:
             if self.lease.held:
+                # a renewal may not outlive the local bound, whatever the store timeout
+                bound = self.lease._valid_until - self.lease._clock()  # noqa: SLF001
                 try:
-                    ok = await self.lease.renew()
-                except ClusterUnavailable:
+                    async with asyncio.timeout(max(0.0, bound)):
+                        ok = await self.lease.renew()
+                except (ClusterUnavailable, TimeoutError):
+                    self.lease._drop()  # noqa: SLF001
                     ok = False
                 if not ok:
                     self._transition(False)

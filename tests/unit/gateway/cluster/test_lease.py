@@ -107,7 +107,8 @@ async def test_holder_stops_work_the_moment_redis_goes_away(private_redis, make_
 
 
 async def test_hung_renewal_flips_held_by_the_local_bound(private_redis, make_store):
-    store = await make_store(private_redis.url, timeout_s=0.1)
+    # a store timeout longer than the lease: only the local bound can stop the holder
+    store = await make_store(private_redis.url, timeout_s=1.0)
     keeper = LeaseKeeper(Lease(store, "l", "a", ttl_s=0.3))
     await keeper.start()
     try:
