@@ -119,6 +119,17 @@ class Lease:
         """Held as far as this holder can know: confirmed and within the local bound."""
         return self._value is not None and self._clock() < self._valid_until
 
+    @property
+    def valid_for_s(self) -> float:
+        """Seconds until the local bound passes (0 when not held)."""
+        if self._value is None:
+            return 0.0
+        return max(0.0, self._valid_until - self._clock())
+
+    def abandon(self) -> None:
+        """Stop believing we hold it, without telling Redis (it will expire)."""
+        self._drop()
+
     async def acquire(self) -> Acquisition:
         """One attempt. Never raises for the store: a store error is ``ERROR``."""
         sent = self._clock()
@@ -261,12 +272,11 @@ class LeaseKeeper:
         while True:
             if self.lease.held:
                 # a renewal may not outlive the local bound, whatever the store timeout
-                bound = self.lease._valid_until - self.lease._clock()  # noqa: SLF001
                 try:
-                    async with asyncio.timeout(max(0.0, bound)):
+                    async with asyncio.timeout(self.lease.valid_for_s):
                         ok = await self.lease.renew()
                 except (ClusterUnavailable, TimeoutError):
-                    self.lease._drop()  # noqa: SLF001
+                    self.lease.abandon()
                     ok = False
                 if not ok:
                     self._transition(False)
@@ -287,7 +297,6 @@ class LeaseKeeper:
     async def _sleep_held(self, step: float) -> None:
         """Sleep until the next renewal, but wake to flip ``held`` if the local bound
         passes first (a renewal that stalls must not leave us believing we hold it)."""
-        until_bound = self.lease._valid_until - self.lease._clock()
-        await asyncio.sleep(max(0.0, min(step, until_bound)))
+        await asyncio.sleep(min(step, self.lease.valid_for_s))
         if not self.lease.held:
             self._transition(False)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from services.gateway.cluster.lease import Lease, LeaseKeeper, Outcome
 from services.gateway.cluster.metrics import ClusterMetrics
+
+REPO = Path(__file__).resolve().parents[4]
 
 
 async def test_one_holder_among_concurrent_acquirers(redis_url, make_store):
@@ -120,3 +124,51 @@ async def test_hung_renewal_flips_held_by_the_local_bound(private_redis, make_st
     finally:
         private_redis.resume()
         await keeper.stop()
+
+
+_HOLDER = """
+import asyncio, sys
+from services.gateway.cluster.lease import Lease, LeaseKeeper
+from services.gateway.cluster.store import ClusterStore
+
+async def main():
+    store = ClusterStore(sys.argv[1], timeout_s=0.5)
+    await store.start()
+    keeper = LeaseKeeper(Lease(store, "poller", "child", ttl_s=float(sys.argv[2])))
+    await keeper.start()
+    await keeper.acquired.wait()
+    print("held", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_takeover_after_the_holder_process_is_sigkilled(redis_url, make_store):
+    ttl = 0.5
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, redis_url, str(ttl),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async def held_line():
+            while (line := await proc.stdout.readline()) and line.strip() != b"held":
+                pass  # the child's log lines
+            return line
+
+        assert (await asyncio.wait_for(held_line(), 15)).strip() == b"held"
+        standby = LeaseKeeper(Lease(await make_store(redis_url), "poller", "r2", ttl_s=ttl))
+        await standby.start()
+        try:
+            await asyncio.sleep(ttl / 2)
+            assert not standby.held and await standby.lease.holder() == "child"
+            proc.kill()  # SIGKILL: no release, no goodbye
+            await proc.wait()
+            killed = time.monotonic()
+            await asyncio.wait_for(standby.acquired.wait(), 2 * ttl)
+            assert time.monotonic() - killed < 2 * ttl
+        finally:
+            await standby.stop()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
