@@ -98,11 +98,13 @@ class Transition:
 class SharedDigests:
     """The cluster's last-seen digests (see the module docstring)."""
 
-    def __init__(self, store: ClusterStore, *, claim_ttl_s: float = 7 * 86400.0) -> None:
+    def __init__(self, store: ClusterStore, *, claim_ttl_s: float = 7 * 86400.0,
+                 batch_timeout_s: float = 2.0) -> None:
         if not claim_ttl_s > 0:
             raise ValueError("claim_ttl_s must be positive")
         self._store = store
         self._claim_ttl_ms = int(claim_ttl_s * 1000)
+        self._batch_timeout_s = batch_timeout_s  # poll passes: off the request path
         self._cas = store.script("digest.cas", _CAS)
 
     def _keys(self, entity: str, event_id: str) -> list[str]:
@@ -132,7 +134,8 @@ class SharedDigests:
                 await self._cas.in_pipeline(pipe, self._keys(t.entity, t.event_id), self._args(t))
             return await pipe.execute()
 
-        return [_result(r) for r in await self._store.call("digest.cas_many", run)]
+        return [_result(r) for r in await self._store.call(
+            "digest.cas_many", run, timeout_s=self._batch_timeout_s)]
 
     async def seed(self, entity: str, digest: str) -> bool:
         """Record ``digest`` only if the cluster knows nothing of ``entity`` (never
@@ -153,7 +156,8 @@ class SharedDigests:
                 pipe.set(self._store.key("digest", entity), f"{digest}|", nx=True)
             return await pipe.execute()
 
-        return sum(1 for r in await self._store.call("digest.seed_many", run) if r)
+        return sum(1 for r in await self._store.call(
+            "digest.seed_many", run, timeout_s=self._batch_timeout_s) if r)
 
     async def current(self, entity: str) -> str | None:
         raw = await self._store.call("digest.get", lambda: self._store.redis.get(

@@ -5,8 +5,9 @@ Invariants:
   it). Each call is bounded by ``timeout_s`` (connect included) — a Redis call never hangs
   a request — and every redis-py or socket error is translated there, once, into
   ``ClusterUnavailable``; then the caller falls back.
-- ``is_up`` is False from the moment a call fails for a connection reason (refused, reset,
-  timed out) until a health ping succeeds again. While down, calls fail at once without
+- ``is_up`` is False from the moment a call fails for a connection reason (refused,
+  reset), or after ``down_after_timeouts`` consecutive calls timed out (one slow moment
+  under load fails only its own call), until a health ping succeeds again. While down, calls fail at once without
   touching the network, so an outage costs requests nothing but a branch. The only
   retry is one immediate reconnect after a connection error (a pooled connection that
   a Redis restart left dead), inside the same bound.
@@ -96,6 +97,8 @@ class ClusterStore:
         on_state: StateHook | None = None,
         on_call: CallHook | None = None,
         client_name: str | None = None,
+        max_connections: int = 16,
+        down_after_timeouts: int = 3,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("cluster redis_url must start with redis://, rediss:// or unix://")
@@ -107,8 +110,13 @@ class ClusterStore:
         self._retry_max_s = retry_max_s
         self._on_state = on_state
         self._on_call = on_call
-        self.redis: aioredis.Redis = aioredis.from_url(
+        # A bounded pool: a burst of concurrent calls queues (inside each call's bound)
+        # for one of ``max_connections`` instead of opening a connection per call; the
+        # pub/sub reader holds one more.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections + 1,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=connect_timeout_s or timeout_s,
             # one immediate retry on a connection error only: a pooled connection that a
@@ -119,6 +127,7 @@ class ClusterStore:
             client_name=client_name,
             decode_responses=False,
         )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
         self._up = False
         self._up_event = asyncio.Event()
         self._wake = asyncio.Event()
@@ -126,6 +135,8 @@ class ClusterStore:
         self._closed = False
         self._state_listeners: list[StateHook] = []
         self._last_error: str | None = None
+        self._timeouts = 0  # consecutive timed-out calls
+        self._down_after_timeouts = down_after_timeouts
 
     def __repr__(self) -> str:
         return f"ClusterStore(url={_redact_url(self.url)!r}, up={self._up})"
@@ -151,7 +162,7 @@ class ClusterStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await self._pool.disconnect()
 
     # -- state ---------------------------------------------------------------------
 
@@ -175,25 +186,36 @@ class ClusterStore:
 
     # -- calls -----------------------------------------------------------------------
 
-    async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis command (``fn`` builds it), bounded by ``timeout_s``; every error
+    async def call(self, operation: str, fn: Callable[[], Awaitable[T]], *,
+                   timeout_s: float | None = None) -> T:
+        """Run one Redis command (``fn`` builds it), bounded by ``timeout_s`` (the store's
+        by default; batch work off the request path may pass a longer one); every error
         becomes ``ClusterUnavailable``. ``operation`` is a bounded label (metrics, logs)."""
         if not self._up:
             self._observe(operation, 0.0, "down")
             raise ClusterUnavailable(operation, "store is down")
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s or self.timeout_s):
                 result = await fn()
         except rexc.ResponseError as exc:
             self._observe(operation, time.perf_counter() - started, "error")
             log.warning("cluster_store_error", operation=operation, error=type(exc).__name__,
                         detail=str(exc)[:200])
             raise ClusterUnavailable(operation, type(exc).__name__) from None
+        except (TimeoutError, rexc.TimeoutError) as exc:
+            # slow, not refused: down only after a run of them (a loaded moment must not
+            # flip the whole replica to degraded), but this call gives up now
+            self._observe(operation, time.perf_counter() - started, "error")
+            self._timeouts += 1
+            if self._timeouts >= self._down_after_timeouts:
+                self._mark_down(operation, exc)
+            raise ClusterUnavailable(operation, "TimeoutError") from None
         except (*_CONNECTION_ERRORS, rexc.RedisError) as exc:
             self._observe(operation, time.perf_counter() - started, "error")
             self._mark_down(operation, exc)
             raise ClusterUnavailable(operation, type(exc).__name__) from None
+        self._timeouts = 0
         self._observe(operation, time.perf_counter() - started, "ok")
         return result
 
@@ -234,6 +256,7 @@ class ClusterStore:
             self._last_error = type(exc).__name__
             self._mark_down("ping", exc)
             return False
+        self._timeouts = 0
         self._set_state(True)
         return True
 

@@ -26,7 +26,7 @@ async def make_store() -> AsyncIterator[StoreFactory]:
     async def make(url: str, *, up: bool = True, **kwargs) -> ClusterStore:
         kwargs.setdefault("health_interval_s", 0.2)
         kwargs.setdefault("retry_max_s", 0.2)
-        kwargs.setdefault("timeout_s", 0.2)  # the box is shared: scheduler delays
+        kwargs.setdefault("timeout_s", 0.5)  # the test box is shared: scheduler delays
         store = ClusterStore(url, **kwargs)
         made.append(store)
         await store.start()

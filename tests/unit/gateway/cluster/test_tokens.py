@@ -56,7 +56,7 @@ async def test_cold_burst_over_three_replicas_makes_one_idp_call(redis_url, make
     assert idp.calls == 1
     assert set(got) == {"tok-1-secretvalue"}
     # waiters on the other replicas are released by the publish, not a poll step
-    assert slowest < 0.2 + 0.15
+    assert slowest < 0.2 + 0.3
     # afterwards: served from each replica's local copy, no IdP call, no wait
     assert await replicas[2].token() == "tok-1-secretvalue"
     assert idp.calls == 1
