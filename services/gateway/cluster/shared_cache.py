@@ -16,7 +16,9 @@ Invariants:
   fill lock calls ``fetch``; everyone else waits for the fill channel, each with its own
   deadline (``wait_s``), waking at the latest when the lock would expire, and then tries
   the lock itself: a filler that died is replaced after ``lock_ttl_s``. A caller whose
-  deadline passes fetches by itself (FALLBACK) rather than fail.
+  deadline passes fetches by itself (FALLBACK) rather than fail. An answer that is not
+  stored (not cacheable, or evicted meanwhile) releases the waiters too: one of them
+  takes the lock next, so such keys cost one call per turn, never a stampede.
 - The locked fetch runs in a task of its own: a cancelled caller does not cancel it,
   and the lock is always released (with a publish) when it ends, so waiters never wait
   for an expiry after a fill that merely failed.
