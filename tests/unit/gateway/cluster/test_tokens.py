@@ -1,0 +1,158 @@
+"""The shared token cell: one IdP call per refresh cluster-wide, 401 single-flight,
+waiters released by pub/sub, generation guard, fallback contract."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from services.gateway.cluster import tokens as cluster_tokens
+from services.gateway.cluster.errors import ClusterUnavailable
+from services.gateway.cluster.tokens import SharedToken
+
+
+@dataclass
+class Grant:
+    access_token: str
+    expires_in: float = 3600.0
+
+
+class IdP:
+    """Counts token requests; each answers a new token after ``delay_s``."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        self.delay_s = delay_s
+        self.calls = 0
+        self.answered_at: list[float] = []
+
+    async def fetch(self) -> Grant:
+        self.calls += 1
+        n = self.calls
+        await asyncio.sleep(self.delay_s)
+        self.answered_at.append(time.monotonic())
+        return Grant(f"tok-{n}-secretvalue")
+
+
+async def _replicas(n, url, make_store, make_channels, idp, **kwargs):
+    out = []
+    for i in range(n):
+        store = await make_store(url)
+        channels = await make_channels(store, [cluster_tokens.channel(store)])
+        out.append(SharedToken(store, channels, "siemensid", idp.fetch,
+                               holder_id=f"replica-{i}", **kwargs))
+    return out
+
+
+async def test_cold_burst_over_three_replicas_makes_one_idp_call(redis_url, make_store,
+                                                                 make_channels):
+    idp = IdP(delay_s=0.2)
+    replicas = await _replicas(3, redis_url, make_store, make_channels, idp)
+    started = time.monotonic()
+    got = await asyncio.gather(*(replicas[i % 3].token() for i in range(300)))
+    slowest = time.monotonic() - started
+    assert idp.calls == 1
+    assert set(got) == {"tok-1-secretvalue"}
+    # waiters on the other replicas are released by the publish, not a poll step
+    assert slowest < 0.2 + 0.3
+    # afterwards: served from each replica's local copy, no IdP call, no wait
+    assert await replicas[2].token() == "tok-1-secretvalue"
+    assert idp.calls == 1
+
+
+async def test_waiters_wake_right_after_the_token_lands(redis_url, make_store, make_channels):
+    idp = IdP(delay_s=0.3)
+    replicas = await _replicas(3, redis_url, make_store, make_channels, idp)
+    first = asyncio.create_task(replicas[0].token())
+    await asyncio.sleep(0.05)  # replica 0 holds the refresh lease now
+    released: list[float] = []
+
+    async def wait_on(r):
+        await r.token()
+        released.append(time.monotonic())
+
+    await asyncio.gather(first, *(wait_on(replicas[i % 2 + 1]) for i in range(20)))
+    assert idp.calls == 1
+    lag = max(released) - idp.answered_at[0]
+    assert lag < 0.05, f"waiters released {lag:.3f}s after the token landed"
+
+
+async def test_revoked_token_one_refresh_cluster_wide(redis_url, make_store, make_channels):
+    idp = IdP(delay_s=0.1)
+    replicas = await _replicas(3, redis_url, make_store, make_channels, idp)
+    old = await replicas[0].token()
+    assert [await r.token() for r in replicas] == [old] * 3
+    assert idp.calls == 1
+
+    async def on_401(r):
+        await r.invalidate(old)  # the upstream said 401 to ``old``
+        return await r.token()
+
+    fresh = await asyncio.gather(*(on_401(replicas[i % 3]) for i in range(150)))
+    assert idp.calls == 2
+    assert set(fresh) == {"tok-2-secretvalue"}
+    # a late 401 for the old token does not throw the fresh one away
+    assert not await replicas[1].invalidate(old)
+    assert await replicas[0].token() == "tok-2-secretvalue"
+    assert idp.calls == 2
+
+
+async def test_purge_during_a_fetch_is_not_undone(redis_url, make_store, make_channels):
+    idp = IdP(delay_s=0.2)
+    a, b = await _replicas(2, redis_url, make_store, make_channels, idp)
+    inflight = asyncio.create_task(a.token())
+    await asyncio.sleep(0.05)
+    await b.purge()
+    assert await inflight == "tok-1-secretvalue"  # the callers still get their answer
+    # ...but it was not stored: the next caller anywhere fetches again
+    assert await b.token() == "tok-2-secretvalue"
+    assert idp.calls == 2
+
+
+async def test_refresher_that_dies_is_replaced_by_a_waiter(redis_url, make_store,
+                                                           make_channels):
+    idp = IdP(delay_s=5)  # replica 0's fetch never finishes: its pod dies mid-fetch
+    dying, survivor = await _replicas(2, redis_url, make_store, make_channels, idp,
+                                      lock_ttl_s=0.3)
+    doomed = asyncio.create_task(dying.token())
+    await asyncio.sleep(0.05)
+    idp.delay_s = 0.01
+    started = time.monotonic()
+    waiting = asyncio.create_task(survivor.token())
+    await asyncio.sleep(0.05)
+    dying._flight.cancel()  # no release, no publish: like SIGKILL
+    doomed.cancel()
+    token = await asyncio.wait_for(waiting, 2)
+    assert token == "tok-2-secretvalue"
+    assert time.monotonic() - started < 0.3 + 0.2  # within the lease ttl (+ a margin)
+
+
+async def test_redis_down_contract(private_redis, make_store, make_channels):
+    idp = IdP(delay_s=0.01)
+    (shared,) = await _replicas(1, private_redis.url, make_store, make_channels, idp)
+    token = await shared.token()
+    private_redis.kill()
+    # a usable local copy is still served, without Redis
+    assert await shared.token() == token
+    # with nothing usable locally: ClusterUnavailable at once -> the local manager takes over
+    started = time.monotonic()
+    with pytest.raises(ClusterUnavailable):
+        await shared.invalidate(token)
+    with pytest.raises(ClusterUnavailable):
+        await shared.token()
+    assert time.monotonic() - started < 0.5
+    assert idp.calls == 1
+
+
+async def test_tokens_are_never_printed(redis_url, make_store, make_channels, capsys):
+    idp = IdP(delay_s=0.01)
+    (shared,) = await _replicas(1, redis_url, make_store, make_channels, idp)
+    token = await shared.token()
+    await shared.invalidate(token)
+    await shared.token()
+    assert "secretvalue" not in repr(shared) + str(shared) + repr(shared._local)
+    out = capsys.readouterr()
+    assert "secretvalue" not in out.out + out.err
+    assert "shared_token_refreshed" in out.out  # the log line exists, without the token
