@@ -22,15 +22,18 @@ if command -v npm >/dev/null 2>&1 && { [ ! -x .tools/node_modules/.bin/buf ] ||
   mkdir -p .tools
   npm install --silent --no-audit --no-fund --prefix .tools '@bufbuild/buf@^1.50' '@asyncapi/specs@^6' >/dev/null
 fi
-# promtool (Prometheus rule tests) taken out of Debian's prometheus package into .venv/bin; the
-# package itself is not installed: its maintainer scripts would start a Prometheus server.
-if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null 2>&1 &&
+# promtool (Prometheus rule tests) and the prometheus server (the end-to-end test of rules and
+# dashboards) taken out of Debian's prometheus package into .venv/bin; the package itself is not
+# installed: its maintainer scripts would start a Prometheus server.
+if { [ ! -x .venv/bin/promtool ] || [ ! -x .venv/bin/prometheus ]; } &&
     command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   deb=$(mktemp -d)
   if { apt-get update -qq && (cd "$deb" && apt-get download -qq prometheus) &&
-       dpkg-deb --fsys-tarfile "$deb"/prometheus_*.deb | tar -xO ./usr/bin/promtool >"$deb/promtool" &&
-       install -m 0755 "$deb/promtool" .venv/bin/promtool; } >/dev/null 2>&1; then :
-  else echo "bootstrap: promtool unavailable (Debian package prometheus)" >&2; fi
+       dpkg-deb --fsys-tarfile "$deb"/prometheus_*.deb |
+         tar -x -C "$deb" ./usr/bin/promtool ./usr/bin/prometheus &&
+       install -m 0755 "$deb/usr/bin/promtool" .venv/bin/promtool &&
+       install -m 0755 "$deb/usr/bin/prometheus" .venv/bin/prometheus; } >/dev/null 2>&1; then :
+  else echo "bootstrap: promtool/prometheus unavailable (Debian package prometheus)" >&2; fi
   rm -rf "$deb"
 fi
 # Generated protobuf code is never committed: refresh it from proto-schemas/ (a .proto may

@@ -28,9 +28,12 @@ replicas, an outbox resend, a replay after a crash) is applied once; a value tha
 back and forth (A→B→A→B) is recorded every time. Handlers decide "same transition" by the
 event id (``ce_id``) and by (entity, previous_digest, digest) — never by digest alone.
 
-Metrics (DESIGN.md §9): ``ampgate_consumer_messages_total{service,topic,outcome}`` with
-outcome ok|retried|dead_lettered|invalid (``retried``: once per event per failed attempt), and ``ampgate_consumer_lag{service,topic,partition}``
-= end offset − next offset not yet processed, refreshed every loop, also when idle.
+Metrics (DESIGN.md §9): ``ampgate_consumer_messages_total{worker,topic,outcome}`` with
+outcome ok|retried|dead_lettered|invalid (``retried``: once per event per failed attempt; all
+at 0 from the start, so the first dead letter is an increase), and
+``ampgate_consumer_lag{worker,topic,partition}`` = end offset − next offset not yet processed,
+refreshed every loop, also when idle. The label is ``worker``, not ``service``: Kubernetes
+target labels own ``service`` (a ServiceMonitor would rename ours).
 
 Use::
 
@@ -61,6 +64,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.common.events import ConsumedEvent, InvalidEvent, parse_event
 from services.common.http import READINESS_KEY, base_app
 from services.common.kafka import ensure_topics
+from services.common.metrics import zero
 from services.common.settings import Settings
 
 log = structlog.get_logger("ampgate.consumer")
@@ -83,17 +87,20 @@ class TransientError(Exception):
     applied. Never dead-lettered."""
 
 
+CONSUMER_OUTCOMES = ("ok", "retried", "dead_lettered", "invalid")
+
+
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.messages = Counter(
             "ampgate_consumer_messages_total",
-            "Messages consumed, by service, topic and outcome (ok, retried, dead_lettered, "
+            "Messages consumed, by worker, topic and outcome (ok, retried, dead_lettered, "
             "invalid).",
-            ["service", "topic", "outcome"], registry=registry)
+            ["worker", "topic", "outcome"], registry=registry)
         self.lag = Gauge(
             "ampgate_consumer_lag",
-            "Messages on the partition not yet processed by this service's group.",
-            ["service", "topic", "partition"], registry=registry)
+            "Messages on the partition not yet processed by this worker's group.",
+            ["worker", "topic", "partition"], registry=registry)
 
 
 # One set of collectors per registry: two consumers on one registry share them.
@@ -140,6 +147,7 @@ class EventConsumer:
         self._settings = settings
         self._handle_batch = handle_batch
         self._metrics = consumer_metrics(registry)
+        zero(self._metrics.messages, [service], self.topics, CONSUMER_OUTCOMES)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None

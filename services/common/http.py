@@ -57,11 +57,21 @@ def _from_http_exception(exc: web.HTTPException) -> Problem:
                    headers=headers)
 
 
-def route_template(request: web.Request) -> str:
-    """Bounded label: the matched route's template, never the raw path."""
+def route_label(request: web.Request) -> str:
+    """Bounded label: the matched route's NAME (``prices``, ``passport_public``), never the
+    raw path. Names are what the cache metrics and ``AMPGATE_CACHE__ROUTES`` use too: one
+    value per operation (method + template), stable when a path changes. A route without a
+    name falls back to its template."""
     info = request.match_info
-    resource = info.route.resource if info.http_exception is None else None
-    return resource.canonical if resource is not None else "unmatched"
+    if info.http_exception is not None:
+        return "unmatched"
+    route = info.route
+    if route.name:
+        return route.name
+    resource = route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.name or resource.canonical
 
 
 def client_name(request: web.Request) -> str:
@@ -81,7 +91,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         traceparent = f"00-{_random.getrandbits(128):032x}-{_random.getrandbits(64):016x}-01"
     request[REQUEST_ID_KEY] = request_id
     request[TRACEPARENT_KEY] = traceparent
-    route = route_template(request)
+    route = route_label(request)
     REQUEST_CONTEXT.set((request_id, traceparent))
     started = time.perf_counter()
     try:

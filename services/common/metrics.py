@@ -3,11 +3,20 @@ each service's own metrics.py, registered on the same per-app CollectorRegistry.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def zero(metric: Any, *values: Iterable[str]) -> None:
+    """Create every child of ``metric`` for the cross product of label ``values`` (at 0),
+    so the first event is an increase Prometheus can see."""
+    for combo in itertools.product(*values):
+        metric.labels(*combo)
 
 
 class Children:

@@ -46,7 +46,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     registry = registry or CollectorRegistry()
     app = base_app(registry, client_max_size=settings.http.max_body_bytes)
     app[SETTINGS_KEY] = settings
-    app[METRICS_KEY] = GatewayMetrics(registry)
+    app[METRICS_KEY] = GatewayMetrics(
+        registry, cache_routes=[r.name for r in ROUTES if r.cached])
     app[AUTH_KEY] = Authenticator(settings.clients)
     app[POLICIES_KEY] = {r.name: settings.cache.policy(r.name) for r in ROUTES if r.cached}
     app[CONTEXTS_KEY] = {

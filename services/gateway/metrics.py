@@ -1,14 +1,31 @@
-"""The gateway's metrics (DESIGN.md §9), defined once, on the app's own registry."""
+"""The gateway's metrics (DESIGN.md §9), defined once, on the app's own registry.
+
+Counters whose label values are known up front (cache routes × results, token upstreams ×
+outcomes, topics × outcomes, entities × detections, eviction reasons) are created at 0 when
+the app starts: ``increase()`` then sees the first event (a series that appears at 1 has no
+increase) and ratios read 0 instead of "no data"."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.metrics import LATENCY_BUCKETS
+from services.common.events import EVENT_TOPICS
+from services.common.metrics import LATENCY_BUCKETS, zero
+
+CACHE_RESULTS = ("hit", "miss", "stale", "coalesced", "bypass")
+EVICTION_REASONS = ("lru", "invalidated", "purged")
+# The token managers' upstream label values (services/gateway/upstreams.py).
+TOKEN_UPSTREAMS = ("siemensid", "cognito")
+TOKEN_OUTCOMES = ("ok", "error")
+PUBLISH_OUTCOMES = ("ok", "error")
+ENTITIES = ("passport", "price")
+DETECTIONS = ("write", "read", "poll")
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, cache_routes: Iterable[str] = ()) -> None:
         self.upstream_requests = Counter(
             "ampgate_upstream_requests_total",
             "Requests sent upstream, by upstream, operation and status (or error kind).",
@@ -55,3 +72,8 @@ class GatewayMetrics:
         self.outbox_oldest_age = Gauge(
             "ampgate_outbox_oldest_age_seconds",
             "Age of the oldest event waiting in the outbox (0 when empty).", registry=registry)
+        zero(self.cache_lookups, list(cache_routes), CACHE_RESULTS)
+        zero(self.cache_evictions, EVICTION_REASONS)
+        zero(self.token_requests, TOKEN_UPSTREAMS, TOKEN_OUTCOMES)
+        zero(self.events_published, EVENT_TOPICS, PUBLISH_OUTCOMES)
+        zero(self.changes_detected, ENTITIES, DETECTIONS)

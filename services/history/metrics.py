@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
+from services.common.metrics import zero
+
+ENTITIES = ("passport", "price")
+
 
 class HistoryMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -11,3 +15,4 @@ class HistoryMetrics:
             "ampgate_history_versions_total",
             "Versions recorded (duplicates excluded), by entity (passport, price).",
             ["entity"], registry=registry)
+        zero(self.versions, ENTITIES)  # at 0 from the start: the first version is an increase

@@ -91,7 +91,7 @@ async def test_poison_goes_to_dead_letter_and_the_rest_is_processed(setup: Setup
     assert len(source) == 1 and source[0].value == b"{not json"
     assert headers["dlq_service"] == b"test"
     assert headers["ce_id"] == b"x"  # original headers kept
-    labels = {"service": "test", "topic": setup.topic}
+    labels = {"worker": "test", "topic": setup.topic}
     assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="invalid") == 1
     assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="ok") == 3
 
@@ -147,7 +147,7 @@ async def test_a_transient_error_is_retried_until_applied_never_dead_lettered(
     finally:
         await consumer.stop()
     assert await read_topic(setup.bootstrap, setup.dlq, 1, timeout_s=1.0) == []
-    labels = {"service": "test", "topic": setup.topic}
+    labels = {"worker": "test", "topic": setup.topic}
     assert sample(registry, "ampgate_consumer_messages_total", **labels, outcome="ok") == 3
     assert sample(registry, "ampgate_consumer_messages_total", **labels,
                   outcome="dead_lettered") == 0
@@ -202,7 +202,7 @@ async def test_a_value_the_handler_cannot_apply_is_dead_lettered_alone(setup: Se
     assert len(dead) == 1 and dead[0].key == b"p1"
     assert dict(dead[0].headers)["dlq_reason"] == (
         b"ValueError: changed_paths is not a list of strings")
-    labels = {"service": "test", "topic": setup.topic}
+    labels = {"worker": "test", "topic": setup.topic}
     assert sample(registry, "ampgate_consumer_messages_total", **labels,
                   outcome="dead_lettered") == 1
 

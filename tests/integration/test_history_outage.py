@@ -47,7 +47,7 @@ def versions_recorded(registry) -> float:
 
 
 def retried(registry) -> float:
-    return sample(registry, "ampgate_consumer_messages_total", service="history",
+    return sample(registry, "ampgate_consumer_messages_total", worker="history",
                   topic=PASSPORT_TOPIC, outcome="retried")
 
 
@@ -106,7 +106,7 @@ async def outage_then_recovery(kafka, database_url: str, aiohttp_client, *, down
     body = await (await client.get("/v1/passports/px/history")).json()
     assert len(body["versions"]) == 8
     assert await read_topic(kafka.bootstrap, HISTORY_DEAD_LETTER_TOPIC, 1, timeout_s=1.0) == []
-    assert sample(registry, "ampgate_consumer_messages_total", service="history",
+    assert sample(registry, "ampgate_consumer_messages_total", worker="history",
                   topic=PASSPORT_TOPIC, outcome="dead_lettered") == 0
     return registry
 

@@ -77,9 +77,9 @@ async def test_the_same_stream_twice_and_flip_flops(private_kafka, database_url,
 
     # The whole stream again (an outbox resend): consumed, and nothing changes.
     await produce(private_kafka.bootstrap, stream)
-    await wait_until(lambda: sample(registry, "ampgate_consumer_messages_total", service="history",
+    await wait_until(lambda: sample(registry, "ampgate_consumer_messages_total", worker="history",
                                     topic="passport-changed", outcome="ok") == 16)
-    await wait_until(lambda: sample(registry, "ampgate_consumer_messages_total", service="history",
+    await wait_until(lambda: sample(registry, "ampgate_consumer_messages_total", worker="history",
                                     topic="price-changed", outcome="ok") == 4)
     assert await rows() == first
     assert sample(registry, "ampgate_history_versions_total", entity="passport") == 8
@@ -114,5 +114,5 @@ async def test_poison_is_dead_lettered_and_the_worker_keeps_going(private_kafka,
                                     entity="passport") == 2)
     body = await (await client.get("/v1/passports/px/history")).json()
     assert [v["digest"] for v in body["versions"]] == [digest_of(b), digest_of(a)]
-    assert sample(registry, "ampgate_consumer_messages_total", service="history",
+    assert sample(registry, "ampgate_consumer_messages_total", worker="history",
                   topic="passport-changed", outcome="invalid") == 1
