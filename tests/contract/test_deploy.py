@@ -57,14 +57,17 @@ CONTRACT_METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("ampgate_events_published_total", "counter", "topic outcome"),
         ("ampgate_outbox_pending", "gauge", ""),
         ("ampgate_outbox_oldest_age_seconds", "gauge", ""),
-        ("ampgate_consumer_messages_total", "counter", "service topic outcome"),
-        ("ampgate_consumer_lag", "gauge", "service topic partition"),
+        ("ampgate_consumer_messages_total", "counter", "worker topic outcome"),
+        ("ampgate_consumer_lag", "gauge", "worker topic partition"),
         ("ampgate_webhook_deliveries_total", "counter", "outcome"),
         ("ampgate_history_versions_total", "counter", "entity"),
     ]
 }
-# Labels Prometheus itself attaches to every scraped series.
-TARGET_LABELS = frozenset({"instance", "job", "component"})
+# Labels Prometheus itself attaches to every scraped series (a ServiceMonitor adds namespace,
+# service, pod, container, endpoint: no metric of ours may own one of those names).
+TARGET_LABELS = frozenset({"instance", "job", "component", "namespace"})
+KUBERNETES_TARGET_LABELS = frozenset({"instance", "job", "namespace", "service", "pod",
+                                      "container", "endpoint"})
 
 
 def _series_labels() -> dict[str, frozenset[str]]:
@@ -157,6 +160,7 @@ def test_contract_metrics_are_what_the_services_register() -> None:
     for name, (kind, labels) in CONTRACT_METRICS.items():
         assert registered.get(name) == kind, f"{name}: contract {kind}, code {registered.get(name)}"
         assert frozenset(collectors[name]._labelnames) == labels, name
+        assert not labels & KUBERNETES_TARGET_LABELS, f"{name}: a ServiceMonitor renames {labels}"
 
 
 # --- PromQL: which metrics and labels an expression uses ----------------------------------
@@ -176,7 +180,8 @@ def promql_usage(expr: str) -> tuple[set[str], list[tuple[str, set[str]]], set[s
     """(series names, [(name, selector labels)], grouping labels) of a PromQL expression.
     Grafana's label_values(metric, label) counts as a selector of `metric`."""
     e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    e = re.sub(r"label_values\(\s*([\w:]+)\s*,\s*(\w+)\s*\)", r"\1{\2=''}", e)
+    e = re.sub(r"label_values\(\s*([\w:]+)\s*(?:\{([^}]*)\})?\s*,\s*(\w+)\s*\)",
+               lambda m: f"{m.group(1)}{{{m.group(2) + ',' if m.group(2) else ''}{m.group(3)}=''}}", e)
     selectors = [
         (name, set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", body)))
         for name, body in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", e)
@@ -276,6 +281,49 @@ def test_chart_ships_the_same_rules_file() -> None:
     assert (CHART / "files" / "ampgate-rules.yaml").read_bytes() == RULES.read_bytes()
 
 
+def _aggregations(expr: str) -> list[tuple[str, set[str] | None]]:
+    """(operator, its `by` labels or None for a bare aggregation) of every sum/max/... ."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    out = []
+    for m in re.finditer(r"\b(sum|min|max|avg|count|topk|bottomk|quantile|group)\s*"
+                         r"(?:(by|without)\s*\(([^)]*)\))?\s*\(", e):
+        labels = None if m.group(2) is None else {x.strip() for x in m.group(3).split(",")}
+        out.append((m.group(1) + (f" {m.group(2)}" if m.group(2) else ""), labels))
+    return out
+
+
+def test_rules_keep_namespace_and_job_apart() -> None:
+    # Two releases scraped by one Prometheus must never be summed together.
+    for rule in load_rules():
+        where = rule.get("alert") or rule["record"]
+        for op, labels in _aggregations(rule["expr"]):
+            assert labels is not None and op.endswith(" by"), f"{where}: bare {op}()"
+            assert {"namespace", "job"} <= labels, f"{where}: {op} ({sorted(labels)})"
+
+
+def test_dashboards_filter_every_selector_by_namespace_and_job() -> None:
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert {"namespace", "job"} <= set(variables), path.name
+        for name in ("namespace", "job"):
+            assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+        for var in board["templating"]["list"]:
+            if var["type"] == "query" and var["name"] != "namespace":
+                assert 'namespace=~"$namespace"' in var["definition"], (path.name, var["name"])
+        for panel in board["panels"]:
+            if panel["type"] == "row":
+                continue
+            # Grafana's $__rate_interval assumes the scrape interval (ServiceMonitor, compose).
+            assert panel["interval"] == "15s", (path.name, panel["title"])
+            for target in panel["targets"]:
+                _, selectors, _ = promql_usage(target["expr"])
+                bare = re.findall(r"\bampgate_\w+(?!\w|\{)", target["expr"])
+                assert not bare, f"{path.name} / {panel['title']}: unfiltered {bare}"
+                for name, labels in selectors:
+                    assert {"namespace", "job"} <= labels, f"{path.name} / {panel['title']}: {name}"
+
+
 # --- Grafana -------------------------------------------------------------------------------
 
 def test_dashboards_query_only_contract_metrics() -> None:
@@ -317,6 +365,10 @@ def test_grafana_provisioning_points_where_compose_mounts_the_dashboards() -> No
     ds = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+    # The interval Grafana assumes is the scrape interval (compose and the chart: 15 s).
+    assert ds["datasources"][0]["jsonData"]["timeInterval"] == "15s"
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["global"]["scrape_interval"] == "15s"
 
 
 # --- docker compose ------------------------------------------------------------------------
