@@ -121,3 +121,22 @@ def test_examples_are_valid_events():
             validator_for(name).validate(example["payload"])
             validator_for(header_schema).validate(example["headers"])
             json_format.ParseDict(example["payload"], message_type(), ignore_unknown_fields=False)
+
+
+def test_examples_show_events_as_emitted_without_nulls():
+    """proto3 JSON omits unset fields: an example with `null` shows what no event carries
+    (it once showed `stepCosts: null`)."""
+    def nulls(node, path="") -> list[str]:
+        if node is None:
+            return [path]
+        if isinstance(node, dict):
+            return [p for k, v in node.items() for p in nulls(v, f"{path}/{k}")]
+        if isinstance(node, list):
+            return [p for i, v in enumerate(node) for p in nulls(v, f"{path}/{i}")]
+        return []
+
+    examples = [ex for message in DOC["components"]["messages"].values()
+                for ex in message.get("examples", [])]
+    assert examples
+    for ex in examples:
+        assert not nulls(ex.get("payload")), nulls(ex.get("payload"))
