@@ -64,6 +64,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.common.events import ConsumedEvent, InvalidEvent, parse_event
 from services.common.http import READINESS_KEY, base_app
 from services.common.kafka import ensure_topics
+from services.common.kafka_security import client_options
 from services.common.metrics import zero
 from services.common.settings import Settings
 
@@ -260,13 +261,13 @@ class EventConsumer:
         session_ms = int(self._settings.consumer.session_timeout_s * 1000)
         await _ensure_topics(self._settings, [*self.topics, self.dead_letter_topic])
         producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap_servers,
+            **client_options(kafka),
             client_id=f"{kafka.client_id}-{self.service}-dlq",
             acks="all",
             enable_idempotence=kafka.enable_idempotence,
         )
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
+            **client_options(kafka),
             client_id=f"{kafka.client_id}-{self.service}",
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -289,7 +290,7 @@ class EventConsumer:
             self._producer = self._consumer = None
             await producer.stop()
             raise
-        offsets = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers,
+        offsets = AIOKafkaConsumer(**client_options(kafka),
                                    client_id=f"{kafka.client_id}-{self.service}-lag",
                                    enable_auto_commit=False)
         try:
@@ -345,7 +346,7 @@ class EventConsumer:
         """tansu numbers the first generation 0 and aiokafka leaves a group only from
         generation > 0, so a stopped member would hold its partitions until its session
         times out. Say goodbye ourselves (best effort, like aiokafka's own)."""
-        client = AIOKafkaClient(bootstrap_servers=self._settings.kafka.bootstrap_servers,
+        client = AIOKafkaClient(**client_options(self._settings.kafka),
                                 client_id=f"{self._settings.kafka.client_id}-{self.service}")
         try:
             await asyncio.wait_for(client.bootstrap(), COMMIT_TIMEOUT_S)
@@ -648,7 +649,7 @@ async def _ensure_topics(settings: Settings, topics: Sequence[str]) -> None:
     exists may never be readable)."""
     kafka = settings.kafka
     await asyncio.wait_for(
-        ensure_topics(kafka.bootstrap_servers, topics, kafka.partitions,
+        ensure_topics(kafka, topics, kafka.partitions,
                       kafka.replication_factor, request_timeout_s=COMMIT_TIMEOUT_S),
         COMMIT_TIMEOUT_S + 1)
 

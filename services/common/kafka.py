@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from services.common.events import EVENT_TOPICS, EventRecord
+from services.common.kafka_security import client_options
 from services.common.outbox import Outbox
 from services.common.settings import KafkaSettings
 
@@ -48,17 +49,31 @@ class PublisherMetrics(Protocol):
     outbox_oldest_age: Any  # Gauge
 
 
+class TopicsMissing(KafkaError):
+    """Topics do not exist and ``AMPGATE_KAFKA__CREATE_TOPICS`` is false."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 async def ensure_topics(
-    bootstrap: str,
+    kafka: KafkaSettings | str,
     topics: Sequence[str],
-    partitions: int,
-    replication: int,
+    partitions: int | None = None,
+    replication: int | None = None,
     *,
     request_timeout_s: float = 10.0,
 ) -> list[str]:
-    """Create the missing topics, accept existing ones; return the names created."""
+    """Create the missing topics, accept existing ones; return the names created.
+
+    ``kafka``: the settings (address, TLS/SASL, ``create_topics``), or a plaintext bootstrap
+    address. With ``create_topics`` false nothing is created: a missing topic raises
+    ``TopicsMissing`` naming it (the publisher and the consumers report it in /readyz)."""
+    settings = kafka if isinstance(kafka, KafkaSettings) else KafkaSettings(bootstrap_servers=kafka)
+    partitions = settings.partitions if partitions is None else partitions
+    replication = settings.replication_factor if replication is None else replication
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout_s * 1000)
+        **client_options(settings), request_timeout_ms=int(request_timeout_s * 1000)
     )
     await admin.start()
     try:
@@ -71,6 +86,9 @@ async def ensure_topics(
         missing = [name for name in topics if name not in existing]
         if not missing:
             return []
+        if not settings.create_topics:
+            raise TopicsMissing(f"missing topics {', '.join(missing)} "
+                                "(AMPGATE_KAFKA__CREATE_TOPICS=false: create them on the cluster)")
         response = await admin.create_topics(
             [NewTopic(name, partitions, replication) for name in missing]
         )
@@ -90,7 +108,7 @@ async def ensure_topics(
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """acks=all; idempotence as configured (off for brokers without it, e.g. tansu)."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **client_options(settings),
         "client_id": settings.client_id,
         "acks": "all",
         "enable_idempotence": settings.enable_idempotence,
@@ -240,7 +258,7 @@ class OutboxPublisher:
                 timeout = self._request_timeout_s
                 await asyncio.wait_for(
                     ensure_topics(
-                        self._settings.bootstrap_servers,
+                        self._settings,
                         self._topics,
                         self._settings.partitions,
                         self._settings.replication_factor,

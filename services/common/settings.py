@@ -123,6 +123,59 @@ class KafkaSettings(_Group):
     partitions: int = Field(6, gt=0)
     replication_factor: int = Field(1, gt=0)
     client_id: str = "ampgate"
+    # false: never CreateTopics (a managed cluster without that right); the topics must
+    # exist, and a missing one is named in the error and in /readyz.
+    create_topics: bool = True
+    # Managed Kafka (MSK, Confluent Cloud, Aiven, ...): TLS and SASL. Mapped to the client's
+    # arguments in one place, services/common/kafka_security.py.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_file: Path | None = None  # empty: the system's trust store
+    ssl_cert_file: Path | None = None  # client certificate (mutual TLS), PEM
+    ssl_key_file: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> Self:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                             "sasl_username and sasl_password")
+        if not sasl and self.sasl_mechanism:
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ValueError("ssl_cert_file and ssl_key_file go together")
+        for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+
+class RedisTlsSettings(_Group):
+    """How cluster mode reaches a managed Redis (``rediss://`` URL, ACL user, private CA);
+    mapped to ``redis.asyncio`` arguments in services/common/redis_security.py."""
+
+    redis_username: str | None = None  # ACL user (Redis >= 6); also taken from the URL
+    redis_password: SecretStr | None = None
+    ca_file: Path | None = None  # rediss://: the CA that signed the server (empty: system)
+    cert_file: Path | None = None  # client certificate, if the server asks for one
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Self:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class ClusterSettings(RedisTlsSettings):
+    redis_url: str | None = None  # unset: single-replica mode (DESIGN.md §12)
+    lease_s: float = Field(15.0, gt=0)
 
 
 class TariffContext(_Group):
@@ -269,6 +322,7 @@ class Settings(BaseSettings):
     pricing: PricingSettings | None = None
     upstream: UpstreamLimits = UpstreamLimits()
     kafka: KafkaSettings = KafkaSettings()
+    cluster: ClusterSettings = ClusterSettings()
     state_dir: Path = Path("./state")
     tariff_contexts: list[TariffContext] = []
     poll: PollSettings = PollSettings()

@@ -44,6 +44,7 @@ from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, InvalidEvent, parse_event
+from services.common.kafka_security import client_options
 from services.common.settings import KafkaSettings
 from services.gateway.eviction import CACHE_TOPIC
 
@@ -101,7 +102,7 @@ class InvalidationConsumer:
                 await self._consume()
 
     async def _consume(self) -> None:
-        common = {"bootstrap_servers": self._settings.bootstrap_servers,
+        common = {**client_options(self._settings),
                   "client_id": f"{self._settings.client_id}-invalidation"}
         consumer = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest")  # see module doc

@@ -120,7 +120,7 @@ class KafkaDeadLetterSink:
     async def _connect(self) -> AIOKafkaProducer:
         if self._producer is None:
             k = self._kafka
-            await ensure_topics(k.bootstrap_servers, [DEAD_LETTER_TOPIC], k.partitions,
+            await ensure_topics(k, [DEAD_LETTER_TOPIC], k.partitions,
                                 k.replication_factor)
             producer = make_producer(k, client_id=f"{k.client_id}-{SERVICE}-dead-letters")
             try:
