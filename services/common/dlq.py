@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.common.events import DLQ_SOURCE_TOPIC, EVENT_TOPICS
 from services.common.kafka import make_producer
+from services.common.kafka_security import client_options
 from services.common.settings import KafkaSettings
 
 # How long a fetch may come back empty before the topic counts as read to its end.
@@ -39,7 +40,7 @@ async def replay(settings: KafkaSettings, topic: str, *, idle_s: float = IDLE_S)
     if topic in EVENT_TOPICS:
         raise ReplayError(f"{topic} is an event topic, not a dead-letter topic")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-dlq-replay",
+        **client_options(settings), client_id=f"{settings.client_id}-dlq-replay",
         group_id=replay_group(topic), enable_auto_commit=False, auto_offset_reset="earliest",
         request_timeout_ms=int(REQUEST_TIMEOUT_S * 1000))
     await consumer.start()
