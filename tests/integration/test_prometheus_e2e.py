@@ -212,16 +212,16 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(private_kafka, tm
     started = time.monotonic()
     ports = {name: free_port() for name in ("sandbox", "gateway", "history", "webhooks",
                                             "receiver", "prometheus")}
-    sandbox_proc, sandbox_url = await asyncio.to_thread(start_sandbox_process, ports["sandbox"])
     procs: list[ServiceProcess] = []
     prom_proc: subprocess.Popen | None = None
     receiver = web.Application()
     receiver.router.add_post("/hooks", _accept)
     runner = web.AppRunner(receiver, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", ports["receiver"]).start()
     session = aiohttp.ClientSession()
+    sandbox_proc, sandbox_url = await asyncio.to_thread(start_sandbox_process, ports["sandbox"])
     try:
+        await web.TCPSite(runner, "127.0.0.1", ports["receiver"]).start()
         for issuer in ("siemensid", "cognito"):
             async with session.put(f"{sandbox_url}/_control/token-lifetime",
                                    json={"issuer": issuer, "expires_in": TOKEN_LIFETIME_S}) as r:
@@ -266,11 +266,13 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(private_kafka, tm
         }
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         prom_log = (tmp_path / "prometheus.log").open("w")
-        prom_proc = subprocess.Popen(
+        prom_proc = await asyncio.to_thread(
+            subprocess.Popen,
             [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--log.level=warn"],
             stdout=prom_log, stderr=subprocess.STDOUT)
+        prom_log.close()  # the child has its own copy
         prom = Prom(f"http://127.0.0.1:{ports['prometheus']}", session)
 
         async def targets_up() -> bool:
