@@ -173,11 +173,6 @@ class RedisTlsSettings(_Group):
         return self
 
 
-class ClusterSettings(RedisTlsSettings):
-    redis_url: str | None = None  # unset: single-replica mode (DESIGN.md §12)
-    lease_s: float = Field(15.0, gt=0)
-
-
 class TariffContext(_Group):
     """A named authentication medium whose tariffs we poll. The medium itself is
     personal data: events carry only ``name``."""
@@ -298,10 +293,10 @@ class ShutdownSettings(_Group):
     grace_s: float = Field(20.0, ge=0)
 
 
-class ClusterSettings(_Group):
+class ClusterSettings(RedisTlsSettings):
     """Several gateway replicas acting as one (DESIGN.md §12). Declared ahead of the code that
     uses it so the documented AMPGATE_CLUSTER__* variables are accepted at start-up; nothing
-    reads these yet."""
+    reads these yet. The Redis TLS/ACL fields come from RedisTlsSettings."""
 
     redis_url: str | None = None  # redis://, rediss://, unix://; unset: single-replica mode
     lease_s: float = Field(15.0, gt=0)
@@ -322,7 +317,6 @@ class Settings(BaseSettings):
     pricing: PricingSettings | None = None
     upstream: UpstreamLimits = UpstreamLimits()
     kafka: KafkaSettings = KafkaSettings()
-    cluster: ClusterSettings = ClusterSettings()
     state_dir: Path = Path("./state")
     tariff_contexts: list[TariffContext] = []
     poll: PollSettings = PollSettings()
