@@ -57,6 +57,13 @@ def _from_http_exception(exc: web.HTTPException) -> Problem:
                    headers=headers)
 
 
+def route_template(request: web.Request) -> str:
+    """For log lines: the matched route's template, never the raw path."""
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def route_label(request: web.Request) -> str:
     """Bounded label: the matched route's NAME (``prices``, ``passport_public``), never the
     raw path. Names are what the cache metrics and ``AMPGATE_CACHE__ROUTES`` use too: one
@@ -91,7 +98,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         traceparent = f"00-{_random.getrandbits(128):032x}-{_random.getrandbits(64):016x}-01"
     request[REQUEST_ID_KEY] = request_id
     request[TRACEPARENT_KEY] = traceparent
-    route = route_label(request)
+    route = route_template(request)
     REQUEST_CONTEXT.set((request_id, traceparent))
     started = time.perf_counter()
     try:
@@ -110,8 +117,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     metrics = request.app.get(HTTP_METRICS_KEY)
     client = request.get(CLIENT_NAME_KEY, "anonymous")
     if metrics is not None:
-        metrics.requests_child(route, request.method, str(response.status), client).inc()
-        metrics.duration_child(route, request.method).observe(elapsed)
+        label = route_label(request)
+        metrics.requests_child(label, request.method, str(response.status), client).inc()
+        metrics.duration_child(label, request.method).observe(elapsed)
     if logsetup.INFO_ENABLED:
         log.info(
             "request",
