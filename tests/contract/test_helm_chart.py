@@ -9,6 +9,8 @@
 - The gateway's termination grace period outlasts its SIGTERM outbox drain; a scale-down keeps
   the removed replica's claim.
 - Cluster mode: more than one gateway replica (or the autoscaler) only with a Redis URL.
+- Managed Kafka and Redis: TLS files from a Secret land where the settings look for them, the
+  env each pod gets is one the settings accept, and passwords stay in Secrets.
 
 Helm runs through the helm-python-sdk wheel (Helm's Go engine) in a child process, as in
 test_deploy.py.
@@ -17,6 +19,7 @@ test_deploy.py.
 from __future__ import annotations
 
 import copy
+import os
 import json
 import shutil
 import subprocess
@@ -27,6 +30,16 @@ from typing import Any
 import pytest
 import yaml
 
+from services.common.redis_security import redis_options
+from services.common.settings import (
+    ENV_PREFIX,
+    ClusterSettings,
+    ConfigError,
+    KafkaSettings,
+    Settings,
+    UpstreamLimits,
+    load_settings,
+)
 from tests.conftest import server_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +88,23 @@ INLINE_CASES: dict[str, dict[str, Any]] = {
     "extra-env-upstreams": merged(
         without(REQUIRED, "gateway.config.pricing.baseUrl"),
         {"gateway": {"extraEnv": {"AMPGATE_PRICING__BASE_URL": "https://pricing.example.com"}}}),
+    # Aiven's layout: mutual TLS, its own key names, an encrypted key.
+    "kafka-mtls": merged(REQUIRED, {
+        "config": {"kafka": {"securityProtocol": "SSL", "sslCheckHostname": False}},
+        "kafka": {"tls": {"existingSecret": "kafka-client",
+                          "keys": {"ca": "ca.pem", "cert": "service.cert", "key": "service.key"}}},
+        "secrets": {"kafkaSslKeyPassword": "kafka-key-password"}}),
+    # SASL with every secret in a Secret of the user's: the chart cannot check the password.
+    "managed-existing-secret": merged(CI_CASES["existing-secret"], {
+        "config": {"kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN",
+                             "saslUsername": "API-KEY"}},
+        "cluster": {"existingSecretPasswordKey": "redis-password"}}),
 }
+# Kafka security a managed cluster gets wrong first, on top of ci/managed-values.yaml.
+MANAGED = CI_CASES["managed"]
+SASL_SSL = {"config": {"kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN",
+                                 "saslUsername": "u"}},
+            "secrets": {"kafkaSaslPassword": "p"}}
 # name -> (values, the exact line the render must fail with)
 REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "defaults": ({}, "AMPGATE_PASSPORT__BASE_URL is required: set gateway.config.passport.baseUrl"),
@@ -100,6 +129,77 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
                    "/gateway/config/cpo/baseUrl"),
     "schema-old-grace-value": (merged(REQUIRED, {"gateway": {"terminationGracePeriodSeconds": 5}}),
                                "additional properties 'terminationGracePeriodSeconds' not allowed"),
+}
+# Managed Kafka and Redis: combinations the settings refuse at start-up (KafkaSettings,
+# RedisTlsSettings), refused at render time; the settings' equivalent in SETTINGS_REFUSE below.
+REFUSED |= {
+    "sasl-without-mechanism": (
+        merged(REQUIRED, without(SASL_SSL, "config.kafka.saslMechanism")),
+        "config.kafka.securityProtocol SASL_SSL needs config.kafka.saslMechanism"),
+    "sasl-without-username": (
+        merged(REQUIRED, without(SASL_SSL, "config.kafka.saslUsername")),
+        "config.kafka.securityProtocol SASL_SSL needs config.kafka.saslUsername"),
+    "sasl-without-password": (
+        merged(REQUIRED, without(SASL_SSL, "secrets.kafkaSaslPassword")),
+        ("config.kafka.securityProtocol SASL_SSL needs AMPGATE_KAFKA__SASL_PASSWORD: "
+         "set secrets.kafkaSaslPassword (or existingSecret)")),
+    "sasl-only-in-history": (  # a component's own tree is checked too
+        merged(REQUIRED, {"history": {"config": {"kafka": {"securityProtocol": "SASL_PLAINTEXT"}}}}),
+        "config.kafka.securityProtocol SASL_PLAINTEXT needs config.kafka.saslMechanism"),
+    "mechanism-without-sasl": (
+        merged(REQUIRED, {"config": {"kafka": {"saslMechanism": "SCRAM-SHA-256"}}}),
+        "config.kafka.saslMechanism needs config.kafka.securityProtocol SASL_PLAINTEXT or SASL_SSL"),
+    "kafka-cert-without-key": (
+        merged(MANAGED, {"kafka": {"tls": {"keys": {"cert": "tls.crt"}}}}),
+        "kafka.tls.keys.cert and kafka.tls.keys.key go together"),
+    "kafka-tls-without-tls": (
+        merged(REQUIRED, {"kafka": {"tls": {"existingSecret": "kafka-ca"}}}),
+        "kafka.tls.existingSecret needs config.kafka.securityProtocol SSL or SASL_SSL"),
+    "sasl-password-in-config": (
+        merged(MANAGED, {"config": {"kafka": {"saslPassword": "oops"}}}),
+        "AMPGATE_KAFKA__SASL_PASSWORD is a secret and would land in a ConfigMap or pod spec"),
+    "redis-cert-without-key": (
+        merged(MANAGED, {"cluster": {"tls": {"keys": {"key": ""}}}}),
+        "cluster.tls.keys.cert and cluster.tls.keys.key go together"),
+    "redis-tls-without-cluster-mode": (
+        merged(REQUIRED, {"cluster": {"tls": {"existingSecret": "valkey-tls"}}}),
+        "cluster.tls.existingSecret needs cluster mode: set cluster.redisUrl"),
+    "redis-tls-on-redis-url": (
+        merged(MANAGED, {"cluster": {"redisUrl": "redis://valkey.example.com:6379/0"}}),
+        "cluster.tls.existingSecret needs a rediss:// cluster.redisUrl"),
+    "redis-user-without-cluster-mode": (
+        merged(REQUIRED, {"cluster": {"redisUsername": "ampgate"}}),
+        "cluster.redisUsername needs cluster mode"),
+    "redis-password-without-our-secret": (
+        merged(CI_CASES["existing-secret"], {"cluster": {"existingSecret": "",
+                                                         "redisUrl": "rediss://r:6380",
+                                                         "redisPassword": "pw"}}),
+        "goes into the chart's Secret, which existingSecret replaces"),
+    "schema-protocol": (merged(REQUIRED, {"config": {"kafka": {"securityProtocol": "TLS"}}}),
+                        "/config/kafka/securityProtocol"),
+    "schema-mechanism": (merged(REQUIRED, {"config": {"kafka": {"saslMechanism": "SCRAM-SHA-1"}}}),
+                         "/config/kafka/saslMechanism"),
+    "schema-tls-typo": (merged(REQUIRED, {"kafka": {"tls": {"secret": "kafka-ca"}}}),
+                        "additional properties 'secret' not allowed"),
+}
+# The same mistakes as settings (the service's own check at start-up): the chart refuses nothing
+# the service would accept. Case -> (settings group, its arguments).
+SETTINGS_REFUSE: dict[str, tuple[type[Any], dict[str, Any]]] = {
+    "sasl-without-mechanism": (KafkaSettings, {"security_protocol": "SASL_SSL",
+                                               "sasl_username": "u", "sasl_password": "p"}),
+    "sasl-without-username": (KafkaSettings, {"security_protocol": "SASL_SSL",
+                                              "sasl_mechanism": "PLAIN", "sasl_password": "p"}),
+    "sasl-without-password": (KafkaSettings, {"security_protocol": "SASL_SSL",
+                                              "sasl_mechanism": "PLAIN", "sasl_username": "u"}),
+    "mechanism-without-sasl": (KafkaSettings, {"sasl_mechanism": "SCRAM-SHA-256"}),
+    "kafka-cert-without-key": (KafkaSettings, {"security_protocol": "SSL",
+                                               "ssl_cert_file": __file__}),
+    "redis-cert-without-key": (ClusterSettings, {"redis_url": "rediss://r:6380",
+                                                 "cert_file": __file__}),
+    "schema-protocol": (KafkaSettings, {"security_protocol": "TLS"}),
+    "schema-mechanism": (KafkaSettings, {"security_protocol": "SASL_SSL",
+                                         "sasl_mechanism": "SCRAM-SHA-1", "sasl_username": "u",
+                                         "sasl_password": "p"}),
 }
 # Each required value, left out of the minimal case: the line names its env and its value.
 for _dotted, _env in [
@@ -446,3 +546,172 @@ def test_hadolint_catches_a_pipe_without_pipefail(tmp_path: Path) -> None:
     done = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode != 0 and "DL4006" in done.stdout
+
+
+# --- 8. managed Kafka and Redis: TLS files, SASL and ACL users, secrets kept secret ---------
+
+def pod_settings(docs: list[dict[str, Any]], workload: dict[str, Any], root: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a pod of `workload` starts with: its ConfigMap, its env, the values of the
+    chart's Secret it refers to and, under `root`,
+    the files its Secret volumes mount (each holding "<secret>:<key>", so a test can tell which
+    key of which Secret a setting points at). Mounted paths in the env are moved under `root`;
+    a path to anything not mounted stays where it is, and the settings refuse it."""
+    spec = workload["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    config = {k: v for cm in kinds(docs, "ConfigMap").values() for k, v in cm["data"].items()}
+    ours = {name: s.get("stringData", {}) for name, s in kinds(docs, "Secret").items()}
+    env = dict(config)
+    for e in container["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+            continue
+        ref = e["valueFrom"]["secretKeyRef"]
+        if ref["name"] in ours:
+            if ref["key"] in ours[ref["name"]]:
+                env[e["name"]] = ours[ref["name"]][ref["key"]]
+            else:
+                assert ref.get("optional") is True, f"{e['name']}: a missing key, not optional"
+        elif e["name"] in (stand_ins or {}):
+            env[e["name"]] = (stand_ins or {})[e["name"]]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounted: list[str] = []
+    for m in container["volumeMounts"]:
+        secret = volumes.get(m["name"], {}).get("secret")  # "state" may be a claim
+        if secret is None:
+            continue
+        assert m["readOnly"] is True, m
+        mounted.append(m["mountPath"])
+        for item in secret["items"]:
+            path = root / m["mountPath"].lstrip("/") / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{secret['secretName']}:{item['key']}")
+    for name, value in env.items():
+        if any(value.startswith(f"{d}/") for d in mounted):
+            env[name] = str(root / value.lstrip("/"))
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        pytest.fail(f"{workload['metadata']['name']}: the service would refuse its env: {exc}")
+
+
+def by_component(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {component_of(w): w for w in workloads(docs)}
+
+
+def test_managed_kafka_and_redis_settings_reach_every_pod_as_the_settings_read_them(
+        rendered: dict[str, list[dict[str, Any]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = rendered["managed"]
+    pods = by_component(docs)
+    assert set(pods) == {"gateway", "history", "webhooks"}
+    for component, workload in pods.items():
+        s = pod_settings(docs, workload, tmp_path / component, monkeypatch)
+        k = s.kafka
+        # Every component talks to Kafka: SASL_SSL with SCRAM, the CA from kafka.tls.
+        assert (k.security_protocol, k.sasl_mechanism, k.sasl_username) == (
+            "SASL_SSL", "SCRAM-SHA-512", "ampgate"), component
+        assert k.sasl_password is not None
+        assert k.sasl_password.get_secret_value() == "kafka-scram-password", component
+        assert k.ssl_ca_file is not None and k.ssl_ca_file.read_text() == "kafka-ca:ca.crt"
+        assert k.ssl_cert_file is None and k.ssl_key_file is None, component
+        assert k.ssl_check_hostname is True and k.create_topics is False, component
+        if component != "gateway":  # Redis is the gateway's alone
+            assert s.cluster == ClusterSettings(), component
+            assert not {v["name"] for v in workload["spec"]["template"]["spec"]["volumes"]} & {
+                "redis-tls"}, component
+    gw = pod_settings(docs, pods["gateway"], tmp_path / "again", monkeypatch)
+    c = gw.cluster
+    assert c.redis_url == "rediss://valkey.example.com:6380/0" and c.redis_username == "ampgate"
+    assert c.redis_password is not None
+    assert c.redis_password.get_secret_value() == "redis-acl-password"
+    assert c.check_hostname is True
+    assert c.ca_file is not None and c.cert_file is not None and c.key_file is not None
+    # The files redis-py will open are those of valkey-tls's keys.
+    opts = redis_options(c)
+    assert Path(opts["ssl_ca_certs"]).read_text() == "valkey-tls:ca.crt"
+    assert Path(opts["ssl_certfile"]).read_text() == "valkey-tls:tls.crt"
+    assert Path(opts["ssl_keyfile"]).read_text() == "valkey-tls:tls.key"
+    assert opts["username"] == "ampgate" and opts["password"] == "redis-acl-password"
+    assert gw.upstream.max_body_bytes == 8388608
+
+    # Mutual TLS with the key names of the user's Secret, an encrypted key, no hostname check.
+    docs = rendered["kafka-mtls"]
+    for component, workload in by_component(docs).items():
+        k = pod_settings(docs, workload, tmp_path / f"mtls-{component}", monkeypatch).kafka
+        assert k.security_protocol == "SSL" and k.ssl_check_hostname is False
+        assert k.ssl_ca_file is not None and k.ssl_ca_file.read_text() == "kafka-client:ca.pem"
+        assert k.ssl_cert_file is not None
+        assert k.ssl_cert_file.read_text() == "kafka-client:service.cert"
+        assert k.ssl_key_file is not None
+        assert k.ssl_key_file.read_text() == "kafka-client:service.key"
+        assert k.ssl_key_password is not None
+        assert k.ssl_key_password.get_secret_value() == "kafka-key-password", component
+
+
+def test_without_managed_values_pods_mount_nothing_and_get_the_settings_defaults(
+        rendered: dict[str, list[dict[str, Any]]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = rendered["default"]
+    for component, workload in by_component(docs).items():
+        mounts = workload["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        assert {m["name"] for m in mounts} == {"state", "tmp"}, component
+        s = pod_settings(docs, workload, tmp_path / component, monkeypatch)
+        assert s.kafka.security_protocol == "PLAINTEXT" and s.kafka.ssl_ca_file is None
+        assert s.kafka.create_topics is True and s.kafka.sasl_password is None
+    # gateway.config.upstream.maxBodyBytes: the chart's default is the service's.
+    env = container_env(gateway(docs))
+    assert env["AMPGATE_UPSTREAM__MAX_BODY_BYTES"]["value"] == str(UpstreamLimits().max_body_bytes)
+
+
+def test_managed_passwords_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    secret_env = {"AMPGATE_KAFKA__SASL_PASSWORD", "AMPGATE_KAFKA__SSL_KEY_PASSWORD",
+                  "AMPGATE_CLUSTER__REDIS_PASSWORD"}
+    for case, passwords in (("managed", {"kafka-scram-password", "redis-acl-password"}),
+                            ("kafka-mtls", {"kafka-key-password"})):
+        docs = rendered[case]
+        (secret,) = kinds(docs, "Secret").values()
+        assert passwords <= set(secret["stringData"].values()), case
+        # Not a byte of them in anything but the Secret: ConfigMap, pod specs, any other kind.
+        others = yaml.safe_dump_all([d for d in docs if d["kind"] != "Secret"])
+        for password in passwords:
+            assert password not in others, f"{case}: {password!r} outside the Secret"
+        for cm in kinds(docs, "ConfigMap").values():
+            assert not secret_env & set(cm["data"]), case
+        for w in workloads(docs):
+            env = container_env(w)
+            for name in secret_env & set(env):
+                ref = env[name]["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == secret["metadata"]["name"] and ref["key"] == name, case
+                assert "value" not in env[name], case
+    # A Secret of the user's: the pods refer to it, by the key names the values give.
+    docs = rendered["managed-existing-secret"]
+    env = container_env(gateway(docs))
+    assert env["AMPGATE_KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ampgate-secrets", "key": "AMPGATE_KAFKA__SASL_PASSWORD", "optional": True}
+    assert env["AMPGATE_CLUSTER__REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "ampgate-secrets", "key": "redis-password", "optional": True}
+    assert not kinds(docs, "Secret")
+
+
+@pytest.mark.parametrize("case", sorted(SETTINGS_REFUSE))
+def test_render_time_security_checks_mirror_the_settings(case: str) -> None:
+    # Each combination the chart refuses, the service refuses too (so the chart never stands in
+    # the way of a configuration that would start).
+    group, kwargs = SETTINGS_REFUSE[case]
+    assert case in REFUSED
+    with pytest.raises(ValueError):
+        group(**kwargs)
+
+
+def test_readme_shows_how_to_reach_managed_kafka_and_redis() -> None:
+    readme = (CHART / "README.md").read_text()
+    for words in ("MSK", "Confluent Cloud", "Aiven", "SASL_SSL", "SCRAM-SHA-512", "PLAIN",
+                  "kafka.tls.existingSecret", "secrets.kafkaSaslPassword", "createTopics: false",
+                  "rediss://", "cluster.redisUsername", "cluster.tls.existingSecret", "ACL",
+                  "upstream tokens", "maxBodyBytes"):
+        assert words in readme, words

@@ -141,7 +141,7 @@ persistentVolumeClaimRetentionPolicy:
   whenScaled: Retain
   whenDeleted: Retain
 template:
-  {{- include "ampgate.podTemplate" (dict "ctx" .ctx "component" .component "values" $v "secretKeys" $pod.secretKeys "secretRefs" $pod.secretRefs "env" $pod.env "persistent" true) | nindent 2 }}
+  {{- include "ampgate.podTemplate" (dict "ctx" .ctx "component" .component "values" $v "secretKeys" $pod.secretKeys "secretRefs" $pod.secretRefs "env" $pod.env "mounts" $pod.mounts "persistent" true) | nindent 2 }}
 volumeClaimTemplates:
   - apiVersion: v1
     kind: PersistentVolumeClaim
@@ -171,12 +171,22 @@ Output: YAML {secretKeys: [...], env: {...}}.
 Usage: $pod := include "ampgate.podArgs" (dict "ctx" $ "component" "gateway") | fromYaml
 */}}
 {{- define "ampgate.podArgs" -}}
+{{- $kafka := list "AMPGATE_KAFKA__SASL_PASSWORD" "AMPGATE_KAFKA__SSL_KEY_PASSWORD" }}
 {{- $keys := dict
-  "gateway" (list "AMPGATE_CLIENTS" "AMPGATE_PASSPORT__CLIENT_SECRET" "AMPGATE_CPO__CLIENT_SECRET" "AMPGATE_PRICING__API_TOKEN" "AMPGATE_TARIFF_CONTEXTS")
-  "history" (list "AMPGATE_CLIENTS" "AMPGATE_HISTORY__DATABASE_URL")
-  "webhooks" (list "AMPGATE_WEBHOOKS__SUBSCRIPTIONS") }}
+  "gateway" (concat (list "AMPGATE_CLIENTS" "AMPGATE_PASSPORT__CLIENT_SECRET" "AMPGATE_CPO__CLIENT_SECRET" "AMPGATE_PRICING__API_TOKEN" "AMPGATE_TARIFF_CONTEXTS") $kafka)
+  "history" (concat (list "AMPGATE_CLIENTS" "AMPGATE_HISTORY__DATABASE_URL") $kafka)
+  "webhooks" (concat (list "AMPGATE_WEBHOOKS__SUBSCRIPTIONS") $kafka) }}
 {{- $env := dict }}
 {{- $refs := list }}
+{{- $mounts := list }}
+{{- /* Every component talks to Kafka: the same TLS files everywhere. */}}
+{{- with .ctx.Values.kafka.tls }}
+{{- if .existingSecret }}
+{{- $tls := include "ampgate.tlsMount" (dict "name" "kafka-tls" "tls" . "env" (dict "ca" "AMPGATE_KAFKA__SSL_CA_FILE" "cert" "AMPGATE_KAFKA__SSL_CERT_FILE" "key" "AMPGATE_KAFKA__SSL_KEY_FILE")) | fromYaml }}
+{{- $mounts = append $mounts $tls.mount }}
+{{- $env = merge $env $tls.env }}
+{{- end }}
+{{- end }}
 {{- if eq .component "gateway" }}
 {{- if .ctx.Values.history.enabled }}
 {{- $_ := set $env "AMPGATE_HISTORY__URL" (include "ampgate.historyUrl" .ctx) }}
@@ -186,12 +196,48 @@ Usage: $pod := include "ampgate.podArgs" (dict "ctx" $ "component" "gateway") | 
 {{- $c := .ctx.Values.cluster }}
 {{- if $c.existingSecret }}
 {{- $refs = append $refs (dict "env" "AMPGATE_CLUSTER__REDIS_URL" "secret" $c.existingSecret "key" $c.existingSecretKey) }}
+{{- /* The password may be in the URL: optional in a Secret the chart cannot see into. */}}
+{{- $refs = append $refs (dict "env" "AMPGATE_CLUSTER__REDIS_PASSWORD" "secret" $c.existingSecret "key" $c.existingSecretPasswordKey "optional" true) }}
 {{- else }}
 {{- $refs = append $refs (dict "env" "AMPGATE_CLUSTER__REDIS_URL" "secret" (include "ampgate.fullname" .ctx) "key" "AMPGATE_CLUSTER__REDIS_URL") }}
+{{- if $c.redisPassword }}
+{{- $refs = append $refs (dict "env" "AMPGATE_CLUSTER__REDIS_PASSWORD" "secret" (include "ampgate.fullname" .ctx) "key" "AMPGATE_CLUSTER__REDIS_PASSWORD" "optional" true) }}
+{{- end }}
+{{- end }}
+{{- with $c.redisUsername }}
+{{- $_ := set $env "AMPGATE_CLUSTER__REDIS_USERNAME" . }}
+{{- end }}
+{{- $_ := set $env "AMPGATE_CLUSTER__CHECK_HOSTNAME" (toString $c.checkHostname) }}
+{{- if $c.tls.existingSecret }}
+{{- $tls := include "ampgate.tlsMount" (dict "name" "redis-tls" "tls" $c.tls "env" (dict "ca" "AMPGATE_CLUSTER__CA_FILE" "cert" "AMPGATE_CLUSTER__CERT_FILE" "key" "AMPGATE_CLUSTER__KEY_FILE")) | fromYaml }}
+{{- $mounts = append $mounts $tls.mount }}
+{{- $env = merge $env $tls.env }}
 {{- end }}
 {{- end }}
 {{- end }}
-{{- toYaml (dict "secretKeys" (get $keys .component) "env" $env "secretRefs" $refs) }}
+{{- toYaml (dict "secretKeys" (get $keys .component) "env" $env "secretRefs" $refs "mounts" $mounts) }}
+{{- end }}
+
+{{/*
+A TLS Secret mounted read-only at /etc/ampgate/<name>, with fixed file names whatever its keys
+(ca.crt, tls.crt, tls.key), and the settings naming those files (env: part -> variable), only
+for the keys given (tls.keys: ca, cert, key -> the Secret's key or "").
+Output: YAML {mount: {name, secret, mountPath, items: [{key, path}]}, env: {...}}.
+Usage: include "ampgate.tlsMount" (dict "name" "kafka-tls" "tls" .Values.kafka.tls
+       "env" (dict "ca" "<variable>" "cert" "<variable>" "key" "<variable>"))
+*/}}
+{{- define "ampgate.tlsMount" -}}
+{{- $dir := printf "/etc/ampgate/%s" .name }}
+{{- $items := list }}
+{{- $env := dict }}
+{{- range $part := list "ca" "cert" "key" }}
+{{- with get $.tls.keys $part }}
+{{- $file := get (dict "ca" "ca.crt" "cert" "tls.crt" "key" "tls.key") $part }}
+{{- $items = append $items (dict "key" . "path" $file) }}
+{{- $_ := set $env (get $.env $part) (printf "%s/%s" $dir $file) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "mount" (dict "name" .name "secret" .tls.existingSecret "mountPath" $dir "items" $items) "env" $env) }}
 {{- end }}
 
 {{/* Cluster mode (AMPGATE_CLUSTER__REDIS_URL): "true" or "". */}}
@@ -210,15 +256,22 @@ a margin, so the kubelet never kills a drain that is still within its time.
 {{- end }}
 
 {{/*
-What the gateway's pod environment will hold for a name, from every source the chart knows
-(config, gateway.config, gateway.extraEnv, the chart's Secret): "" when nothing gives it.
+What a component's pod environment will hold for a name, from the values (config,
+<component>.config, <component>.extraEnv): "" when none gives it.
+Usage: include "ampgate.componentEnv" (dict "ctx" $ "component" "history" "name" "AMPGATE_...")
 */}}
-{{- define "ampgate.gatewayEnv" -}}
+{{- define "ampgate.componentEnv" -}}
 {{- $ctx := .ctx }}
+{{- $v := index $ctx.Values .component }}
 {{- $env := include "ampgate.envTree" (dict "prefix" "AMPGATE" "sep" "_" "tree" $ctx.Values.config) | fromYaml }}
-{{- $env = mergeOverwrite $env (include "ampgate.envTree" (dict "prefix" "AMPGATE" "sep" "_" "tree" ($ctx.Values.gateway.config | default dict)) | fromYaml) }}
-{{- range $name, $value := ($ctx.Values.gateway.extraEnv | default dict) }}{{ $_ := set $env $name (toString $value) }}{{ end }}
+{{- $env = mergeOverwrite $env (include "ampgate.envTree" (dict "prefix" "AMPGATE" "sep" "_" "tree" ($v.config | default dict)) | fromYaml) }}
+{{- range $name, $value := ($v.extraEnv | default dict) }}{{ $_ := set $env $name (toString $value) }}{{ end }}
 {{- get $env .name }}
+{{- end }}
+
+{{/* The same for the gateway. Usage: include "ampgate.gatewayEnv" (dict "ctx" $ "name" "...") */}}
+{{- define "ampgate.gatewayEnv" -}}
+{{- include "ampgate.componentEnv" (dict "ctx" .ctx "component" "gateway" "name" .name) }}
 {{- end }}
 
 {{/*
@@ -227,7 +280,11 @@ value to set) and what cannot work. One place, included once (configmap.yaml), f
 - more than one gateway replica, or the autoscaler, without cluster mode: every replica would poll,
   announce and fetch tokens on its own (DESIGN.md §12);
 - several history replicas on SQLite: each would keep its own history;
-- the gateway's settings: every upstream's base URL, token URL, client id and secret.
+- the gateway's settings: every upstream's base URL, token URL, client id and secret;
+- Kafka security, as KafkaSettings checks it, for every component: a SASL protocol with its
+  mechanism, username and password, a mechanism only with a SASL protocol, TLS files only with
+  a TLS protocol, a client certificate with its key; Redis TLS (cluster mode) likewise;
+- secrets in a settings tree (they would land in a ConfigMap or a pod spec).
 */}}
 {{- define "ampgate.validate" -}}
 {{- $v := .Values }}
@@ -241,6 +298,10 @@ value to set) and what cannot work. One place, included once (configmap.yaml), f
 {{- if and $v.cluster.redisUrl $v.existingSecret (not $v.cluster.existingSecret) }}
 {{- fail "cluster.redisUrl goes into the chart's Secret, which existingSecret replaces: put AMPGATE_CLUSTER__REDIS_URL into your Secret and set cluster.existingSecret to its name" }}
 {{- end }}
+{{- if and $v.cluster.redisPassword $v.existingSecret (not $v.cluster.existingSecret) }}
+{{- fail "cluster.redisPassword goes into the chart's Secret, which existingSecret replaces: put AMPGATE_CLUSTER__REDIS_PASSWORD into your Secret and set cluster.existingSecret to its name" }}
+{{- end }}
+{{- include "ampgate.securityChecks" . }}
 {{- if $v.history.enabled }}
 {{- include "ampgate.historyChecks" . }}
 {{- end }}
@@ -259,6 +320,63 @@ value to set) and what cannot work. One place, included once (configmap.yaml), f
 {{- $key := dict "passport" "passportClientSecret" "cpo" "cpoClientSecret" "pricing" "pricingApiToken" }}
 {{- $name := ternary "AMPGATE_PRICING__API_TOKEN" (printf "AMPGATE_%s__CLIENT_SECRET" (upper $group)) (eq $group "pricing") }}
 {{- $_ := required (printf "%s is required: set secrets.%s (or existingSecret)" $name (get $key $group)) (or (get $secret $name) (include "ampgate.gatewayEnv" (dict "ctx" $ "name" $name))) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Kafka and Redis security that cannot work (KafkaSettings' and RedisTlsSettings' own checks, at
+render time, naming the values to set). Components that are off are not checked.
+*/}}
+{{- define "ampgate.securityChecks" -}}
+{{- $v := .Values }}
+{{- $secret := include "ampgate.secretData" . | fromYaml }}
+{{- range $component := list "gateway" "history" "webhooks" }}
+{{- if or (eq $component "gateway") (index $v $component).enabled }}
+{{- range $name := list "AMPGATE_KAFKA__SASL_PASSWORD" "AMPGATE_KAFKA__SSL_KEY_PASSWORD" "AMPGATE_CLUSTER__REDIS_PASSWORD" }}
+{{- $tree := include "ampgate.envTree" (dict "prefix" "AMPGATE" "sep" "_" "tree" $v.config) | fromYaml }}
+{{- $tree = merge $tree (include "ampgate.envTree" (dict "prefix" "AMPGATE" "sep" "_" "tree" ((index $v $component).config | default dict)) | fromYaml) }}
+{{- if hasKey $tree $name }}
+{{- fail (printf "%s is a secret and would land in a ConfigMap or pod spec: set it in secrets (or existingSecret), not in a config tree" $name) }}
+{{- end }}
+{{- end }}
+{{- $protocol := include "ampgate.componentEnv" (dict "ctx" $ "component" $component "name" "AMPGATE_KAFKA__SECURITY_PROTOCOL") | default "PLAINTEXT" }}
+{{- $mechanism := include "ampgate.componentEnv" (dict "ctx" $ "component" $component "name" "AMPGATE_KAFKA__SASL_MECHANISM") }}
+{{- if hasPrefix "SASL_" $protocol }}
+{{- $_ := required (printf "config.kafka.securityProtocol %s needs config.kafka.saslMechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" $protocol) $mechanism }}
+{{- $_ := required (printf "config.kafka.securityProtocol %s needs config.kafka.saslUsername" $protocol) (include "ampgate.componentEnv" (dict "ctx" $ "component" $component "name" "AMPGATE_KAFKA__SASL_USERNAME")) }}
+{{- if not $v.existingSecret }}
+{{- $_ := required (printf "config.kafka.securityProtocol %s needs AMPGATE_KAFKA__SASL_PASSWORD: set secrets.kafkaSaslPassword (or existingSecret)" $protocol) (or (get $secret "AMPGATE_KAFKA__SASL_PASSWORD") (include "ampgate.componentEnv" (dict "ctx" $ "component" $component "name" "AMPGATE_KAFKA__SASL_PASSWORD"))) }}
+{{- end }}
+{{- else if $mechanism }}
+{{- fail "config.kafka.saslMechanism needs config.kafka.securityProtocol SASL_PLAINTEXT or SASL_SSL" }}
+{{- end }}
+{{- if and $v.kafka.tls.existingSecret (not (has $protocol (list "SSL" "SASL_SSL"))) }}
+{{- fail (printf "kafka.tls.existingSecret needs config.kafka.securityProtocol SSL or SASL_SSL (%s sends no TLS)" $protocol) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $v.kafka.tls }}
+{{- if and .existingSecret (ne (not .keys.cert) (not .keys.key)) }}
+{{- fail "kafka.tls.keys.cert and kafka.tls.keys.key go together (AMPGATE_KAFKA__SSL_CERT_FILE and AMPGATE_KAFKA__SSL_KEY_FILE)" }}
+{{- end }}
+{{- end }}
+{{- with $v.cluster }}
+{{- if not (include "ampgate.clusterMode" $) }}
+{{- range $key := list "redisUsername" "redisPassword" }}
+{{- if get $v.cluster $key }}
+{{- fail (printf "cluster.%s needs cluster mode: set cluster.redisUrl (or cluster.existingSecret)" $key) }}
+{{- end }}
+{{- end }}
+{{- if .tls.existingSecret }}
+{{- fail "cluster.tls.existingSecret needs cluster mode: set cluster.redisUrl (or cluster.existingSecret)" }}
+{{- end }}
+{{- end }}
+{{- if and .tls.existingSecret .redisUrl (not (hasPrefix "rediss://" .redisUrl)) }}
+{{- fail "cluster.tls.existingSecret needs a rediss:// cluster.redisUrl (redis:// sends no TLS)" }}
+{{- end }}
+{{- if and .tls.existingSecret (ne (not .tls.keys.cert) (not .tls.keys.key)) }}
+{{- fail "cluster.tls.keys.cert and cluster.tls.keys.key go together (AMPGATE_CLUSTER__CERT_FILE and AMPGATE_CLUSTER__KEY_FILE)" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -318,6 +436,9 @@ the settings expect.
 {{- if $s.pricingApiToken }}{{ $_ := set $data "AMPGATE_PRICING__API_TOKEN" $s.pricingApiToken }}{{ end }}
 {{- if $s.historyDatabaseUrl }}{{ $_ := set $data "AMPGATE_HISTORY__DATABASE_URL" $s.historyDatabaseUrl }}{{ end }}
 {{- if and .Values.cluster.redisUrl (not .Values.cluster.existingSecret) }}{{ $_ := set $data "AMPGATE_CLUSTER__REDIS_URL" .Values.cluster.redisUrl }}{{ end }}
+{{- if and .Values.cluster.redisPassword (not .Values.cluster.existingSecret) }}{{ $_ := set $data "AMPGATE_CLUSTER__REDIS_PASSWORD" .Values.cluster.redisPassword }}{{ end }}
+{{- if $s.kafkaSaslPassword }}{{ $_ := set $data "AMPGATE_KAFKA__SASL_PASSWORD" $s.kafkaSaslPassword }}{{ end }}
+{{- if $s.kafkaSslKeyPassword }}{{ $_ := set $data "AMPGATE_KAFKA__SSL_KEY_PASSWORD" $s.kafkaSslKeyPassword }}{{ end }}
 {{- if $s.clients }}
 {{- $list := list }}
 {{- range $name, $c := $s.clients }}
@@ -352,7 +473,8 @@ the settings expect.
 The pod template every component shares. Each component gets only the secret keys it uses
 (least privilege); its own settings and extraEnv override the shared ConfigMap.
 Usage: include "ampgate.podTemplate" (dict "ctx" $ "component" "gateway" "values" .Values.gateway
-       "secretKeys" (list ...) "env" (dict ...) ["persistent" true])
+       "secretKeys" (list ...) "env" (dict ...) "mounts" (list ...) ["persistent" true])
+"mounts": read-only Secret volumes (ampgate.tlsMount).
 "persistent": the state volume comes from a StatefulSet's claim template, not an emptyDir.
 */}}
 {{- define "ampgate.podTemplate" -}}
@@ -425,13 +547,16 @@ spec:
               key: {{ $key }}
               optional: true
         {{- end }}
-        {{- /* Settings that must be there once asked for (cluster mode): not optional. */}}
+        {{- /* Settings that must be there once asked for (the Redis URL): not optional. */}}
         {{- range $ref := .secretRefs }}
         - name: {{ $ref.env }}
           valueFrom:
             secretKeyRef:
               name: {{ $ref.secret }}
               key: {{ $ref.key }}
+              {{- if $ref.optional }}
+              optional: true
+              {{- end }}
         {{- end }}
       {{- with $ctx.Values.probes }}
       startupProbe:
@@ -460,6 +585,12 @@ spec:
           mountPath: /var/lib/ampgate
         - name: tmp
           mountPath: /tmp
+        {{- /* TLS files (kafka.tls, cluster.tls): the settings name these paths. */}}
+        {{- range $m := .mounts }}
+        - name: {{ $m.name }}
+          mountPath: {{ $m.mountPath }}
+          readOnly: true
+        {{- end }}
   volumes:
     {{- if not .persistent }}
     # Without persistence the state goes with the pod (a StatefulSet's claim template is "state").
@@ -473,6 +604,16 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- range $m := .mounts }}
+    - name: {{ $m.name }}
+      secret:
+        secretName: {{ $m.secret }}
+        # Only the keys named in the values, under fixed file names. Owner root, group fsGroup
+        # (podSecurityContext, 10001: the image's group), so only ampgate reads the key.
+        defaultMode: 0440
+        items:
+          {{- toYaml $m.items | nindent 10 }}
+    {{- end }}
   {{- with $v.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
