@@ -19,8 +19,8 @@ test_deploy.py.
 from __future__ import annotations
 
 import copy
-import os
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -572,8 +572,6 @@ def pod_settings(docs: list[dict[str, Any]], workload: dict[str, Any], root: Pat
                 env[e["name"]] = ours[ref["name"]][ref["key"]]
             else:
                 assert ref.get("optional") is True, f"{e['name']}: a missing key, not optional"
-        elif e["name"] in (stand_ins or {}):
-            env[e["name"]] = (stand_ins or {})[e["name"]]
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounted: list[str] = []
     for m in container["volumeMounts"]:
