@@ -81,7 +81,8 @@ UNPRICED = {
 del UNPRICED["costSessionFee"]
 UNPRICED["sessionFee"] = 1.0  # all_paged spelling
 
-PASSPORT = {"id": "BP-1", "general_information": {"identification": {"uid": "BP-1"}},
+# As the vendor's public endpoint answers it: no top-level id (the owned views add one).
+PASSPORT = {"general_information": {"identification": {"uid": "BP-1"}},
             "battery": {"chemistry": "NMC", "capacity_kwh": 75}, "documents": ["a", "b"]}
 
 T0 = datetime(2026, 11, 21, 10, 0, 0, 123456, tzinfo=UTC)
@@ -138,6 +139,12 @@ def test_tariff_keeps_only_tariff_defining_fields() -> None:
 def test_digest_is_canonical() -> None:
     assert digest({"a": 1, "b": {"c": 2, "d": 3}}) == digest({"b": {"d": 3, "c": 2}, "a": 1})
     assert digest({"a": 1}).startswith("sha256:") and len(digest({"a": 1})) == 7 + 64
+
+
+def test_a_passport_is_the_same_through_its_public_and_owned_views(detector):
+    assert detector.passport("BP-1", PASSPORT, Detection.READ)
+    assert not detector.passport("BP-1", {"id": "BP-1", **PASSPORT}, Detection.READ)
+    assert not detector.passport("BP-1", PASSPORT, Detection.POLL)
 
 
 # --- passports -------------------------------------------------------------------------------

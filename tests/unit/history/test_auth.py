@@ -87,5 +87,5 @@ async def test_through_the_gateway_the_callers_key_is_forwarded(make_gateway, hi
     assert (await gateway.get(PATHS[0], headers=auth(WRITER_KEY))).status == 403  # the gateway's
     # The history service itself saw the reader: the key travelled with the call.
     assert history.registry.get_sample_value("ampgate_http_requests_total", {
-        "route": "/v1/passports/{passport_id}/history", "method": "GET", "status": "200",
+        "route": "passport_history", "method": "GET", "status": "200",
         "client": "reader"}) == 2
