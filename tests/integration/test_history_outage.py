@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from services.common.events import HISTORY_DEAD_LETTER_TOPIC, PASSPORT_TOPIC
 from services.common.settings import Settings
 from services.history.app import GROUP_ID, create_app
+from tests.fixtures.gateway import CLIENTS, auth
 from tests.unit.history.helpers import (
     create_topics,
     fresh_postgres_database,
@@ -37,7 +38,7 @@ async def private_kafka(private_kafka):
 
 def worker_settings(kafka, database_url: str) -> Settings:
     return Settings(kafka=kafka.kafka_settings(partitions=3),
-                    history={"database_url": database_url},
+                    history={"database_url": database_url}, clients=CLIENTS,
                     consumer={"session_timeout_s": 2.0, "retry_backoff_s": 0.05,
                               "retry_max_backoff_s": 0.2, "batch_size": 100})
 
@@ -103,7 +104,7 @@ async def outage_then_recovery(kafka, database_url: str, aiohttp_client, *, down
     finally:
         await up()
     await wait_until(lambda: versions_recorded(registry) == 8, timeout_s=20)
-    body = await (await client.get("/v1/passports/px/history")).json()
+    body = await (await client.get("/v1/passports/px/history", headers=auth())).json()
     assert len(body["versions"]) == 8
     assert await read_topic(kafka.bootstrap, HISTORY_DEAD_LETTER_TOPIC, 1, timeout_s=1.0) == []
     assert sample(registry, "ampgate_consumer_messages_total", worker="history",
