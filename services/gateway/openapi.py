@@ -187,7 +187,7 @@ def _ops_paths(components: dict[str, Any]) -> dict[str, Any]:
             "200": _ok("OpenAPI 3.1", "application/json", {"type": "object"})})},
         "/asyncapi.yaml": {"get": _ops_operation("asyncapi", "The event contract (AsyncAPI 3: "
                                                              "topics, CloudEvents envelope)", {
-            "200": _ok("AsyncAPI 3.0 document", "application/yaml", {"type": "string"})})},
+            "200": _ok("AsyncAPI 3.0 document", "application/yaml", {"type": "object"})})},
         "/docs": {"get": _ops_operation("docs", "This API's reference page (Swagger UI, "
                                                 "served by the gateway itself)", {
             "200": _ok("The reference page", "text/html", {"type": "string"})})},

@@ -383,11 +383,12 @@ class StationsPage(Open):
 ChangeKind = Literal["CHANGE_KIND_SNAPSHOT", "CHANGE_KIND_CREATED", "CHANGE_KIND_UPDATED",
                      "CHANGE_KIND_DELETED"]
 Detection = Literal["DETECTION_WRITE", "DETECTION_READ", "DETECTION_POLL"]
-Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+# A deletion has no document, so no digest: it is empty then.
+Digest = Annotated[str, Field(pattern=r"^(sha256:[0-9a-f]{64})?$")]
 
 
 class VersionSummary(Open):
-    digest: Digest
+    digest: Digest = Field(description="sha256 of the version's document; empty for a deletion")
     observed_at: str = Field(description="RFC 3339, UTC")
     change: ChangeKind
     detected_by: Detection

@@ -124,7 +124,8 @@ class Query(BaseModel):
 
 
 class AuthMedium(Query):
-    tag_id: TagId | None = Field(None, description="RFID tag id of the card or token")
+    tag_id: TagId | None = Field(None, description="RFID tag id of the card or token",
+                                 examples=["SOMETHING"])
     emaid: Emaid | None = Field(None, description="ISO 15118 EMAID")
     authenticationUuid: AuthUuid | None = Field(None, description="authentication medium UUID")
     # Accepted, documented as deprecated (not pydantic's deprecated=, which warns on access).
@@ -173,7 +174,8 @@ class _Costing(AuthMedium):
 
 
 class PriceQuery(_Costing):
-    evseId: EvseId = Field(description="eMI3 EVSE id, e.g. DE*EEE*E000001")
+    evseId: EvseId = Field(description="eMI3 EVSE id, e.g. DE*EEE*E000001",
+                           examples=["DE*EEE*E000001"])
     include_tax: Flag = Field(False, description="add the tax to the price structure")
 
     def upstream_params(self) -> dict[str, str]:
@@ -186,7 +188,7 @@ class PriceQuery(_Costing):
 class PriceBatchQuery(_Costing):
     evseIds: Annotated[list[str], BeforeValidator(_evse_list)] = Field(
         description="comma-separated eMI3 EVSE ids (at most 100)",
-        json_schema_extra=_comma_separated)
+        examples=["CH*AAA*E00001,AT*AAA*E00001"], json_schema_extra=_comma_separated)
 
     def upstream_params(self) -> dict[str, str]:
         return {"evseIds": ",".join(self.evseIds), **self.costing_params()}
@@ -232,7 +234,7 @@ class HistoryQuery(Query):
 
 class PriceHistoryQuery(HistoryQuery):
     context: Annotated[str, Field(pattern=CONTEXT_RE.pattern)] = Field(
-        description="tariff context name (AMPGATE_TARIFF_CONTEXTS)")
+        description="tariff context name (AMPGATE_TARIFF_CONTEXTS)", examples=["demo"])
 
 
 _RFC3339 = re.compile(
@@ -352,7 +354,7 @@ async def read_json_body(request: web.Request, model: type[BaseModel]) -> bytes:
     if not isinstance(doc, dict):
         raise ValidationProblem([{"pointer": "", "message": "must be a JSON object"}])
     try:
-        model.model_validate(doc)
+        model.model_validate(doc, strict=True)  # JSON types as the schema says: no false → 0.0
     except ValidationError as exc:
         raise ValidationProblem([
             {"pointer": "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in e["loc"]),
