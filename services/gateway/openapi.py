@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from services.common.settings import SCOPES
 from services.gateway import schemas
+from services.gateway.docs import ASSETS
 from services.gateway.routes import ROUTES, Route
 
 REF = "#/components/schemas/{model}"
@@ -59,6 +60,7 @@ def _model_schema(model: type[BaseModel], components: dict[str, Any],
     schema = model.model_json_schema(by_alias=True, ref_template=REF, mode=mode)
     components.update(schema.pop("$defs", {}))
     name = _name(model)
+    schema["title"] = name  # generated clients name their classes after it
     components[name] = schema
     return {"$ref": REF.format(model=name)}
 
@@ -193,7 +195,8 @@ def _ops_paths(components: dict[str, Any]) -> dict[str, Any]:
             "200": _ok("The reference page", "text/html", {"type": "string"})})},
         "/docs/{asset}": {"get": {**_ops_operation("docs_asset", "Assets of the reference page", {
             "200": {"description": "The asset", "headers": _header_refs("X-Request-ID"),
-                    "content": {"*/*": {"schema": {"type": "string"}}}},
+                    "content": {t: {"schema": {"type": "string"}}
+                                for t in dict.fromkeys(ASSETS.values())}},
             "404": _problem(404)}),
             "parameters": [{"name": "asset", "in": "path", "required": True,
                             "schema": {"type": "string"}, "example": "swagger-ui.css"}]}},

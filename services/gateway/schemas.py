@@ -442,8 +442,11 @@ class PatchOperation(Open):
 
 
 JsonPatch = RootModel[list[PatchOperation]]
-PassportHistory = RootModel[PassportVersions | PassportVersionAt]
-PriceHistory = RootModel[PriceVersions | PriceVersionAt]
+# The history answer: the version list, the version at `at`, or with from/to the RFC 6902
+# patch between two versions (sent as application/json-patch+json; listed here too so that a
+# client reading JSON can take it).
+PassportHistory = RootModel[PassportVersions | PassportVersionAt | list[PatchOperation]]
+PriceHistory = RootModel[PriceVersions | PriceVersionAt | list[PatchOperation]]
 
 
 # -- The gateway's own documents ---------------------------------------------------------------
