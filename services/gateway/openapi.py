@@ -50,6 +50,23 @@ HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
+# Rules across parameters, which OpenAPI cannot state; a request breaking one is a 400 whose
+# errors[] names the parameter.
+MEDIUM_RULE = ("Give exactly one authentication medium: tag_id, emaid or authenticationUuid "
+               "(authendicationUuid, the upstream's spelling, is accepted too, deprecated).")
+RULES = {
+    "prices": MEDIUM_RULE + " duration and duration_in_minutes exclude each other. Without "
+              "consumption and duration no calculation is done: costTotal, costTime, costPower "
+              "and every stepCosts are null.",
+    "prices_batch": MEDIUM_RULE + " duration and duration_in_minutes exclude each other. "
+                    "EVSEs without a tariff are left out of the map.",
+    "prices_all": MEDIUM_RULE + " Start with cursor=start and follow pagination.nextCursorId "
+                  "until pagination.isLastPage.",
+    "passport_history": "Give `at` alone, or `from` with `to`, or neither (the version list).",
+    "price_history": "Give `at` alone, or `from` with `to`, or neither (the version list).",
+}
+
+
 def _header_refs(*names: str) -> dict[str, Any]:
     return {n: {"$ref": f"#/components/headers/{n}"} for n in names}
 
@@ -151,6 +168,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": route.name,
         "summary": route.summary,
+        **({"description": RULES[route.name]} if route.name in RULES else {}),
         "tags": [route.tag],
         "security": [{"apiKey": [route.scope]}, {"bearer": [route.scope]}],
         "x-required-scope": route.scope,

@@ -13,6 +13,8 @@ from services.gateway import schemas
 from services.gateway.handlers import admin, history, passports, prices, stations, users
 from services.gateway.keys import AUTH_KEY
 from services.gateway.validation import (
+    EVSE_ID_SCHEMA,
+    PASSPORT_ID_SCHEMA,
     HistoryQuery,
     NewUser,
     NoQuery,
@@ -21,8 +23,6 @@ from services.gateway.validation import (
     PriceBatchQuery,
     PriceHistoryQuery,
     PriceQuery,
-    PASSPORT_ID_SCHEMA,
-    EVSE_ID_SCHEMA,
     Query,
     StationsQuery,
     User,
