@@ -36,6 +36,14 @@ if { [ ! -x .venv/bin/promtool ] || [ ! -x .venv/bin/prometheus ]; } &&
   else echo "bootstrap: promtool/prometheus unavailable (Debian package prometheus)" >&2; fi
   rm -rf "$deb"
 fi
+# Headless Chromium (Debian's package) for the test that renders /docs in a real browser.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &&
+    [ "$(id -u)" = 0 ]; then
+  if { apt-get update -qq &&
+       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+       >/dev/null 2>&1; then :
+  else echo "bootstrap: chromium unavailable (Debian package chromium)" >&2; fi
+fi
 # Generated protobuf code is never committed: refresh it from proto-schemas/ (a .proto may
 # have changed since the install's build step ran).
 bash scripts/gen_protos.sh

@@ -150,6 +150,7 @@ async def _main(settings: Settings) -> None:
         print(f"""
 ampgate dev stack is up (logs in {logs})
   gateway   {gw}        OpenAPI: {gw}/openapi.json   metrics: {gw}/metrics
+  API docs  {gw}/docs   (events: {gw}/asyncapi.yaml)
   sandbox   {sandbox_url}   (fake upstreams; controls under /_control/)
   history   {children[2].url}   webhooks {children[3].url}
   kafka     {bootstrap}

@@ -18,6 +18,7 @@ from services.common.settings import Settings
 from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache
 from services.gateway.changes import ChangeDetector
+from services.gateway.docs import add_docs_routes
 from services.gateway.eviction import CACHE_TOPIC, evict_change, evict_event
 from services.gateway.invalidation import InvalidationConsumer
 from services.gateway.keys import (
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         pollers_ctx,
     ])
     app.router.add_get("/openapi.json", openapi_handler, name="openapi")
+    add_docs_routes(app)
     register(app)
     return app
 

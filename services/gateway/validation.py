@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from services.common.errors import ValidationProblem, param_error
+from services.gateway.schemas import PassportDocument
 
 # eMI3 EVSE id, separators used consistently (DESIGN.md §3).
 EVSE_RE = re.compile(r"^([A-Z]{2})([*-]?)([A-Z0-9]{3})\2E([A-Z0-9*]{1,30})$", re.IGNORECASE)
@@ -34,6 +35,16 @@ PASSPORT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~-]{0,127}$")
 TAG_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 CONTEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+# The same rules as ECMA-262 patterns for the OpenAPI document (no backreference, no
+# IGNORECASE flag, no lookaround), so generated clients and fuzzers send what we accept.
+EVSE_PATTERN = (r"^[A-Za-z]{2}(\*[A-Za-z0-9]{3}\*|-[A-Za-z0-9]{3}-|[A-Za-z0-9]{3})[Ee]"
+                r"[A-Za-z0-9*]{1,30}$")
+EMAID_PATTERN = r"^[A-Za-z]{2}-?[A-Za-z0-9]{3}-?[A-Za-z0-9]{9}(-?[A-Za-z0-9])?$"
+PASSPORT_ID_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_:~-])*\.?$"  # PASSPORT_ID_RE, no ".."
+PASSPORT_ID_SCHEMA = {"type": "string", "maxLength": 128, "pattern": PASSPORT_ID_PATTERN}
+EVSE_ID_SCHEMA = {"type": "string", "maxLength": 40, "pattern": EVSE_PATTERN}
+_EVSE_ITEM = EVSE_PATTERN[1:-1]
 
 
 def _evse(value: str) -> str:
@@ -73,6 +84,12 @@ def _flag(value: Any) -> bool:
     raise ValueError("must be true or false")
 
 
+def _comma_separated(schema: dict[str, Any]) -> None:
+    """On the wire the list is one string: document it as one."""
+    schema.pop("items", None)
+    schema.update(type="string", pattern=f"^{_EVSE_ITEM}(,{_EVSE_ITEM}){{0,99}}$")
+
+
 def _evse_list(value: str) -> list[str]:
     items = [v.strip() for v in str(value).split(",")]
     if not items or any(not v for v in items):
@@ -88,10 +105,13 @@ def _evse_list(value: str) -> list[str]:
     return out
 
 
-EvseId = Annotated[str, Field(max_length=40), AfterValidator(_evse)]
-Emaid = Annotated[str, Field(max_length=20), AfterValidator(_emaid)]
-TagId = Annotated[str, AfterValidator(_tag_id)]
-AuthUuid = Annotated[str, AfterValidator(_uuid)]
+EvseId = Annotated[str, Field(max_length=40, json_schema_extra={"pattern": EVSE_PATTERN}),
+                   AfterValidator(_evse)]
+Emaid = Annotated[str, Field(max_length=20, json_schema_extra={"pattern": EMAID_PATTERN}),
+                  AfterValidator(_emaid)]
+TagId = Annotated[str, Field(json_schema_extra={"pattern": TAG_ID_RE.pattern}),
+                  AfterValidator(_tag_id)]
+AuthUuid = Annotated[str, Field(json_schema_extra={"format": "uuid"}), AfterValidator(_uuid)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")]
 NonNegInt = Annotated[int, Field(ge=0, le=10**9)]
@@ -104,11 +124,14 @@ class Query(BaseModel):
 
 
 class AuthMedium(Query):
-    tag_id: TagId | None = Field(None, description="RFID tag id of the card or token")
+    tag_id: TagId | None = Field(None, description="RFID tag id of the card or token",
+                                 examples=["SOMETHING"])
     emaid: Emaid | None = Field(None, description="ISO 15118 EMAID")
     authenticationUuid: AuthUuid | None = Field(None, description="authentication medium UUID")
+    # Accepted, documented as deprecated (not pydantic's deprecated=, which warns on access).
     authendicationUuid: AuthUuid | None = Field(
-        None, description="upstream spelling of authenticationUuid; accepted too")
+        None, description="deprecated: the upstream's misspelling of authenticationUuid, "
+        "still accepted", json_schema_extra={"deprecated": True})
 
     @model_validator(mode="after")
     def _one_medium(self) -> Self:
@@ -151,7 +174,8 @@ class _Costing(AuthMedium):
 
 
 class PriceQuery(_Costing):
-    evseId: EvseId = Field(description="eMI3 EVSE id, e.g. DE*EEE*E000001")
+    evseId: EvseId = Field(description="eMI3 EVSE id, e.g. DE*EEE*E000001",
+                           examples=["DE*EEE*E000001"])
     include_tax: Flag = Field(False, description="add the tax to the price structure")
 
     def upstream_params(self) -> dict[str, str]:
@@ -163,7 +187,8 @@ class PriceQuery(_Costing):
 
 class PriceBatchQuery(_Costing):
     evseIds: Annotated[list[str], BeforeValidator(_evse_list)] = Field(
-        description="comma-separated eMI3 EVSE ids (at most 100)")
+        description="comma-separated eMI3 EVSE ids (at most 100)",
+        examples=["CH*AAA*E00001,AT*AAA*E00001"], json_schema_extra=_comma_separated)
 
     def upstream_params(self) -> dict[str, str]:
         return {"evseIds": ",".join(self.evseIds), **self.costing_params()}
@@ -191,7 +216,8 @@ class NoQuery(Query):
 
 class HistoryQuery(Query):
     at: Annotated[str | None, AfterValidator(lambda v: _rfc3339(v) if v is not None else v)] = Field(
-        None, description="RFC 3339 instant: answer the version in force then")
+        None, description="RFC 3339 instant: answer the version in force then",
+        json_schema_extra={"format": "date-time"})
     from_: Annotated[str | None, Field(alias="from", pattern=DIGEST_RE.pattern)] = Field(
         None, description="digest of the older version of a diff")
     to: Annotated[str | None, Field(pattern=DIGEST_RE.pattern)] = Field(
@@ -208,7 +234,7 @@ class HistoryQuery(Query):
 
 class PriceHistoryQuery(HistoryQuery):
     context: Annotated[str, Field(pattern=CONTEXT_RE.pattern)] = Field(
-        description="tariff context name (AMPGATE_TARIFF_CONTEXTS)")
+        description="tariff context name (AMPGATE_TARIFF_CONTEXTS)", examples=["demo"])
 
 
 _RFC3339 = re.compile(
@@ -292,20 +318,12 @@ def evse_path_id(request: web.Request, name: str = "evse_id") -> str:
 # -- bodies -------------------------------------------------------------------------------
 
 
-class Passport(BaseModel):
-    """Types of what we know of the Siemens passport; unknown fields pass through."""
+class Passport(PassportDocument):
+    """A passport to write: the document the API answers (typed as the vendor docs show it,
+    unknown fields pass through), with an id we can put in a path."""
 
-    model_config = ConfigDict(extra="allow")
-
-    id: Annotated[str, Field(pattern=PASSPORT_ID_RE.pattern)] | None = None
-    status: dict[str, Any] | None = None
-    general_information: dict[str, Any] | None = None
-    compliance: dict[str, Any] | None = None
-    materials: dict[str, Any] | None = None
-    carbon_footprint: dict[str, Any] | None = None
-    supply_chain_due_diligence: dict[str, Any] | None = None
-    circularity: dict[str, Any] | None = None
-    performance: dict[str, Any] | None = None
+    id: Annotated[str, Field(pattern=PASSPORT_ID_RE.pattern, max_length=128,
+                             json_schema_extra={"pattern": PASSPORT_ID_PATTERN})] | None = None
 
 
 class User(BaseModel):
@@ -336,7 +354,7 @@ async def read_json_body(request: web.Request, model: type[BaseModel]) -> bytes:
     if not isinstance(doc, dict):
         raise ValidationProblem([{"pointer": "", "message": "must be a JSON object"}])
     try:
-        model.model_validate(doc)
+        model.model_validate(doc, strict=True)  # JSON types as the schema says: no false → 0.0
     except ValidationError as exc:
         raise ValidationProblem([
             {"pointer": "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in e["loc"]),
