@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.metadata
 import sys
@@ -55,9 +54,10 @@ def _dlq_replay(settings, topic: str) -> int:
     from aiokafka.errors import KafkaError
 
     from services.common.dlq import ReplayError, replay
+    from services.common.runner import run
 
     try:
-        count = asyncio.run(replay(settings.kafka, topic))
+        count = run(replay(settings.kafka, topic))
     except ReplayError as exc:
         print(f"ampgate dlq replay: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from services.common import runner
 from services.common.local_kafka import LocalKafka
 from services.common.settings import Settings
 
@@ -197,4 +198,4 @@ Ctrl-C stops everything.""", flush=True)
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(_main(settings))
+    runner.run(_main(settings))

@@ -1,6 +1,6 @@
 """The durable outbox: events wait here, in SQLite, until Kafka has acknowledged them.
 
-One file, ``<state_dir>/gateway.sqlite3``, also holds the change detector's last-seen
+One file, ``outbox_path(state_dir)`` (``<state_dir>/gateway.sqlite3``), also holds the change detector's last-seen
 digests, so "remember the digest + enqueue the event" is one transaction.
 
 Durability: WAL mode with ``synchronous=NORMAL``. A committed transaction is in the WAL
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 def outbox_path(state_dir: Path) -> Path:
+    """The gateway's SQLite file in ``state_dir``: the one place its name is made."""
     return Path(state_dir) / DB_FILENAME
 
 
