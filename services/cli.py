@@ -16,7 +16,7 @@ COMMANDS = {
     "history": ("services.history.main", "worker: stores every version, serves history queries"),
     "webhooks": ("services.webhooks.main", "worker: delivers signed webhooks"),
     "sandbox": ("services.sandbox.main", "simulators of the five upstream endpoints"),
-    "dev": ("services.devstack", "the whole stack on this machine: sandbox, broker, gateway, workers"),
+    "dev": ("services.devtools.devstack", "the whole stack on this machine: sandbox, broker, gateway, workers"),
 }
 
 
