@@ -70,8 +70,9 @@ CREATE TABLE IF NOT EXISTS disabled_subscriptions (
 );
 """
 
-_JOB_COLUMNS = ("id, subscription, event_id, entity, ce_type, source_topic, source_partition, "
-                "source_offset, body, attempts, next_attempt_at, created_at")
+# In the order of Job's fields.
+_JOB_COLUMNS = ("subscription, event_id, entity, ce_type, source_topic, source_partition, "
+                "source_offset, body, id, attempts, next_attempt_at, created_at")
 _JOB_COLUMNS_J = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
 
 
@@ -81,7 +82,9 @@ def url_fingerprint(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class NewJob:
+class _Delivery:
+    """What a queued job and a job to queue both are: one event for one subscription."""
+
     subscription: str
     event_id: str
     entity: str
@@ -90,6 +93,10 @@ class NewJob:
     source_partition: int
     source_offset: int
     body: bytes
+
+
+@dataclass(frozen=True)
+class NewJob(_Delivery):
     event_headers: Sequence[tuple[str, bytes]]
     event_value: bytes
     # (key, previous_digest, digest) when the event is a transition, else None
@@ -97,16 +104,8 @@ class NewJob:
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(_Delivery):
     id: int
-    subscription: str
-    event_id: str
-    entity: str
-    ce_type: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    body: bytes
     attempts: int
     next_attempt_at: float
     created_at: float
