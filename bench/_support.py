@@ -391,10 +391,10 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 def start_broker(*, required: bool = False) -> tuple[str, Any]:
     """(bootstrap, broker handle or None): AMPGATE_TEST_KAFKA_BOOTSTRAP, a container or the
-    tansu broker (services.common.local_kafka, DESIGN.md §10). Not required: a closed
+    tansu broker (services.devtools.local_kafka, DESIGN.md §10). Not required: a closed
     port, and the gateway serves with Kafka down (events wait in its outbox)."""
     try:
-        from services.common.local_kafka import LocalKafka
+        from services.devtools.local_kafka import LocalKafka
 
         broker = LocalKafka.discover().start()
         return broker.bootstrap, broker

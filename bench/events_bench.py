@@ -53,9 +53,9 @@ from bench._support import (
 )
 from bench.http_bench import gateway_env
 from services.common.events import EVENT_TOPICS, PASSPORT_TOPIC
-from services.common.kafka import OutboxPublisher, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.logging import configure_logging
-from services.common.outbox import Outbox
+from services.common.outbox import Outbox, OutboxPublisher
 from services.common.settings import KafkaSettings, LogSettings
 from services.gateway.changes import ChangeDetector, ChangeKind, Detection
 from services.gateway.metrics import GatewayMetrics

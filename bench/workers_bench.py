@@ -62,9 +62,9 @@ from services.common.events import (
     rfc3339,
 )
 from services.common.kafka import ensure_topics
-from services.common.local_kafka import LocalKafka
 from services.common.logging import configure_logging
 from services.common.settings import LogSettings
+from services.devtools.local_kafka import LocalKafka
 
 PASSPORTS = 1000
 # Everything processed but ampgate_consumer_lag still above 0 after this long: a finding.
@@ -291,7 +291,7 @@ def main() -> None:
 
     if "history-postgres" in stages:
         def pg() -> dict[str, Any]:
-            from services.common.local_postgres import acquire_postgres
+            from services.devtools.local_postgres import acquire_postgres
 
             handle = acquire_postgres()
             try:

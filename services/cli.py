@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.metadata
 import sys
@@ -17,7 +16,7 @@ COMMANDS = {
     "history": ("services.history.main", "worker: stores every version, serves history queries"),
     "webhooks": ("services.webhooks.main", "worker: delivers signed webhooks"),
     "sandbox": ("services.sandbox.main", "simulators of the five upstream endpoints"),
-    "dev": ("services.devstack", "the whole stack on this machine: sandbox, broker, gateway, workers"),
+    "dev": ("services.devtools.devstack", "the whole stack on this machine: sandbox, broker, gateway, workers"),
 }
 
 
@@ -55,9 +54,10 @@ def _dlq_replay(settings, topic: str) -> int:
     from aiokafka.errors import KafkaError
 
     from services.common.dlq import ReplayError, replay
+    from services.common.runner import run
 
     try:
-        count = asyncio.run(replay(settings.kafka, topic))
+        count = run(replay(settings.kafka, topic))
     except ReplayError as exc:
         print(f"ampgate dlq replay: {exc}", file=sys.stderr)
         return 2

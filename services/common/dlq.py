@@ -17,6 +17,7 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from services.common.consumer.dead_letter import without_dead_letter_headers
 from services.common.events import DLQ_SOURCE_TOPIC, EVENT_TOPICS
 from services.common.kafka import make_producer
 from services.common.kafka_security import client_options
@@ -62,7 +63,7 @@ async def replay(settings: KafkaSettings, topic: str, *, idle_s: float = IDLE_S)
         try:
             sends = []
             for r in records:
-                headers = [(k, v) for k, v in r.headers or () if not k.startswith("dlq_")]
+                headers = without_dead_letter_headers(r.headers)
                 source = dict(r.headers)[DLQ_SOURCE_TOPIC].decode()
                 sends.append(await producer.send(source, value=r.value, key=r.key,
                                                  headers=headers))

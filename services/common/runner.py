@@ -1,8 +1,11 @@
-"""Running a service's aiohttp app: the one place that picks the event loop."""
+"""Running a service's aiohttp app (``serve``) or a command's coroutine (``run``): the one
+place that picks the event loop. Every ``ampgate`` service starts through ``serve``."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -19,8 +22,19 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+T = TypeVar("T")
+
+
 def serve(app: web.Application, http: HttpSettings, *, shutdown_timeout: float = 10) -> None:
+    """Serve ``app`` on ``http.host:http.port`` until SIGTERM/SIGINT; then the app's
+    cleanup runs, with ``shutdown_timeout`` for requests in flight."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(app, host=http.host, port=http.port, print=None, access_log=None,
                 handle_signals=True, shutdown_timeout=shutdown_timeout, loop=loop)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine to completion on the same kind of loop as ``serve``."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)

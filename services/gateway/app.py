@@ -12,8 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.events import EVENT_TOPICS
 from services.common.http import READINESS_KEY, base_app
-from services.common.kafka import OutboxPublisher
-from services.common.outbox import Outbox
+from services.common.outbox import Outbox, OutboxPublisher
 from services.common.settings import Settings
 from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache

@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 
 from services.history.store import HistoryStore, StoreUnavailable, migrations
-from services.history.versions import EntityKey, Version, is_same_transition
+from services.history.versions import EntityKey, Version, versions_to_record
 
 _COLUMNS = ("seq, entity, entity_id, context, event_id, observed_at, change, detected_by, "
             "digest, previous_digest, changed_paths::text, document::text")
@@ -108,42 +108,41 @@ class PostgresStore(HistoryStore):
     async def record(self, versions: Sequence[Version]) -> list[Version]:
         if not versions:
             return []
-        stored: list[Version] = []
         async with self._acquire() as conn, conn.transaction():
             seen = {r[0] for r in await conn.fetch(
                 "SELECT event_id FROM history_versions WHERE event_id = ANY($1::text[])",
                 [v.event_id for v in versions])}
-            latest: dict[EntityKey, Version | None] = {}
-            rows = []
-            for v in versions:
-                if v.event_id in seen:
-                    continue
-                if v.key not in latest:
-                    latest[v.key] = await self._latest(conn, v.key)
-                if is_same_transition(v, latest[v.key]):
-                    continue
-                rows.append((v.key.entity, v.key.entity_id, v.key.context, v.event_id,
-                             v.observed_at, v.change, v.detected_by, v.digest, v.previous_digest,
-                             orjson.dumps(list(v.changed_paths)).decode(), v.document))
-                seen.add(v.event_id)
-                current = latest[v.key]
-                if current is None or v.observed_at >= current.observed_at:
-                    latest[v.key] = v
-                stored.append(v)
-            if rows:
+            keys = list(dict.fromkeys(v.key for v in versions if v.event_id not in seen))
+            stored = versions_to_record(versions, seen, await self._latest_of(conn, keys))
+            if stored:
                 await conn.executemany(
                     "INSERT INTO history_versions (entity, entity_id, context, event_id, "
                     "observed_at, change, detected_by, digest, previous_digest, changed_paths, "
                     "document) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json, $11::json) "
                     "ON CONFLICT (event_id) DO NOTHING",
-                    rows)
+                    [(v.key.entity, v.key.entity_id, v.key.context, v.event_id, v.observed_at,
+                      v.change, v.detected_by, v.digest, v.previous_digest,
+                      orjson.dumps(list(v.changed_paths)).decode(), v.document)
+                     for v in stored])
         return stored
 
-    async def _latest(self, conn: asyncpg.Connection, key: EntityKey) -> Version | None:
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} {_NEWEST_FIRST} LIMIT 1",
-            key.entity, key.entity_id, key.context)
-        return _row(row) if row else None
+    async def _latest_of(self, conn: asyncpg.Connection,
+                         keys: list[EntityKey]) -> dict[EntityKey, Version]:
+        """The latest stored version of each of ``keys`` that has one, in ONE query (each
+        key's newest row from the (entity, entity_id, context, observed_at, seq) index)."""
+        if not keys:
+            return {}
+        rows = await conn.fetch(
+            f"SELECT h.* FROM unnest($1::text[], $2::text[], $3::text[]) "
+            f"AS k(entity, entity_id, context) CROSS JOIN LATERAL ("
+            f"SELECT {_COLUMNS} FROM history_versions x WHERE x.entity = k.entity "
+            f"AND x.entity_id = k.entity_id AND x.context = k.context {_NEWEST_FIRST} LIMIT 1) h",
+            [k.entity for k in keys], [k.entity_id for k in keys], [k.context for k in keys])
+        latest = {}
+        for row in rows:
+            version = _row(row)
+            latest[version.key] = version
+        return latest
 
     async def versions(self, key: EntityKey) -> list[Version]:
         async with self._acquire() as conn:
@@ -153,15 +152,15 @@ class PostgresStore(HistoryStore):
         return [_row(r) for r in rows]
 
     async def version_at(self, key: EntityKey, at: datetime) -> Version | None:
-        async with self._acquire() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} AND observed_at <= $4 "
-                f"{_NEWEST_FIRST} LIMIT 1", key.entity, key.entity_id, key.context, at)
-        return _row(row) if row else None
+        return await self._newest(key, "observed_at <= $4", at)
 
     async def version_by_digest(self, key: EntityKey, digest: str) -> Version | None:
+        return await self._newest(key, "digest = $4", digest)
+
+    async def _newest(self, key: EntityKey, condition: str, value: object) -> Version | None:
+        """The newest version of ``key`` meeting ``condition`` (on parameter $4)."""
         async with self._acquire() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} AND digest = $4 "
-                f"{_NEWEST_FIRST} LIMIT 1", key.entity, key.entity_id, key.context, digest)
+                f"SELECT {_COLUMNS} FROM history_versions WHERE {_KEY} AND {condition} "
+                f"{_NEWEST_FIRST} LIMIT 1", key.entity, key.entity_id, key.context, value)
         return _row(row) if row else None

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import orjson
 
+from services.common import sqlite
 from services.history.store import HistoryStore, StoreUnavailable, migrations
-from services.history.versions import EntityKey, Version, is_same_transition
+from services.history.versions import EntityKey, Version, versions_to_record
 
 _COLUMNS = ("seq, entity, entity_id, context, event_id, observed_at_us, change, detected_by, "
             "digest, previous_digest, changed_paths, document")
@@ -92,15 +93,11 @@ class SqliteStore(HistoryStore):
         self._db, self._thread = db, thread
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we write BEGIN/COMMIT ourselves. Only our thread uses the
-        # connection; check_same_thread=False lets close() run wherever it must.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Only our thread uses the connection; close() may run wherever it must. NORMAL
+        # sync survives a killed process (not a power cut): the worker re-reads
+        # uncommitted Kafka offsets anyway.
+        db = sqlite.connect(self.path)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a killed process (not a power cut): the worker
-            # re-reads uncommitted Kafka offsets anyway.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
             self._migrate(db)
         except BaseException:
             db.close()
@@ -182,33 +179,18 @@ def _record(db: sqlite3.Connection, versions: list[Version], now_us: int) -> lis
     """The whole batch in one transaction, in the store's thread (THE RULE of
     services.history.versions: skip a known event id, or the entity's latest transition
     again; the batch's own events count as stored as soon as they are)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        seen = _known_event_ids(db, list(dict.fromkeys(v.event_id for v in versions)))
-        latest = _latest_of(db, list(dict.fromkeys(v.key for v in versions if v.event_id not in seen)))
-        stored: list[Version] = []
-        rows: list[tuple[Any, ...]] = []
-        for v in versions:
-            if v.event_id in seen:
-                continue
-            current = latest.get(v.key)
-            if is_same_transition(v, current):
-                continue
-            rows.append((v.key.entity, v.key.entity_id, v.key.context, v.event_id, _us(v.observed_at),
-                         v.change, v.detected_by, v.digest, v.previous_digest,
-                         orjson.dumps(list(v.changed_paths)).decode(), v.document, now_us))
-            seen.add(v.event_id)
-            # Newest first is (observed_at, seq): a later insert wins a tie.
-            if current is None or v.observed_at >= current.observed_at:
-                latest[v.key] = v
-            stored.append(v)
-        if rows:
-            db.executemany(_INSERT, rows)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:  # a failed COMMIT may have rolled back already
-            db.execute("ROLLBACK")
-        raise
+    with sqlite.transaction(db):
+        ids = list(dict.fromkeys(v.event_id for v in versions))
+        seen = _known_event_ids(db, ids)
+        latest = _latest_of(db, list(dict.fromkeys(v.key for v in versions
+                                                   if v.event_id not in seen)))
+        stored = versions_to_record(versions, seen, latest)
+        if stored:
+            db.executemany(_INSERT, [
+                (v.key.entity, v.key.entity_id, v.key.context, v.event_id, _us(v.observed_at),
+                 v.change, v.detected_by, v.digest, v.previous_digest,
+                 orjson.dumps(list(v.changed_paths)).decode(), v.document, now_us)
+                for v in stored])
     return stored
 
 

@@ -11,6 +11,7 @@ So A→B delivered twice is one version, while A→B→A→B is four.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,7 +27,6 @@ from services.common.events import (
 
 PASSPORT = "passport"
 PRICE = "price"
-ENTITIES = (PASSPORT, PRICE)
 DELETED = "CHANGE_KIND_DELETED"
 
 
@@ -72,6 +72,29 @@ class Version:
 def is_same_transition(new: Version, latest: Version | None) -> bool:
     return (latest is not None and latest.digest == new.digest
             and latest.previous_digest == new.previous_digest)
+
+
+def versions_to_record(batch: Sequence[Version], known_ids: Iterable[str],
+                       latest: Mapping[EntityKey, Version]) -> list[Version]:
+    """THE RULE over a batch, in order: those of ``batch`` to store. ``known_ids``: the
+    batch's event ids already stored; ``latest``: the latest stored version of the batch's
+    entities (those that have one). The batch's own versions count as stored as soon as
+    they are, so a duplicate within the batch is skipped too."""
+    seen = set(known_ids)
+    newest = dict(latest)
+    stored: list[Version] = []
+    for v in batch:
+        if v.event_id in seen:
+            continue
+        current = newest.get(v.key)
+        if is_same_transition(v, current):
+            continue
+        seen.add(v.event_id)
+        # Newest first is (observed_at, seq): a later insert wins a tie.
+        if current is None or v.observed_at >= current.observed_at:
+            newest[v.key] = v
+        stored.append(v)
+    return stored
 
 
 def version_from_event(event: ConsumedEvent) -> Version:

@@ -2,8 +2,9 @@
 
 Jobs wait in the queue (state ``dead_letter``) until the topic has them, so a Kafka
 outage delays dead letters but never loses them, and never blocks delivery workers.
-A dead letter is the original event (key, value, ``ce_*`` headers) plus ``dlq_*``
-headers saying why and where from.
+A dead letter is the original event (key, value, ``ce_*`` headers) plus the ``dlq_*``
+headers of every dead letter (services.common.consumer.dead_letter) and this worker's
+``dlq_subscription``, ``dlq_attempts``, ``dlq_last_error``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from services.common.consumer.dead_letter import dead_letter_headers
 from services.common.events import WEBHOOKS_DEAD_LETTER_TOPIC
 from services.common.kafka import ensure_topics, make_producer
 from services.common.settings import KafkaSettings
@@ -41,19 +43,15 @@ DeadLetterSink = Callable[[list[DeadLetter]], Awaitable[None]]
 
 
 def to_dead_letter(job: DeadJob, topic: str = DEAD_LETTER_TOPIC) -> DeadLetter:
-    ours = {
-        "dlq_reason": job.reason,
-        "dlq_source_topic": job.source_topic,
-        "dlq_source_partition": str(job.source_partition),
-        "dlq_source_offset": str(job.source_offset),
-        "dlq_service": SERVICE,
-        "dlq_subscription": job.subscription,
-        "dlq_attempts": str(job.attempts),
-        "dlq_last_error": job.last_error or "",
-    }
-    kept = tuple((k, v) for k, v in job.event_headers if not k.startswith("dlq_"))
-    return DeadLetter(topic, job.entity.encode(), job.event_value,
-                      kept + tuple((k, v.encode()) for k, v in ours.items()))
+    headers = dead_letter_headers(
+        job.event_headers, reason=job.reason, source_topic=job.source_topic,
+        source_partition=job.source_partition, source_offset=job.source_offset,
+        service=SERVICE, extra={
+            "dlq_subscription": job.subscription,
+            "dlq_attempts": str(job.attempts),
+            "dlq_last_error": job.last_error or "",
+        })
+    return DeadLetter(topic, job.entity.encode(), job.event_value, tuple(headers))
 
 
 class DeadLetterPublisher:

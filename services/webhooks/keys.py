@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from services.common.settings import Settings
 from services.webhooks.engine import WebhookEngine
@@ -13,5 +12,4 @@ from services.webhooks.store import JobStore
 SETTINGS_KEY = web.AppKey("settings", Settings)
 METRICS_KEY = web.AppKey("webhook_metrics", WebhookMetrics)
 STORE_KEY = web.AppKey("webhook_store", JobStore)
-PRODUCER_KEY = web.AppKey("dead_letter_producer", AIOKafkaProducer)
 ENGINE_KEY = web.AppKey("webhook_engine", WebhookEngine)

@@ -23,12 +23,12 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
+from services.common import sqlite
+from services.common.sqlite import decode_headers, encode_headers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -70,8 +70,9 @@ CREATE TABLE IF NOT EXISTS disabled_subscriptions (
 );
 """
 
-_JOB_COLUMNS = ("id, subscription, event_id, entity, ce_type, source_topic, source_partition, "
-                "source_offset, body, attempts, next_attempt_at, created_at")
+# In the order of Job's fields.
+_JOB_COLUMNS = ("subscription, event_id, entity, ce_type, source_topic, source_partition, "
+                "source_offset, body, id, attempts, next_attempt_at, created_at")
 _JOB_COLUMNS_J = ", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))
 
 
@@ -81,7 +82,9 @@ def url_fingerprint(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class NewJob:
+class _Delivery:
+    """What a queued job and a job to queue both are: one event for one subscription."""
+
     subscription: str
     event_id: str
     entity: str
@@ -90,6 +93,10 @@ class NewJob:
     source_partition: int
     source_offset: int
     body: bytes
+
+
+@dataclass(frozen=True)
+class NewJob(_Delivery):
     event_headers: Sequence[tuple[str, bytes]]
     event_value: bytes
     # (key, previous_digest, digest) when the event is a transition, else None
@@ -97,16 +104,8 @@ class NewJob:
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(_Delivery):
     id: int
-    subscription: str
-    event_id: str
-    entity: str
-    ce_type: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    body: bytes
     attempts: int
     next_attempt_at: float
     created_at: float
@@ -135,15 +134,6 @@ class EnqueueResult:
     revived: int = 0  # dead-lettered jobs queued again by a replay
 
 
-def _encode_headers(headers: Iterable[tuple[str, bytes]]) -> bytes:
-    # Header values are UTF-8 for CloudEvents; latin-1 round-trips any byte anyway.
-    return orjson.dumps([[k, v.decode("latin-1")] for k, v in headers])
-
-
-def _decode_headers(blob: bytes) -> list[tuple[str, bytes]]:
-    return [(k, v.encode("latin-1")) for k, v in orjson.loads(blob)]
-
-
 class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -151,13 +141,10 @@ class JobStore:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
         # NORMAL (WAL): every commit survives a process crash; after a power loss the
         # last ones may roll back. Fine for delivery state (the worst case is a repeat
-        # with the same webhook-id); enqueue and disable use FULL (see _tx).
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
+        # with the same webhook-id); enqueue and disable commit durably (FULL).
+        db = sqlite.connect(self.path)
         db.executescript(_SCHEMA)
         self._db = db
 
@@ -172,24 +159,6 @@ class JobStore:
             raise RuntimeError("JobStore is not open")
         return self._db
 
-    @contextmanager
-    def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        """One transaction; ``durable`` fsyncs its commit (survives power loss too)."""
-        db = self.db
-        if durable:
-            db.execute("PRAGMA synchronous=FULL")
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            if durable:
-                db.execute("PRAGMA synchronous=NORMAL")
-
     # -- ingest ---------------------------------------------------------------------------
 
     def enqueue(self, jobs: Iterable[NewJob], *, now: float | None = None) -> EnqueueResult:
@@ -197,7 +166,7 @@ class JobStore:
         commits its offsets right after, so from then on the queue is the only copy."""
         now = time.time() if now is None else now
         result = EnqueueResult()
-        with self._tx(durable=True) as db:
+        with sqlite.transaction(self.db, durable=True) as db:
             for job in jobs:
                 # A dead letter replayed to its topic (`ampgate dlq replay`) is delivered
                 # again: its job comes back to life with fresh attempts, same webhook-id.
@@ -223,7 +192,7 @@ class JobStore:
                     "event_value, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (job.subscription, job.event_id, job.entity, job.ce_type, job.source_topic,
                      job.source_partition, job.source_offset, job.body,
-                     _encode_headers(job.event_headers), job.event_value, now, now))
+                     encode_headers(job.event_headers), job.event_value, now, now))
                 if cur.rowcount == 0:
                     result.duplicate_event += 1
                     continue
@@ -284,12 +253,12 @@ class JobStore:
             "SELECT id, subscription, entity, source_topic, source_partition, source_offset, "
             "event_headers, event_value, attempts, dlq_reason, last_error FROM jobs "
             "WHERE state = 'dead_letter' ORDER BY id LIMIT ?", (limit,)).fetchall()
-        return [DeadJob(r[0], r[1], r[2], r[3], r[4], r[5], _decode_headers(r[6]), r[7], r[8],
+        return [DeadJob(r[0], r[1], r[2], r[3], r[4], r[5], list(decode_headers(r[6])), r[7], r[8],
                         r[9] or "unknown", r[10]) for r in rows]
 
     def mark_dead_lettered(self, ids: Sequence[int], *, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with sqlite.transaction(self.db) as db:
             db.executemany("UPDATE jobs SET state = 'dead', finished_at = ? "
                            "WHERE id = ? AND state = 'dead_letter'", [(now, i) for i in ids])
 
@@ -300,7 +269,7 @@ class JobStore:
         """Persist the disabling and move the subscription's pending jobs to the dead
         letter; returns how many were moved."""
         now = time.time() if now is None else now
-        with self._tx(durable=True) as db:
+        with sqlite.transaction(self.db, durable=True) as db:
             db.execute(
                 "INSERT INTO disabled_subscriptions VALUES (?,?,?,?) ON CONFLICT (subscription) "
                 "DO UPDATE SET url_sha256 = excluded.url_sha256, reason = excluded.reason, "

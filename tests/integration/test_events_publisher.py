@@ -34,8 +34,8 @@ from services.common.events import (
     parse_event,
 )
 from services.common.events.schemas import PassportChanged, PriceChanged
-from services.common.kafka import OutboxPublisher, ensure_topics
-from services.common.outbox import Outbox
+from services.common.kafka import ensure_topics
+from services.common.outbox import Outbox, OutboxPublisher
 from services.gateway.metrics import GatewayMetrics
 from tests.fixtures.gateway import CLIENTS, WRITER_KEY, auth
 from tests.fixtures.kafka import unique_name
@@ -258,7 +258,7 @@ async def test_pending_events_of_a_sigkilled_gateway_are_published_after_restart
         sys.path.insert(0, {str(ROOT)!r})
         from prometheus_client import CollectorRegistry
         from services.common.events import PASSPORT_CE_TYPE, PASSPORT_TOPIC, build_event
-        from services.common.kafka import OutboxPublisher
+        from services.common.outbox import OutboxPublisher
         from services.common.outbox import Outbox
         from services.common.settings import KafkaSettings
         from services.gateway.metrics import GatewayMetrics

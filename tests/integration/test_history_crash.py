@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.common.local_kafka import free_port
+from services.devtools.local_kafka import free_port
 from services.history.store import open_store
 from services.history.versions import PASSPORT, EntityKey
 from tests.unit.history.helpers import (

@@ -4,7 +4,6 @@ recorded once the database is back."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import asyncpg

@@ -26,8 +26,8 @@ from aiokafka.errors import KafkaError
 
 from services.common.kafka import TopicsMissing, ensure_topics, make_producer
 from services.common.kafka_security import client_options
-from services.common.local_kafka import KafkaUnavailable, free_port, kafka_answers, tansu_binary
 from services.common.settings import KafkaSettings
+from services.devtools.local_kafka import KafkaUnavailable, free_port, kafka_answers, tansu_binary
 from tests.conftest import server_unavailable
 from tests.fixtures.kafka import unique_name
 

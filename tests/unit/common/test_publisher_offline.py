@@ -8,10 +8,9 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from services.common.kafka import OutboxPublisher
-from services.common.local_kafka import free_port
-from services.common.outbox import Outbox
+from services.common.outbox import Outbox, OutboxPublisher
 from services.common.settings import KafkaSettings
+from services.devtools.local_kafka import free_port
 from services.gateway.metrics import GatewayMetrics
 from tests.unit.common.test_outbox import event
 

@@ -66,6 +66,22 @@ async def test_a_transition_from_another_replica_is_recorded_once(store: History
     assert len(await store.versions(EntityKey(PASSPORT, "p2"))) == 3
 
 
+async def test_one_batch_of_many_entities_applies_the_rule_per_entity(store: HistoryStore) -> None:
+    # The latest versions of a batch's entities are read together: each entity's own
+    # latest decides, not another entity's.
+    docs = {pid: (passport_doc(pid, 1.0), passport_doc(pid, 2.0)) for pid in ("m1", "m2", "m3")}
+    first = [passport_record(pid, a, None, 0) for pid, (a, _) in docs.items()]
+    first += [passport_record(pid, b, a, 5) for pid, (a, b) in docs.items()]
+    assert len(await store.record(versions_of(first))) == 6
+    # Another replica's m1 and m3 A→B (skipped), a new m2 B→A (recorded), in one batch.
+    (a1, b1), (a2, b2), (a3, b3) = docs.values()
+    mixed = [passport_record("m1", b1, a1, 5.01), passport_record("m2", a2, b2, 6),
+             passport_record("m3", b3, a3, 5.02)]
+    stored = await store.record(versions_of(mixed))
+    assert [v.key.entity_id for v in stored] == ["m2"]
+    assert [len(await store.versions(EntityKey(PASSPORT, pid))) for pid in docs] == [2, 3, 2]
+
+
 async def test_version_at_and_by_digest(store: HistoryStore) -> None:
     a, b = passport_doc("p3", 1.0), passport_doc("p3", 2.0)
     stream = [passport_record("p3", a, None, 0), passport_record("p3", b, a, 10),

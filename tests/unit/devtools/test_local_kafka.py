@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.common.local_kafka import (
+from services.devtools.local_kafka import (
     TEST_BOOTSTRAP_ENV,
     KafkaUnavailable,
     LocalKafka,

@@ -22,8 +22,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from services.common.local_kafka import LocalKafka
+from services.common import runner
 from services.common.settings import Settings
+from services.devtools.local_kafka import LocalKafka
 
 DEV_API_KEY = "ampgate-dev-key"
 DEV_SCOPES = ["passports:read", "passports:write", "users:read", "users:write", "stations:read",
@@ -167,7 +168,7 @@ See a change flow end to end (tariff change → event → history → webhook pr
   curl -s -H 'Authorization: Bearer {DEV_API_KEY}' \\
        '{gw}/v1/prices/DE*EEE*E000001/history?context=demo'
 Watch the topics:
-  {sys.executable} -m services.common.kafka_tail --bootstrap {bootstrap} passport-changed price-changed
+  {sys.executable} -m services.devtools.kafka_tail --bootstrap {bootstrap} passport-changed price-changed
 
 Ctrl-C stops everything.""", flush=True)
         stop = asyncio.Event()
@@ -198,4 +199,4 @@ Ctrl-C stops everything.""", flush=True)
 
 
 def run(settings: Settings) -> None:
-    asyncio.run(_main(settings))
+    runner.run(_main(settings))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -22,6 +21,8 @@ from typing import Any, Literal, Self
 
 import structlog
 
+from services.devtools._process import await_answer, docker_answers, free_port, stop_process
+
 log = structlog.get_logger("ampgate.local_kafka")
 
 TEST_BOOTSTRAP_ENV = "AMPGATE_TEST_KAFKA_BOOTSTRAP"
@@ -30,12 +31,6 @@ Kind = Literal["external", "container", "tansu"]
 
 class KafkaUnavailable(RuntimeError):
     """No broker could be found or started; the message says why."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kafka_answers(bootstrap: str, timeout: float = 1.0) -> bool:
@@ -63,23 +58,6 @@ def _recv_exactly(s: socket.socket, n: int) -> bytes:
             raise OSError("connection closed")
         data += chunk
     return data
-
-
-def docker_answers(timeout: float = 1.0) -> bool:
-    """A Docker engine answers a ping within ``timeout`` (fast False when there is none)."""
-    host = os.environ.get("DOCKER_HOST", "")
-    if not host and not Path("/var/run/docker.sock").exists():
-        return False
-    try:
-        import docker
-
-        client = docker.from_env(timeout=timeout)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 — any failure means: no usable engine
-        return False
 
 
 def tansu_binary() -> Path:
@@ -233,29 +211,19 @@ class LocalKafka:
         if not self._atexit_registered:
             atexit.register(self._stop_tansu)
             self._atexit_registered = True
-        self._bootstrap = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout_s
-        while not kafka_answers(self._bootstrap, timeout=0.5):
-            if self._proc.poll() is not None:
-                tail = self._log_path.read_text(errors="replace")[-500:]
-                self._proc = None
-                raise KafkaUnavailable(f"tansu exited at start: {tail.strip()}")
-            if time.monotonic() > deadline:
-                self._stop_tansu()
-                raise KafkaUnavailable(f"tansu did not answer on {url} within {timeout_s}s")
-            time.sleep(0.02)
+        bootstrap = self._bootstrap = f"127.0.0.1:{port}"
+        try:
+            await_answer(self._proc, lambda: kafka_answers(bootstrap, timeout=0.5), name="tansu",
+                         where=url, log=self._log_path, timeout_s=timeout_s, poll_s=0.02,
+                         error=KafkaUnavailable)
+        except KafkaUnavailable:
+            self._proc = None
+            raise
         log.info("tansu_started", bootstrap=self._bootstrap, pid=self._proc.pid)
 
     def _stop_tansu(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
     # -- container --
 
