@@ -18,7 +18,7 @@ from aiohttp import web
 
 def create_app() -> web.Application:
     state = {"received": 0, "first_at": None, "last_at": None, "out_of_order": 0,
-             "duplicates": 0, "unordered_bodies": 0}
+             "duplicates": 0, "unordered_bodies": 0, "order_checked": 0}
     ids: set[str] = set()
     last: dict[tuple[str, str], int] = {}
 
@@ -32,6 +32,7 @@ def create_app() -> web.Application:
             state["unordered_bodies"] += 1
         else:
             before = last.get(key)
+            state["order_checked"] += before is not None
             if before is not None and seq < before:
                 state["out_of_order"] += 1
             elif before is not None and seq == before:

@@ -225,7 +225,7 @@ def wait_caught_up(worker: Child, expected: int, partitions: int, timeout_s: flo
 
 def run_stage(name: str, command: str, env: dict[str, str], backlog: int, warmup: int,
               timeout_s: float, receiver: str | None = None,
-              reference: bool = False) -> dict[str, Any]:
+              reference: bool = False, passports: int = PASSPORTS) -> dict[str, Any]:
     broker = LocalKafka.tansu().start()
     worker: Child | None = None
     try:
@@ -235,7 +235,7 @@ def run_stage(name: str, command: str, env: dict[str, str], backlog: int, warmup
         env = {**env, "AMPGATE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE": "false", "AMPGATE_LOG__LEVEL": "warning"}
         port = free_port()
-        source = EventSource()
+        source = EventSource(passports)
         if warmup > 0:  # --warmup 0 (the smoke run): straight to the backlog
             worker = start_service(command, env, port=port, timeout_s=60)
             asyncio.run(produce(bootstrap, source, warmup))
@@ -314,11 +314,14 @@ def main() -> None:
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra AMPGATE_* setting for every worker (e.g. "
                              "AMPGATE_CONSUMER__BATCH_SIZE=2000), repeatable")
+    parser.add_argument("--passports", type=int, default=PASSPORTS,
+                        help="distinct passports (keys) the events are spread over")
     parser.add_argument("--smoke", action="store_true",
                         help="every code path, tiny counts (no thresholds)")
     args = parser.parse_args()
-    if args.smoke:
+    if args.smoke:  # 30 passports: each gets ~10 versions, so the order check has work
         args.backlog, args.events, args.warmup, args.timeout = 300, 300, 0, 60
+        args.passports = 30
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     configure_logging(LogSettings(level="warning"))
     load_before = warn_if_busy()
@@ -331,7 +334,7 @@ def main() -> None:
                "AMPGATE_HISTORY__DATABASE_URL": f"sqlite:///{work / 'history.sqlite3'}"}
         results["history-sqlite"] = stage("history-sqlite", lambda: run_stage(
             "history-sqlite", "history", env, args.backlog, args.warmup, args.timeout,
-            reference=True))
+            reference=True, passports=args.passports))
 
     if "history-postgres" in stages:
         def pg() -> dict[str, Any]:
@@ -342,7 +345,7 @@ def main() -> None:
                 env = {**extra, "AMPGATE_STATE_DIR": str(work / "h-pg"),
                        "AMPGATE_HISTORY__DATABASE_URL": handle.dsn}
                 out = run_stage("history-postgres", "history", env, args.events, args.warmup,
-                                args.timeout, reference=True)
+                                args.timeout, reference=True, passports=args.passports)
                 out["postgres"] = handle.source
                 return out
             finally:
@@ -364,7 +367,7 @@ def main() -> None:
                 env = {**extra, "AMPGATE_STATE_DIR": str(work / "webhooks"),
                        "AMPGATE_WEBHOOKS__SUBSCRIPTIONS": json.dumps(subs)}
                 return run_stage("webhooks", "webhooks", env, args.events, args.warmup,
-                                 args.timeout, receiver=receiver.url)
+                                 args.timeout, receiver=receiver.url, passports=args.passports)
             finally:
                 receiver.stop()
 
@@ -373,7 +376,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     report = {"machine": machine(),
               "config": {"backlog": args.backlog, "events": args.events, "warmup": args.warmup,
-                         "passports": PASSPORTS, "broker": "tansu (fresh per stage)",
+                         "passports": args.passports, "broker": "tansu (fresh per stage)",
                          "worker_env": extra, "loadavg_before": load_before,
                          "smoke": args.smoke},
               "stages": results}
