@@ -237,6 +237,8 @@ def summarize_profile(raw: Path, top: int = 20) -> dict[str, Any]:
     def pct(c: Counter[str]) -> list[list[Any]]:
         return [[name, round(100 * v / total, 1)] for name, v in c.most_common(top)]
 
+    # Frames on every stack (runpy, run_app, the service runner) say nothing: left out.
+    inclusive = Counter({k: v for k, v in inclusive.items() if v < total})
     return {"samples": total, "self_pct": pct(self_), "total_pct": pct(inclusive), "self_by_package_pct": pct(packages),
             "ours_inclusive_pct": pct(ours)}
 
