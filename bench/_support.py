@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# Where the JSON results go: bench/results/, or BENCH_RESULTS_DIR (the smoke run
+# writes elsewhere, so it never overwrites the figures of a real run).
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or REPO / "bench" / "results")
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() \
     else sys.executable
 
@@ -337,7 +339,7 @@ def check(value: float, target: float, *, higher_is_better: bool = True) -> str:
     if math.isnan(value):
         return "n/a"
     ok = value >= target if higher_is_better else value <= target
-    return "ok" if ok else "MISSED"
+    return "met" if ok else "missed"
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:
@@ -408,3 +410,93 @@ def start_broker(*, required: bool = False) -> tuple[str, Any]:
 def stop_broker(broker: Any) -> None:
     if broker is not None and broker.owned:
         broker.stop()
+
+
+# ---------------------------------------------------------------- smoke mode
+
+
+def is_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def have_tools(*binaries: str) -> bool:
+    return all(_which(b) is not None for b in binaries)
+
+
+def python_load(url: str, *, connections: int, duration_s: float,
+                headers: dict[str, str] | None = None, max_requests: int = 20_000) -> WrkResult:
+    """A tiny keep-alive load loop for `--smoke` when wrk is missing: `connections`
+    aiohttp clients for at most duration_s and max_requests. Exercises the code path;
+    its figures are not comparable to wrk's."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> WrkResult:
+        latencies: list[float] = []
+        errors = 0
+        t0 = time.perf_counter()
+        deadline = t0 + duration_s
+
+        async def client(session: aiohttp.ClientSession) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline and len(latencies) < max_requests:
+                s = time.perf_counter()
+                try:
+                    async with session.get(url, headers=headers) as resp:
+                        await resp.read()
+                        if resp.status >= 400:
+                            errors += 1
+                except aiohttp.ClientError:
+                    errors += 1
+                latencies.append(time.perf_counter() - s)
+
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(client(session) for _ in range(connections)))
+        elapsed = time.perf_counter() - t0
+        ms = [v * 1000 for v in latencies]
+        return WrkResult(requests=len(ms), duration_s=round(elapsed, 3),
+                         rps=round(len(ms) / elapsed, 1), p50_ms=percentile(ms, 50),
+                         p90_ms=percentile(ms, 90), p99_ms=percentile(ms, 99),
+                         max_ms=max(ms) if ms else float("nan"), errors=errors)
+
+    return asyncio.run(run())
+
+
+def load(url: str, *, threads: int, connections: int, duration_s: float,
+         headers: dict[str, str] | None = None) -> WrkResult:
+    """wrk when installed, else (smoke only: callers decide) the Python loop."""
+    if have_tools("wrk"):
+        return run_wrk(url, threads=threads, connections=connections, duration_s=duration_s,
+                       headers=headers)
+    return python_load(url, connections=min(connections, 8), duration_s=duration_s,
+                       headers=headers)
+
+
+def run_module(module: str, args: list[str], *, timeout_s: float) -> int:
+    """One benchmark script as a child (python -m bench.<module>), output passed through."""
+    log(f"running bench.{module} {' '.join(args)}")
+    proc = subprocess.Popen([PYTHON, "-m", f"bench.{module}", *args], cwd=REPO)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        log(f"bench.{module} over {timeout_s:.0f} s: stopped")
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        return -1
+    except BaseException:
+        proc.terminate()
+        proc.wait(15)
+        raise
+
+
+def read_results(name: str, where: Path = RESULTS) -> dict[str, Any] | None:
+    path = where / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

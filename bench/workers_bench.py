@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench._support import (
@@ -123,6 +123,37 @@ async def produce(bootstrap: str, source: EventSource, n: int) -> float:
         await producer.stop()
 
 
+async def bare_consume(bootstrap: str, expected: int, timeout_s: float) -> dict[str, Any]:
+    """The reference for history ingest: a bare aiokafka consumer (its own group, every
+    partition assigned) reading the same topic from the earliest offset on the same
+    broker, committing after every batch (as a worker does), no decoding. Timed like the worker: first record -> all `expected` read
+    (the group join before the first record is left out, as the worker's start-up is)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap,
+                                group_id="bench-bare-" + secrets.token_hex(4),
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    consumer.assign([TopicPartition(PASSPORT_TOPIC, p)
+                     for p in sorted(consumer.partitions_for_topic(PASSPORT_TOPIC) or ())])
+    read = 0
+    first = last = None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while read < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            if not batches:
+                continue
+            now = time.perf_counter()
+            first = first or now
+            read += sum(len(records) for records in batches.values())
+            await consumer.commit()
+            last = time.perf_counter()
+    finally:
+        await consumer.stop()
+    span = (last - first) if first is not None and last is not None else 0.0
+    return {"read": read, "expected": expected,
+            "events_per_s": round(read / span, 1) if span > 0 else None}
+
+
 # ---------------------------------------------------------------- worker metrics
 
 
@@ -193,7 +224,8 @@ def wait_caught_up(worker: Child, expected: int, partitions: int, timeout_s: flo
 
 
 def run_stage(name: str, command: str, env: dict[str, str], backlog: int, warmup: int,
-              timeout_s: float, receiver: str | None = None) -> dict[str, Any]:
+              timeout_s: float, receiver: str | None = None,
+              reference: bool = False, passports: int = PASSPORTS) -> dict[str, Any]:
     broker = LocalKafka.tansu().start()
     worker: Child | None = None
     try:
@@ -203,16 +235,17 @@ def run_stage(name: str, command: str, env: dict[str, str], backlog: int, warmup
         env = {**env, "AMPGATE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE": "false", "AMPGATE_LOG__LEVEL": "warning"}
         port = free_port()
-        source = EventSource()
-        worker = start_service(command, env, port=port, timeout_s=60)
-        asyncio.run(produce(bootstrap, source, warmup))
-        warm = wait_caught_up(worker, warmup, partitions, 60, receiver, warmup)
-        if warm["all_processed_s"] is None:
-            raise RuntimeError(f"warm-up did not catch up: {warm['final']}")
-        if warm["caught_up_s"] is None:
-            log(f"{name}: warm-up processed, but the lag gauge stays at "
-                f"{warm['final']['lag_total']:.0f}: {warm['final']['lag']}")
-        worker.stop()
+        source = EventSource(passports)
+        if warmup > 0:  # --warmup 0 (the smoke run): straight to the backlog
+            worker = start_service(command, env, port=port, timeout_s=60)
+            asyncio.run(produce(bootstrap, source, warmup))
+            warm = wait_caught_up(worker, warmup, partitions, 60, receiver, warmup)
+            if warm["all_processed_s"] is None:
+                raise RuntimeError(f"warm-up did not catch up: {warm['final']}")
+            if warm["caught_up_s"] is None:
+                log(f"{name}: warm-up processed, but the lag gauge stays at "
+                    f"{warm['final']['lag_total']:.0f}: {warm['final']['lag']}")
+            worker.stop()
         produce_rate = asyncio.run(produce(bootstrap, source, backlog))
         log(f"{name}: {backlog} events produced at {produce_rate:,.0f}/s while stopped")
         worker = start_service(command, env, port=port, timeout_s=60)
@@ -226,7 +259,7 @@ def run_stage(name: str, command: str, env: dict[str, str], backlog: int, warmup
                                   run["final"].get("deliveries")}
         if run["caught_up_s"] is None and run["all_processed_s"] is not None:
             busy = run["all_processed_s"] - (run["first_processed_s"] or 0)
-            result.update(events_per_s=round(backlog / busy, 1) if busy > 0 else None,
+            result.update(events_per_s=round(backlog / max(busy, 0.1), 1),
                           all_processed_s=round(run["all_processed_s"] + startup_s, 2),
                           lag_stuck={k: v for k, v in run["final"]["lag"].items() if v},
                           error=f"all {backlog} processed, but ampgate_consumer_lag stays at "
@@ -237,8 +270,14 @@ def run_stage(name: str, command: str, env: dict[str, str], backlog: int, warmup
                                f"{run['final'].get('lag_total')}")
         else:
             busy = run["caught_up_s"] - (run["first_processed_s"] or 0)
-            result.update(events_per_s=round(backlog / busy, 1) if busy > 0 else None,
+            result.update(events_per_s=round(backlog / max(busy, 0.1), 1),
                           recovery_s=round(run["caught_up_s"] + startup_s, 2))
+        if reference:
+            worker.stop()  # the reference reads alone, like the worker did
+            ref = asyncio.run(bare_consume(bootstrap, warmup + backlog, timeout_s))
+            result["bare_consumer"] = ref
+            if ref["events_per_s"] and result.get("events_per_s"):
+                result["ratio_to_bare"] = round(result["events_per_s"] / ref["events_per_s"], 3)
         if receiver is not None:
             counts = http_json("GET", receiver + "/count")[1]
             result["receiver"] = counts
@@ -275,7 +314,14 @@ def main() -> None:
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra AMPGATE_* setting for every worker (e.g. "
                              "AMPGATE_CONSUMER__BATCH_SIZE=2000), repeatable")
+    parser.add_argument("--passports", type=int, default=PASSPORTS,
+                        help="distinct passports (keys) the events are spread over")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every code path, tiny counts (no thresholds)")
     args = parser.parse_args()
+    if args.smoke:  # 30 passports: each gets ~10 versions, so the order check has work
+        args.backlog, args.events, args.warmup, args.timeout = 300, 300, 0, 60
+        args.passports = 30
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     configure_logging(LogSettings(level="warning"))
     load_before = warn_if_busy()
@@ -287,7 +333,8 @@ def main() -> None:
         env = {**extra, "AMPGATE_STATE_DIR": str(work / "h-sqlite"),
                "AMPGATE_HISTORY__DATABASE_URL": f"sqlite:///{work / 'history.sqlite3'}"}
         results["history-sqlite"] = stage("history-sqlite", lambda: run_stage(
-            "history-sqlite", "history", env, args.backlog, args.warmup, args.timeout))
+            "history-sqlite", "history", env, args.backlog, args.warmup, args.timeout,
+            reference=True, passports=args.passports))
 
     if "history-postgres" in stages:
         def pg() -> dict[str, Any]:
@@ -298,7 +345,7 @@ def main() -> None:
                 env = {**extra, "AMPGATE_STATE_DIR": str(work / "h-pg"),
                        "AMPGATE_HISTORY__DATABASE_URL": handle.dsn}
                 out = run_stage("history-postgres", "history", env, args.events, args.warmup,
-                                args.timeout)
+                                args.timeout, reference=True, passports=args.passports)
                 out["postgres"] = handle.source
                 return out
             finally:
@@ -315,12 +362,12 @@ def main() -> None:
             try:
                 wait_http(receiver, receiver.url + "/healthz")
                 secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-                subs = [{"name": "bench", "url": receiver.url + "/hook", "events": ["*"],
+                subs = [{"name": "bench", "url": receiver.url + "/hook/a", "events": ["*"],
                          "secret": secret}]
                 env = {**extra, "AMPGATE_STATE_DIR": str(work / "webhooks"),
                        "AMPGATE_WEBHOOKS__SUBSCRIPTIONS": json.dumps(subs)}
                 return run_stage("webhooks", "webhooks", env, args.events, args.warmup,
-                                 args.timeout, receiver=receiver.url)
+                                 args.timeout, receiver=receiver.url, passports=args.passports)
             finally:
                 receiver.stop()
 
@@ -329,12 +376,13 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     report = {"machine": machine(),
               "config": {"backlog": args.backlog, "events": args.events, "warmup": args.warmup,
-                         "passports": PASSPORTS, "broker": "tansu (fresh per stage)",
-                         "worker_env": extra, "loadavg_before": load_before},
+                         "passports": args.passports, "broker": "tansu (fresh per stage)",
+                         "worker_env": extra, "loadavg_before": load_before,
+                         "smoke": args.smoke},
               "stages": results}
     path = write_results("workers", report)
     print_report(report)
-    print(f"\nwritten: {path.relative_to(REPO)}")
+    print(f"\nwritten: {path}")
 
 
 def _v(d: dict[str, Any], key: str, fmt: str = "{:,.0f}") -> str:
@@ -355,15 +403,26 @@ def print_report(r: dict[str, Any]) -> None:
     if hs is not None:
         rows += [[f"history ingest on SQLite, events/s ({_n(hs)} backlog)",
                   _v(hs, "events_per_s")],
+                 ["  bare aiokafka consumer, same backlog, same broker, events/s",
+                  _v(hs.get("bare_consumer") or {}, "events_per_s")],
+                 ["  ratio history / bare consumer (target >= 0.8 or >= 10k/s)",
+                  _v(hs, "ratio_to_bare", "{:.2f}")],
                  ["consumer lag recovery after the backlog, s (start to lag 0)",
                   _v(hs, "recovery_s", "{:.1f}")]]
     if hp is not None:
         rows += [[f"history ingest on PostgreSQL, events/s ({_n(hp)} backlog)",
                   _v(hp, "events_per_s")],
+                 ["  bare aiokafka consumer, same backlog, same broker, events/s",
+                  _v(hp.get("bare_consumer") or {}, "events_per_s")],
+                 ["  ratio history / bare consumer (target >= 0.8 or >= 10k/s)",
+                  _v(hp, "ratio_to_bare", "{:.2f}")],
                  ["  recovery, s", _v(hp, "recovery_s", "{:.1f}")]]
     if wh is not None:
+        rec = wh.get("receiver") or {}
         rows += [[f"webhook deliveries/s to a local receiver ({_n(wh)} backlog)",
                   _v(wh, "deliveries_per_s")],
+                 ["  out of order / duplicates (per endpoint and passport)",
+                  f"{rec.get('out_of_order', '-')} / {rec.get('duplicates', '-')}"],
                  ["  webhooks consumer lag recovery, s", _v(wh, "recovery_s", "{:.1f}")]]
     for name, d in s.items():
         if "error" in d:
