@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -67,4 +68,7 @@ async def test_docs_page_renders_every_operation_offline(gateway, tmp_path):
     shot = tmp_path / "docs.png"
     await _run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", url)
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
-    print(f"\n/docs screenshot: {shot}")
+    kept = Path(__file__).resolve().parents[3] / ".artifacts" / "docs-screenshot.png"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, kept)  # a stable place to look at it after the run (git-ignored)
+    print(f"\n/docs screenshot: {kept}")
