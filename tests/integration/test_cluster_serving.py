@@ -1,0 +1,215 @@
+"""Cluster mode, serving half (DESIGN.md §12): three gateway replicas in one process, one
+real Redis, the sandbox. What a user notices: upstream token and data calls counted by the
+sandbox, answers, ``/readyz`` and ``/metrics`` of each replica."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.gateway import ADMIN_KEY, WRITER_KEY, auth
+
+PID_PATH = "/v1/passports/{}"
+
+
+async def replicas(make_gateway, tmp_path, url: str, n: int = 3, **overrides):
+    return [await make_gateway(cluster={"redis_url": url}, state_dir=tmp_path / f"replica{i}",
+                               **overrides)
+            for i in range(n)]
+
+
+async def passport_ids(gw, n: int) -> list[str]:
+    resp = await gw.get("/v1/passports", headers=auth())
+    assert resp.status == 200, await resp.text()
+    ids = [d["id"] for d in await resp.json()]
+    assert len(ids) >= n
+    return ids[:n]
+
+
+async def metric(gw, name: str, **labels: str) -> float:
+    text = await (await gw.get("/metrics")).text()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def cluster_state(gw) -> str | None:
+    resp = await gw.get("/readyz")
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["checks"].get("cluster")
+
+
+async def test_one_token_request_per_credential_cluster_wide(make_gateway, sandbox, redis_url,
+                                                             tmp_path):
+    gws = await replicas(make_gateway, tmp_path, redis_url)
+    before = await sandbox.calls()
+
+    async def one(i: int):
+        gw = gws[i % 3]
+        path = "/v1/passports" if i % 2 else f"/v1/charging-stations?page[offset]={i % 5}"
+        return await gw.get(path, headers=auth())
+
+    responses = await asyncio.gather(*(one(i) for i in range(300)))
+    assert [r.status for r in responses] == [200] * 300
+    after = await sandbox.calls()
+    assert after["siemensid.token"] - before["siemensid.token"] == 1
+    assert after["cognito.token"] - before["cognito.token"] == 1
+
+    # Revoked upstream before it expired: every replica's calls get 401, ONE refresh
+    # cluster-wide, each call replayed once, every caller 200.
+    ids = await passport_ids(gws[0], 60)
+    await sandbox.revoke("siemensid")
+    before = await sandbox.calls()
+    responses = await asyncio.gather(*(gws[i % 3].get(f"/v1/passports/{pid}/owned",
+                                                      headers=auth())
+                                       for i, pid in enumerate(ids)))
+    assert [r.status for r in responses] == [200] * 60
+    after = await sandbox.calls()
+    assert after["siemensid.token"] - before["siemensid.token"] == 1
+    assert sum([await metric(gw, "ampgate_token_requests_total", upstream="siemensid",
+                             outcome="ok") for gw in gws]) == 2
+
+
+async def test_a_key_cold_everywhere_costs_one_upstream_call(make_gateway, sandbox, redis_url,
+                                                           tmp_path):
+    gws = await replicas(make_gateway, tmp_path, redis_url)
+    pid = (await passport_ids(gws[0], 1))[0]
+    for gw in gws:  # tokens in place: the burst below measures the cache only
+        assert (await gw.get("/v1/passports", headers=auth())).status == 200
+    await sandbox.fault("passport.public", "latency", latency_ms=300)
+    before = (await sandbox.calls())["passport.public"]
+
+    async def timed(gw):
+        started = time.perf_counter()
+        resp = await gw.get(PID_PATH.format(pid), headers=auth())
+        body = await resp.read()
+        return time.perf_counter() - started, resp.status, body
+
+    results = await asyncio.gather(*(timed(gws[i % 3]) for i in range(60)))
+    assert [status for _, status, _ in results] == [200] * 60
+    assert len({body for _, _, body in results}) == 1
+    assert (await sandbox.calls())["passport.public"] - before == 1
+    slowest = max(seconds for seconds, _, _ in results)
+    assert slowest < 0.4, slowest
+    # the two replicas that did not call upstream were answered by the shared tier
+    shared = [await metric(gw, "ampgate_cache_lookups_total", route="passport_public",
+                           result="shared_hit") for gw in gws]
+    assert sorted(shared) == [0, 1, 1], shared
+    # ...and now hold it in memory: a hit there, no upstream call, no waiting
+    hit = await gws[2].get(PID_PATH.format(pid), headers=auth())
+    assert hit.headers["X-Cache"] == "HIT"
+    assert (await sandbox.calls())["passport.public"] - before == 1
+
+
+async def test_writes_and_purge_reach_every_replica(make_gateway, sandbox, redis_url, tmp_path):
+    gws = await replicas(make_gateway, tmp_path, redis_url)
+    pid = (await passport_ids(gws[0], 1))[0]
+    first = None
+    for gw in gws:
+        first = await (await gw.get(PID_PATH.format(pid), headers=auth())).json()
+        assert (await gw.get(PID_PATH.format(pid), headers=auth())).headers["X-Cache"] == "HIT"
+    changed = {**first, "status": {"state": "recalled"}}
+    put = await gws[0].put(PID_PATH.format(pid), json=changed, headers=auth(WRITER_KEY))
+    assert put.status == 200, await put.text()
+    for gw in gws[1:]:
+        after = await gw.get(PID_PATH.format(pid), headers=auth())
+        assert (await after.json())["status"]["state"] == "recalled"
+
+    # purge on one replica: every replica's memory tier and the shared tier are empty
+    for gw in gws:
+        await gw.get(PID_PATH.format(pid), headers=auth())
+        assert (await gw.get(PID_PATH.format(pid), headers=auth())).headers["X-Cache"] == "HIT"
+    purged = await gws[0].post("/admin/cache/purge", headers=auth(ADMIN_KEY))
+    assert purged.status == 200, await purged.text()
+    before = (await sandbox.calls())["passport.public"]
+    for gw in gws[1:]:
+        again = await gw.get(PID_PATH.format(pid), headers=auth())
+        assert again.status == 200
+        assert again.headers["X-Cache"] != "HIT"
+    assert (await sandbox.calls())["passport.public"] - before == 1  # one refill, shared
+
+
+async def wait_for(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_redis_outage_serves_on_and_recovers(make_gateway, sandbox, private_redis,
+                                                   tmp_path):
+    gws = await replicas(make_gateway, tmp_path, private_redis.url)
+    ids = await passport_ids(gws[0], 40)
+    for gw in gws:
+        assert await cluster_state(gw) == "ok"
+        assert await metric(gw, "ampgate_cluster_store_up") == 1
+    failures: list[tuple[int, str]] = []
+    done = 0
+
+    async def load(seconds: float) -> None:
+        nonlocal done
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            gw = gws[i % 3]
+            pid = ids[i % len(ids)]
+            path = PID_PATH.format(pid) if i % 2 else f"/v1/passports/{pid}/owned"
+            resp = await gw.get(path, headers=auth())
+            if resp.status != 200:
+                failures.append((resp.status, await resp.text()))
+            await resp.read()
+            done += 1
+            i += 1
+
+    workers = [asyncio.create_task(load(4.0)) for _ in range(6)]
+    await asyncio.sleep(0.5)
+    private_redis.kill()
+    assert await wait_for(lambda: _all_degraded(gws), 3.0)
+    for gw in gws:
+        assert await metric(gw, "ampgate_cluster_store_up") == 0
+    await asyncio.sleep(1.5)
+    private_redis.start()  # same port, EMPTY: no token, no entries, no epochs
+    await asyncio.gather(*workers)
+    assert failures == [], failures[:3]
+    assert done > 100
+    for gw in gws:
+        assert await wait_for(lambda gw=gw: _state_is(gw, "ok"), 6.0)
+        assert await metric(gw, "ampgate_cluster_store_up") == 1
+
+    # Correct answers after an empty restart: a write on one replica shows on the others
+    # (the memory tiers were dropped on resubscription; the token cell refilled once).
+    pid = ids[0]
+    first = await (await gws[1].get(PID_PATH.format(pid), headers=auth())).json()
+    await gws[2].get(PID_PATH.format(pid), headers=auth())
+    changed = {**first, "status": {"state": "after-outage"}}
+    put = await gws[0].put(PID_PATH.format(pid), json=changed, headers=auth(WRITER_KEY))
+    assert put.status == 200, await put.text()
+    for gw in gws[1:]:
+        after = await gw.get(PID_PATH.format(pid), headers=auth())
+        assert (await after.json())["status"]["state"] == "after-outage"
+
+
+async def _state_is(gw, state: str) -> bool:
+    return await cluster_state(gw) == state
+
+
+async def _all_degraded(gws) -> bool:
+    return all([await _state_is(gw, "degraded") for gw in gws])
+
+
+@pytest.mark.parametrize("unset", [True])
+async def test_single_replica_mode_reports_no_cluster(make_gateway, unset):
+    gw = await make_gateway()
+    assert await cluster_state(gw) is None
+    assert await metric(gw, "ampgate_cluster_store_up") == 0  # not exported at all
+    text = await (await gw.get("/metrics")).text()
+    assert "ampgate_cluster_" not in text
+    assert 'result="shared_hit"' in text  # starts at 0, in every mode
