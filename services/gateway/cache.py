@@ -32,7 +32,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import orjson
@@ -110,6 +110,8 @@ class _Fill:
     task: asyncio.Task[tuple[CachedResponse, CacheResult | None]]
     tags: tuple[Hashable, ...]
     outdated: bool = False  # invalidated while in flight: do not store
+    # cluster mode: the shared evictions this fill's own answer caused (a change it found)
+    own_evictions: list[asyncio.Future[object]] = field(default_factory=list)
 
 
 class ResponseCache:
@@ -215,7 +217,9 @@ class ResponseCache:
         that)."""
         removed = self._invalidate_local(tag)
         if self._shared is not None:
-            self._spawn_eviction(self._evict_shared([shared_name(tag)]))
+            task = self._spawn_eviction(self._evict_shared([shared_name(tag)]))
+            if (evicting := _CURRENT_FILL.get()) is not None:
+                evicting.own_evictions.append(task)  # its answer is stored after it
         return removed
 
     def clear(self) -> int:
@@ -275,10 +279,11 @@ class ResponseCache:
         self._publish()
         return count
 
-    def _spawn_eviction(self, coro: Awaitable[object]) -> None:
+    def _spawn_eviction(self, coro: Awaitable[object]) -> asyncio.Future[object]:
         task = asyncio.ensure_future(coro)
         self._evictions.add(task)
         task.add_done_callback(self._evictions.discard)
+        return task
 
     async def _evict_shared(self, tags: list[str]) -> None:
         assert self._shared is not None
@@ -418,11 +423,21 @@ class ResponseCache:
             response = await fetch()
             if response.status != 200:
                 return response, None
-            return response, SharedEntry.of(
+            entry = SharedEntry.of(
                 response.status, response.body, response.content_type, response.etag,
                 response.stored_at, response.headers, ttl_s=policy.ttl_s,
                 swr_s=policy.stale_while_revalidate_s,
                 stale_if_error_s=policy.stale_if_error_s)
+            this = _CURRENT_FILL.get()
+            if this is not None and this.own_evictions:
+                # This answer revealed a change and evicted its tags everywhere: it IS the
+                # new version. Store it after those evictions (still holding the fill lock,
+                # so the waiters find it), not with the epochs read before them.
+                await asyncio.wait(this.own_evictions, timeout=1.0)
+                with contextlib.suppress(ClusterUnavailable):
+                    await shared.put(name, entry, tag_names)
+                return response, None
+            return response, entry
 
         if revalidate:  # the client asked for a fresh answer: no shared hit, but share it
             return await self._refetch_shared(name, tag_names, fetch_and_encode), None
