@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.gateway import ADMIN_KEY, WRITER_KEY, auth
@@ -15,9 +16,9 @@ from tests.fixtures.gateway import ADMIN_KEY, WRITER_KEY, auth
 PID_PATH = "/v1/passports/{}"
 
 
-async def replicas(make_gateway, tmp_path, url: str, n: int = 3, **overrides):
-    return [await make_gateway(cluster={"redis_url": url}, state_dir=tmp_path / f"replica{i}",
-                               **overrides)
+async def replicas(make_gateway, tmp_path, url: str, n: int = 3, **cluster):
+    return [await make_gateway(cluster={"redis_url": url, **cluster},
+                               state_dir=tmp_path / f"replica{i}")
             for i in range(n)]
 
 
@@ -221,3 +222,39 @@ async def test_single_replica_mode_reports_no_cluster(make_gateway, unset):
     text = await (await gw.get("/metrics")).text()
     assert "ampgate_cluster_" not in text
     assert 'result="shared_hit"' in text  # starts at 0, in every mode
+
+
+async def test_an_eviction_redis_missed_reaches_it_when_it_is_back(make_gateway, sandbox,
+                                                                  private_redis, tmp_path):
+    """Redis keeps its data but refuses the gateway for a while (its ACL user removed) while
+    a write evicts: once Redis takes the gateway again, the eviction reaches the shared tier
+    and every replica, so the old version kept in Redis is not served for the rest of its
+    TTL. The replicas log in as an ACL user of their own (AMPGATE_CLUSTER__REDIS_USERNAME)."""
+    admin = redis.Redis.from_url(private_redis.url, socket_timeout=5)
+    grant = ("ACL", "SETUSER", "ampgate", "on", ">gw-secret", "~*", "&*", "+@all")
+    admin.execute_command(*grant)
+    gws = await replicas(make_gateway, tmp_path, private_redis.url, redis_username="ampgate",
+                         redis_password="gw-secret")
+    pid = (await passport_ids(gws[0], 1))[0]
+    first = None
+    for gw in gws:
+        first = await (await gw.get(PID_PATH.format(pid), headers=auth())).json()
+        assert await cluster_state(gw) == "ok"
+    admin.execute_command("ACL", "DELUSER", "ampgate")  # its connections are closed too
+    try:
+        assert await wait_for(lambda: _all_degraded(gws), 3.0)
+        changed = {**first, "status": {"state": "written-while-refused"}}
+        put = await gws[0].put(PID_PATH.format(pid), json=changed, headers=auth(WRITER_KEY))
+        assert put.status == 200, await put.text()
+    finally:
+        admin.execute_command(*grant)
+        admin.close()
+    for gw in gws:
+        assert await wait_for(lambda gw=gw: _state_is(gw, "ok"), 6.0)
+
+    async def shows_it(gw) -> bool:
+        doc = await (await gw.get(PID_PATH.format(pid), headers=auth())).json()
+        return doc["status"]["state"] == "written-while-refused"
+
+    for gw in gws[1:]:
+        assert await wait_for(lambda gw=gw: shows_it(gw), 4.0)
