@@ -5,12 +5,15 @@ sandbox, answers, ``/readyz`` and ``/metrics`` of each replica."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common.logging import configure_logging
+from services.common.settings import LogSettings
 from tests.fixtures.gateway import ADMIN_KEY, WRITER_KEY, auth
 
 PID_PATH = "/v1/passports/{}"
@@ -137,6 +140,26 @@ async def test_writes_and_purge_reach_every_replica(make_gateway, sandbox, redis
     assert (await sandbox.calls())["passport.public"] - before == 1  # one refill, shared
 
 
+async def test_a_fill_survives_its_cancelled_caller(make_gateway, sandbox, redis_url, tmp_path):
+    """The caller that started the one cluster-wide fill gives up; the fill goes on, and the
+    other replicas are answered by it: still one upstream call."""
+    gws = await replicas(make_gateway, tmp_path, redis_url)
+    pid = (await passport_ids(gws[0], 1))[0]
+    for gw in gws:
+        assert (await gw.get("/v1/passports", headers=auth())).status == 200
+    await sandbox.fault("passport.public", "latency", latency_ms=300)
+    before = (await sandbox.calls())["passport.public"]
+    first = asyncio.create_task(gws[0].get(PID_PATH.format(pid), headers=auth()))
+    await asyncio.sleep(0.1)
+    first.cancel()  # the client goes away while replica 1 holds the fill
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    others = await asyncio.gather(*(gws[1 + i % 2].get(PID_PATH.format(pid), headers=auth())
+                                    for i in range(10)))
+    assert [r.status for r in others] == [200] * 10
+    assert (await sandbox.calls())["passport.public"] - before == 1
+
+
 async def wait_for(predicate, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -214,8 +237,7 @@ async def _all_degraded(gws) -> bool:
     return all([await _state_is(gw, "degraded") for gw in gws])
 
 
-@pytest.mark.parametrize("unset", [True])
-async def test_single_replica_mode_reports_no_cluster(make_gateway, unset):
+async def test_single_replica_mode_reports_no_cluster(make_gateway):
     gw = await make_gateway()
     assert await cluster_state(gw) is None
     assert await metric(gw, "ampgate_cluster_store_up") == 0  # not exported at all
@@ -226,6 +248,22 @@ async def test_single_replica_mode_reports_no_cluster(make_gateway, unset):
 
 async def test_an_eviction_redis_missed_reaches_it_when_it_is_back(make_gateway, sandbox,
                                                                   private_redis, tmp_path):
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "w+") as stream:  # noqa: ASYNC230 - the logging sink under test
+        configure_logging(LogSettings(format="json", level="debug"), stream=stream)
+        try:
+            await _missed_eviction(make_gateway, sandbox, private_redis, tmp_path)
+        finally:
+            stream.flush()
+            configure_logging(LogSettings(format="json"))
+    logs = log_path.read_text()
+    assert "cluster_store_down" in logs and "cluster_store_up" in logs
+    # the Redis password and the upstream tokens (kept in Redis) never reach a log line
+    assert "gw-secret" not in logs
+    assert not re.search(r"eyJ[A-Za-z0-9_-]{10,}\.", logs), "a JWT leaked into logs"
+
+
+async def _missed_eviction(make_gateway, sandbox, private_redis, tmp_path) -> None:
     """Redis keeps its data but refuses the gateway for a while (its ACL user removed) while
     a write evicts: once Redis takes the gateway again, the eviction reaches the shared tier
     and every replica, so the old version kept in Redis is not served for the rest of its
