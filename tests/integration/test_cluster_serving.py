@@ -5,13 +5,16 @@ sandbox, answers, ``/readyz`` and ``/metrics`` of each replica."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 
 import pytest
 import redis
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.common import logging as gateway_logging
 from services.common.logging import configure_logging
 from services.common.settings import LogSettings
 from tests.fixtures.gateway import ADMIN_KEY, WRITER_KEY, auth
@@ -105,9 +108,14 @@ async def test_a_key_cold_everywhere_costs_one_upstream_call(make_gateway, sandb
     shared = [await metric(gw, "ampgate_cache_lookups_total", route="passport_public",
                            result="shared_hit") for gw in gws]
     assert sorted(shared) == [0, 1, 1], shared
-    # ...and now hold it in memory: a hit there, no upstream call, no waiting
+    # ...and now answer from memory: hits that make no upstream call and no Redis call
     hit = await gws[2].get(PID_PATH.format(pid), headers=auth())
     assert hit.headers["X-Cache"] == "HIT"
+    redis_calls = await metric(gws[2], "ampgate_cluster_redis_call_duration_seconds_count")
+    hits = await asyncio.gather(*(gws[2].get(PID_PATH.format(pid), headers=auth())
+                                  for _ in range(50)))
+    assert {r.headers["X-Cache"] for r in hits} == {"HIT"}
+    assert await metric(gws[2], "ampgate_cluster_redis_call_duration_seconds_count") == redis_calls
     assert (await sandbox.calls())["passport.public"] - before == 1
 
 
@@ -249,13 +257,19 @@ async def test_single_replica_mode_reports_no_cluster(make_gateway):
 async def test_an_eviction_redis_missed_reaches_it_when_it_is_back(make_gateway, sandbox,
                                                                   private_redis, tmp_path):
     log_path = tmp_path / "gateway.log"
+    saved = structlog.get_config(), logging.root.handlers[:], logging.root.level
+    saved_info = gateway_logging.INFO_ENABLED
     with open(log_path, "w+") as stream:  # noqa: ASYNC230 - the logging sink under test
         configure_logging(LogSettings(format="json", level="debug"), stream=stream)
         try:
             await _missed_eviction(make_gateway, sandbox, private_redis, tmp_path)
         finally:
             stream.flush()
-            configure_logging(LogSettings(format="json"))
+            # back to what the other tests see (their capsys reads the default logger)
+            structlog.configure(**saved[0])
+            logging.root.handlers[:] = saved[1]
+            logging.root.setLevel(saved[2])
+            gateway_logging.INFO_ENABLED = saved_info
     logs = log_path.read_text()
     assert "cluster_store_down" in logs and "cluster_store_up" in logs
     # the Redis password and the upstream tokens (kept in Redis) never reach a log line
