@@ -22,9 +22,9 @@ from tests.fixtures.gateway import ADMIN_KEY, WRITER_KEY, auth
 PID_PATH = "/v1/passports/{}"
 
 
-async def replicas(make_gateway, tmp_path, url: str, n: int = 3, **cluster):
+async def replicas(make_gateway, tmp_path, url: str, n: int = 3, settings=None, **cluster):
     return [await make_gateway(cluster={"redis_url": url, **cluster},
-                               state_dir=tmp_path / f"replica{i}")
+                               state_dir=tmp_path / f"replica{i}", **(settings or {}))
             for i in range(n)]
 
 
@@ -81,6 +81,25 @@ async def test_one_token_request_per_credential_cluster_wide(make_gateway, sandb
     assert after["siemensid.token"] - before["siemensid.token"] == 1
     assert sum([await metric(gw, "ampgate_token_requests_total", upstream="siemensid",
                              outcome="ok") for gw in gws]) == 2
+
+
+async def test_token_endpoint_down_is_503_without_stampede(make_gateway, sandbox, redis_url,
+                                                           tmp_path):
+    """No token anywhere and the IdP failing: a 503 problem with Retry-After on every
+    replica, and at most one token request per replica (each backs off on its own)."""
+    gws = await replicas(make_gateway, tmp_path, redis_url, settings={
+        "passport": {"breaker_failures": 1, "breaker_reset_s": 30}})
+    await sandbox.fault("siemensid.token", "status", status=503)
+    before = (await sandbox.calls())["siemensid.token"]
+    results = []
+    for _ in range(2):  # a second wave finds every replica backing off: no new request
+        results += await asyncio.gather(*(gws[i % 3].get(f"/v1/passports/p{i}", headers=auth())
+                                          for i in range(60)))
+    assert {r.status for r in results} == {503}
+    for r in results[:3]:
+        assert r.headers["Content-Type"].startswith("application/problem+json")
+        assert "Retry-After" in r.headers
+    assert 1 <= (await sandbox.calls())["siemensid.token"] - before <= 3
 
 
 async def test_a_key_cold_everywhere_costs_one_upstream_call(make_gateway, sandbox, redis_url,
@@ -184,6 +203,9 @@ async def test_redis_outage_serves_on_and_recovers(make_gateway, sandbox, privat
     for gw in gws:
         assert await cluster_state(gw) == "ok"
         assert await metric(gw, "ampgate_cluster_store_up") == 1
+        text = await (await gw.get("/metrics")).text()
+        assert "# TYPE ampgate_cluster_leases_held gauge" in text
+        assert "# TYPE ampgate_cluster_redis_call_duration_seconds histogram" in text
     failures: list[tuple[int, str]] = []
     done = 0
 
