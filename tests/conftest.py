@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.postgres",
     "tests.fixtures.gateway",
+    "tests.fixtures.redis",
 ]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

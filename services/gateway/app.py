@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 
 import structlog
@@ -11,18 +14,23 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from services.common.events import EVENT_TOPICS
-from services.common.http import READINESS_KEY, base_app
+from services.common.http import READINESS_KEY, REGISTRY_KEY, base_app
 from services.common.outbox import Outbox, OutboxPublisher
+from services.common.redis_security import redis_options
 from services.common.settings import Settings
 from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache
 from services.gateway.changes import ChangeDetector
+from services.gateway.cluster import Channels, ClusterMetrics, ClusterStore, SharedCache
+from services.gateway.cluster import shared_cache as shared_cache_module
+from services.gateway.cluster import tokens as shared_tokens_module
 from services.gateway.docs import add_docs_routes
 from services.gateway.eviction import CACHE_TOPIC, evict_change, evict_event
 from services.gateway.invalidation import InvalidationConsumer
 from services.gateway.keys import (
     AUTH_KEY,
     CACHE_KEY,
+    CLUSTER_KEY,
     CONTEXTS_KEY,
     DETECTOR_KEY,
     METRICS_KEY,
@@ -31,6 +39,7 @@ from services.gateway.keys import (
     PUBLISHER_KEY,
     SETTINGS_KEY,
     UPSTREAMS_KEY,
+    Cluster,
 )
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import openapi_handler
@@ -53,7 +62,11 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[CONTEXTS_KEY] = {
         next(iter(c.upstream_params().items())): c.name for c in settings.tariff_contexts
     }
+    app[CLUSTER_KEY] = None
+    if settings.cluster.redis_url:
+        app.middlewares.append(settle_evictions)
     app.cleanup_ctx.extend([
+        cluster_ctx,
         http_session_ctx,
         upstreams_ctx,
         cache_ctx,
@@ -68,11 +81,76 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     return app
 
 
+def replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode (DESIGN.md §12): the Redis store, the one pub/sub connection and the
+    cluster metrics of this replica, as ``app[CLUSTER_KEY]``; None (and nothing started)
+    when ``settings.cluster.redis_url`` is unset. A Redis that is down at start-up does
+    not stop the gateway: the store starts "down" and comes up by itself."""
+    settings = app[SETTINGS_KEY]
+    url = settings.cluster.redis_url
+    if not url:
+        yield
+        return
+    rid = replica_id()
+    metrics = ClusterMetrics(app[REGISTRY_KEY])
+    # 250 ms per call: a loaded event loop makes 50-100 ms budgets trip (Kong#13473), and
+    # only misses ever wait on Redis.
+    store = ClusterStore(url, timeout_s=0.25, on_state=metrics.store_state,
+                         on_call=metrics.observe_call,
+                         client_name=f"ampgate-gateway-{rid}"[:64],
+                         connection_options=redis_options(settings.cluster, url))
+    await store.start()
+    channels = Channels(store, [shared_tokens_module.channel(store),
+                                *shared_cache_module.channels(store)])
+    await channels.start()
+    app[CLUSTER_KEY] = Cluster(store=store, channels=channels, replica_id=rid, metrics=metrics,
+                               lease_s=settings.cluster.lease_s)
+    # Redis down: still serving (memory tier, local tokens), so still ready; the state
+    # is reported for operators and alerts.
+    app[READINESS_KEY]["cluster"] = lambda: (True, "ok" if store.is_up else "degraded")
+    log.info("cluster_mode", replica_id=rid, store_up=store.is_up)
+    yield
+    await channels.stop()
+    await store.close()
+
+
+def _fill_lock_ttl_s(settings: Settings) -> float:
+    """How long one replica's fill may hold a key cluster-wide: the slowest upstream's
+    request timeout (its retries stay inside it), plus a second."""
+    return max(s.timeout_s for s in (settings.passport, settings.cpo, settings.pricing)
+               if s is not None) + 1.0
+
+
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    cache = ResponseCache(app[SETTINGS_KEY].cache.max_bytes, app[METRICS_KEY])
+    settings, cluster = app[SETTINGS_KEY], app[CLUSTER_KEY]
+    shared = None
+    if cluster is not None:
+        shared = SharedCache(cluster.store, cluster.channels, replica_id=cluster.replica_id)
+    cache = ResponseCache(settings.cache.max_bytes, app[METRICS_KEY], shared=shared,
+                          fill_lock_ttl_s=_fill_lock_ttl_s(settings))
+    if cluster is not None:
+        cluster.store.add_state_listener(cache.store_state)
     app[CACHE_KEY] = cache
     yield
     await cache.close()
+    if shared is not None:
+        await shared.close()
+
+
+@web.middleware
+async def settle_evictions(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                           ) -> web.StreamResponse:
+    """Cluster mode: a write answers once its cache evictions reached Redis (and so every
+    replica's subscription), so the next read anywhere sees it. Reads never wait here."""
+    response = await handler(request)
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        await request.app[CACHE_KEY].settled()
+    return response
 
 
 async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -12,29 +12,58 @@ stale-while-revalidate, stale-if-error, an LRU bounded by bytes, tag invalidatio
   answer revealed the change, so it is the new version.
 - Stale-if-error is for an unavailable upstream only (``UpstreamError.unavailable``);
   an upstream 4xx is the answer and drops the entry (DESIGN.md §5).
+
+Cluster mode (DESIGN.md §12; ``shared`` given): this memory tier stays first and a hit
+is exactly the code above — no Redis call. Only the fill task changes: it goes through
+``SharedCache.fill`` (one upstream call cluster-wide for a key cold everywhere; an entry
+another replica filled is stored here with the windows it has left, counted
+``shared_hit``), and falls back to a plain fetch when Redis cannot be used. Every eviction
+is applied here at once and then in Redis and, by its message, on every other replica
+(``on_evict``); evictions that could not reach Redis are retried when it is back. Keys
+and tags are named in Redis by ``shared_name`` (JSON, reversible by ``local_name``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
 import structlog
 
 from services.common.metrics import Children
 from services.common.settings import CachePolicy
+from services.gateway.cluster import ClusterUnavailable, FillResult, SharedCache, SharedEntry
+from services.gateway.cluster.shared_cache import Eviction
 from services.gateway.errors import UpstreamError, UpstreamTimeout
 from services.gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 
 ENTRY_OVERHEAD_BYTES = 256  # key, headers, bookkeeping: keeps many tiny entries bounded too
+_MAX_PENDING_EVICTIONS = 10_000  # tags kept for a Redis that is down; beyond: evict all
+
+# The fill whose task (or a task it started, e.g. the shared tier's detached fetch) is
+# running: ``invalidate_tag`` spares it (its answer is the new version).
+_CURRENT_FILL: contextvars.ContextVar[_Fill | None] = contextvars.ContextVar(
+    "ampgate_cache_fill", default=None)
+
+
+def shared_name(key: Hashable) -> str:
+    """The one spelling of a memory-tier key or tag in the shared tier (reversible)."""
+    return orjson.dumps(list(key) if isinstance(key, tuple) else key).decode()
+
+
+def local_name(name: str) -> Hashable:
+    value = orjson.loads(name)
+    return tuple(value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +92,7 @@ class CacheResult(StrEnum):
     STALE = "stale"
     COALESCED = "coalesced"
     BYPASS = "bypass"
+    SHARED_HIT = "shared_hit"  # a miss here, answered by the cluster's shared tier
 
 
 @dataclass(slots=True)
@@ -77,24 +107,34 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Fill:
-    task: asyncio.Task[tuple[CachedResponse, bool]]
+    task: asyncio.Task[tuple[CachedResponse, CacheResult | None]]
     tags: tuple[Hashable, ...]
     outdated: bool = False  # invalidated while in flight: do not store
+    # cluster mode: the shared evictions this fill's own answer caused (a change it found)
+    own_evictions: list[asyncio.Future[object]] = field(default_factory=list)
 
 
 class ResponseCache:
     def __init__(self, max_bytes: int, metrics: GatewayMetrics, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 shared: SharedCache | None = None, fill_lock_ttl_s: float = 11.0) -> None:
         self.max_bytes = max_bytes
+        self._shared = shared
+        self._fill_lock_ttl_s = fill_lock_ttl_s
+        self._evictions: set[asyncio.Task[object]] = set()
+        self._pending_tags: set[str] = set()  # evictions Redis missed: retried when it is up
+        self._pending_all = False
         self._metrics = metrics
         self._lookups = Children(metrics.cache_lookups)
         self._clock = clock
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()  # LRU first
         self._by_tag: dict[Hashable, set[Hashable]] = {}
         self._fills: dict[Hashable, _Fill] = {}
-        self._all_fills: set[asyncio.Task[tuple[CachedResponse, bool]]] = set()
+        self._all_fills: set[asyncio.Task[tuple[CachedResponse, CacheResult | None]]] = set()
         self._bytes = 0
         self._publish()
+        if shared is not None:
+            shared.on_evict(self._on_shared_evict)
 
     @property
     def entries(self) -> int:
@@ -142,7 +182,7 @@ class ResponseCache:
         fill = self._fills.get(key)
         result = CacheResult.COALESCED
         if fill is None:
-            fill = self._start_fill(key, fetch, policy, tags)
+            fill = self._start_fill(key, fetch, policy, tags, revalidate=revalidate)
             result = CacheResult.MISS
         elif revalidate:
             result = CacheResult.MISS  # the client asked for a fresh answer: this is one
@@ -150,10 +190,10 @@ class ResponseCache:
         try:
             # shield: this caller's cancellation or deadline must not cancel the fill
             if wait_timeout_s is None:
-                response, stale = await asyncio.shield(fill.task)
+                response, source = await asyncio.shield(fill.task)
             else:
-                response, stale = await asyncio.wait_for(asyncio.shield(fill.task),
-                                                         wait_timeout_s)
+                response, source = await asyncio.wait_for(asyncio.shield(fill.task),
+                                                          wait_timeout_s)
         except TimeoutError:
             if stale_entry := self._stale_for_error(key):
                 self._count(route, CacheResult.STALE)
@@ -163,21 +203,53 @@ class ResponseCache:
         except Exception:
             self._count(route, result)  # the lookup happened, even if the fill failed
             raise
-        if stale:
-            result = CacheResult.STALE
+        if source is CacheResult.STALE or (source is CacheResult.SHARED_HIT
+                                           and result is CacheResult.MISS):
+            result = source
         self._count(route, result)
         return response, result
 
     def invalidate_tag(self, tag: Hashable) -> int:
         """Evict every entry tagged ``tag``; fills in flight for it will not be stored,
         except the fill that is evicting (a read whose answer revealed the change: its
-        answer IS the new version, and storing it is what makes the next request see it)."""
-        try:
-            evicting = asyncio.current_task()
-        except RuntimeError:  # no running loop: no fill can be the caller
-            evicting = None
+        answer IS the new version, and storing it is what makes the next request see it).
+        In cluster mode the shared tier and every replica follow (``settled()`` awaits
+        that)."""
+        removed = self._invalidate_local(tag)
+        if self._shared is not None:
+            task = self._spawn_eviction(self._evict_shared([shared_name(tag)]))
+            if (evicting := _CURRENT_FILL.get()) is not None:
+                evicting.own_evictions.append(task)  # its answer is stored after it
+        return removed
+
+    def clear(self) -> int:
+        """Evict everything here (fills in flight will not be stored); in cluster mode
+        the shared tier and every replica follow (``purge`` awaits that)."""
+        count = self._clear_local()
+        if self._shared is not None:
+            self._spawn_eviction(self._evict_shared_all())
+        return count
+
+    async def purge(self) -> int:
+        """Admin purge: evict everything here and, in cluster mode, in the shared tier and
+        on every replica before returning. Returns the entries removed here."""
+        count = self._clear_local()
+        if self._shared is not None:
+            await self._evict_shared_all()
+        return count
+
+    async def settled(self, timeout_s: float = 1.0) -> None:
+        """Wait (bounded) until the evictions started so far reached the shared tier: a
+        write answers after every replica was told."""
+        if self._evictions:
+            await asyncio.wait(set(self._evictions), timeout=timeout_s)
+
+    # -- evictions (memory tier; shared tier in cluster mode) -------------------------
+
+    def _invalidate_local(self, tag: Hashable) -> int:
+        evicting = _CURRENT_FILL.get()
         for fill_key, fill in list(self._fills.items()):
-            if tag in fill.tags and fill.task is not evicting:
+            if tag in fill.tags and fill is not evicting:
                 fill.outdated = True
                 del self._fills[fill_key]
         keys = list(self._by_tag.get(tag, ()))
@@ -186,8 +258,15 @@ class ResponseCache:
         self._publish()
         return len(keys)
 
-    def clear(self) -> int:
-        """Evict everything (admin purge); fills in flight will not be stored."""
+    def _evict_key_local(self, key: Hashable) -> None:
+        fill = self._fills.pop(key, None)
+        if fill is not None:
+            fill.outdated = True
+        if key in self._entries:
+            self._remove(key, "invalidated")
+            self._publish()
+
+    def _clear_local(self) -> int:
         for fill in self._fills.values():
             fill.outdated = True
         self._fills.clear()
@@ -200,8 +279,63 @@ class ResponseCache:
         self._publish()
         return count
 
+    def _spawn_eviction(self, coro: Awaitable[object]) -> asyncio.Future[object]:
+        task = asyncio.ensure_future(coro)
+        self._evictions.add(task)
+        task.add_done_callback(self._evictions.discard)
+        return task
+
+    async def _evict_shared(self, tags: list[str]) -> None:
+        assert self._shared is not None
+        try:
+            await self._shared.evict(tags=tags)
+        except ClusterUnavailable:
+            self._missed(tags)
+
+    async def _evict_shared_all(self) -> None:
+        assert self._shared is not None
+        try:
+            await self._shared.evict_all()
+        except ClusterUnavailable:
+            self._missed(None)
+
+    def _missed(self, tags: list[str] | None) -> None:
+        """Redis did not take an eviction: keep it for when Redis answers again (an entry
+        in Redis must not outlive the change that evicted it here)."""
+        if tags is None or len(self._pending_tags) + len(tags) > _MAX_PENDING_EVICTIONS:
+            self._pending_all = True
+            self._pending_tags.clear()
+        elif not self._pending_all:
+            self._pending_tags.update(tags)
+        log.info("cache_shared_eviction_deferred", everything=self._pending_all,
+                 tags=len(self._pending_tags))
+
+    def store_state(self, up: bool) -> None:
+        """The cluster store's up/down listener: replay the evictions it missed."""
+        if up and (self._pending_all or self._pending_tags):
+            everything, tags = self._pending_all, sorted(self._pending_tags)
+            self._pending_all, self._pending_tags = False, set()
+            self._spawn_eviction(self._evict_shared_all() if everything
+                                 else self._evict_shared(tags))
+
+    def _on_shared_evict(self, ev: Eviction) -> None:
+        """An eviction anywhere in the cluster (or a resubscription: ``everything``)."""
+        if self._shared is not None and ev.origin == self._shared.replica_id:
+            return  # applied here already, before it was sent
+        if ev.everything:
+            self._clear_local()
+            return
+        for name in ev.tags:
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                self._invalidate_local(local_name(name))
+        for name in ev.keys:
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                self._evict_key_local(local_name(name))
+
     async def close(self) -> None:
         """Cancel fills (background refreshes included) at shutdown."""
+        if self._evictions:
+            await asyncio.wait(set(self._evictions), timeout=1.0)
         tasks = list(self._all_fills)
         self._fills.clear()
         for task in tasks:
@@ -213,10 +347,12 @@ class ResponseCache:
     # -- fills ---------------------------------------------------------------------
 
     def _start_fill(self, key: Hashable, fetch: Callable[[], Awaitable[CachedResponse]],
-                    policy: CachePolicy, tags: Collection[Hashable]) -> _Fill:
+                    policy: CachePolicy, tags: Collection[Hashable], *,
+                    revalidate: bool = False) -> _Fill:
         tags = tuple(tags)
         fill: _Fill
-        task = asyncio.create_task(self._run_fill(key, fetch, policy, tags, lambda: fill))
+        task = asyncio.create_task(self._run_fill(key, fetch, policy, tags, lambda: fill,
+                                                  revalidate))
         fill = _Fill(task, tags)
         self._fills[key] = fill
         self._all_fills.add(task)
@@ -224,7 +360,7 @@ class ResponseCache:
         return fill
 
     def _fill_done(self, key: Hashable, fill: _Fill,
-                   task: asyncio.Task[tuple[CachedResponse, bool]]) -> None:
+                   task: asyncio.Task[tuple[CachedResponse, CacheResult | None]]) -> None:
         self._all_fills.discard(task)
         if self._fills.get(key) is fill:
             del self._fills[key]
@@ -234,33 +370,116 @@ class ResponseCache:
 
     async def _run_fill(self, key: Hashable, fetch: Callable[[], Awaitable[CachedResponse]],
                         policy: CachePolicy, tags: tuple[Hashable, ...],
-                        this: Callable[[], _Fill]) -> tuple[CachedResponse, bool]:
-        """Fetch, store if allowed; returns (response, served_stale).
+                        this: Callable[[], _Fill], revalidate: bool = False,
+                        ) -> tuple[CachedResponse, CacheResult | None]:
+        """Fetch, store if allowed; returns (response, STALE | SHARED_HIT | None).
 
         ``fetch`` returns the upstream's 2xx answer or raises an UpstreamError (what the
         upstream client does). Stale-if-error stands in only for an upstream that is
         unavailable; an upstream 4xx about the resource (404 deleted, 410, 403) is the
         answer: the entry goes, the error reaches the caller."""
+        _CURRENT_FILL.set(this())  # this task's context (and the tasks it starts) only
+        windows: tuple[float, float, float] | None = None
         try:
-            response = await fetch()
+            if self._shared is None:
+                response = await fetch()
+            else:
+                response, windows = await self._fill_shared(key, fetch, policy, tags,
+                                                            revalidate)
         except UpstreamError as exc:
             if exc.unavailable:
                 if stale_entry := self._stale_for_error(key):
                     log.info("cache_stale_if_error", reason=type(exc).__name__,
                              status=exc.status)
-                    return stale_entry.response, True
+                    return stale_entry.response, CacheResult.STALE
+                if (shared_stale := await self._shared_stale_for_error(key)) is not None:
+                    log.info("cache_stale_if_error", reason=type(exc).__name__,
+                             status=exc.status, tier="shared")
+                    return shared_stale, CacheResult.STALE
             elif key in self._entries:
                 self._remove(key, "invalidated")  # the old 200 must not outlive the answer
                 self._publish()
             raise
+        source = CacheResult.SHARED_HIT if windows is not None else None
         if this().outdated:
-            return response, False  # invalidated meanwhile: answer, but do not store
+            return response, source  # invalidated meanwhile: answer, but do not store
         if response.status == 200:
-            self._store(key, response, policy, tags)
+            self._store(key, response, policy, tags, windows)
         elif key in self._entries:
             self._remove(key, "invalidated")
             self._publish()
-        return response, False
+        return response, source
+
+    async def _fill_shared(self, key: Hashable, fetch: Callable[[], Awaitable[CachedResponse]],
+                           policy: CachePolicy, tags: tuple[Hashable, ...], revalidate: bool,
+                           ) -> tuple[CachedResponse, tuple[float, float, float] | None]:
+        """The fill through the shared tier: (response, its remaining windows when it came
+        from the shared tier, None when this replica fetched it)."""
+        shared = self._shared
+        assert shared is not None
+        name, tag_names = shared_name(key), [shared_name(t) for t in tags]
+
+        async def fetch_and_encode() -> tuple[CachedResponse, SharedEntry | None]:
+            response = await fetch()
+            if response.status != 200:
+                return response, None
+            entry = SharedEntry.of(
+                response.status, response.body, response.content_type, response.etag,
+                response.stored_at, response.headers, ttl_s=policy.ttl_s,
+                swr_s=policy.stale_while_revalidate_s,
+                stale_if_error_s=policy.stale_if_error_s)
+            this = _CURRENT_FILL.get()
+            if this is not None and this.own_evictions:
+                # This answer revealed a change and evicted its tags everywhere: it IS the
+                # new version. Store it after those evictions (still holding the fill lock,
+                # so the waiters find it), not with the epochs read before them.
+                await asyncio.wait(this.own_evictions, timeout=1.0)
+                with contextlib.suppress(ClusterUnavailable):
+                    await shared.put(name, entry, tag_names)
+                return response, None
+            return response, entry
+
+        if revalidate:  # the client asked for a fresh answer: no shared hit, but share it
+            return await self._refetch_shared(name, tag_names, fetch_and_encode), None
+        try:
+            fill = await shared.fill(name, fetch_and_encode, tags=tag_names,
+                                     lock_ttl_s=self._fill_lock_ttl_s,
+                                     wait_s=self._fill_lock_ttl_s)
+        except ClusterUnavailable:
+            return await fetch(), None  # Redis unusable: as in single-replica mode
+        if fill.result in (FillResult.SHARED_HIT, FillResult.WAITED) and fill.entry is not None:
+            e = fill.entry
+            response = CachedResponse(e.status, e.body, e.content_type, e.etag, e.stored_at,
+                                      e.headers)
+            return response, e.remaining(time.time())
+        assert fill.value is not None
+        return fill.value, None
+
+    async def _refetch_shared(self, name: str, tag_names: list[str],
+                              fetch_and_encode: Callable[[], Awaitable[
+                                  tuple[CachedResponse, SharedEntry | None]]],
+                              ) -> CachedResponse:
+        shared = self._shared
+        assert shared is not None
+        epochs = None
+        with contextlib.suppress(ClusterUnavailable):
+            epochs = await shared.epochs(name, tag_names)
+        response, entry = await fetch_and_encode()
+        if entry is not None and epochs is not None:
+            with contextlib.suppress(ClusterUnavailable):
+                await shared.put(name, entry, tag_names, epochs=epochs)
+        return response
+
+    async def _shared_stale_for_error(self, key: Hashable) -> CachedResponse | None:
+        if self._shared is None:
+            return None
+        try:
+            e = await self._shared.get(shared_name(key))
+        except ClusterUnavailable:
+            return None
+        if e is None or time.time() >= e.stale_until:
+            return None
+        return CachedResponse(e.status, e.body, e.content_type, e.etag, e.stored_at, e.headers)
 
     def _stale_for_error(self, key: Hashable) -> _Entry | None:
         entry = self._entries.get(key)
@@ -271,7 +490,10 @@ class ResponseCache:
     # -- storage -------------------------------------------------------------------
 
     def _store(self, key: Hashable, response: CachedResponse, policy: CachePolicy,
-               tags: tuple[Hashable, ...]) -> None:
+               tags: tuple[Hashable, ...],
+               windows: tuple[float, float, float] | None = None) -> None:
+        """``windows``: (fresh, swr, stale-if-error) seconds left, for an entry that comes
+        from the shared tier with part of its life spent; else the policy's."""
         size = len(response.body) + ENTRY_OVERHEAD_BYTES + sum(
             len(k) + len(v) for k, v in response.headers)
         if key in self._entries:
@@ -281,13 +503,14 @@ class ResponseCache:
             self._publish()
             return
         now = self._clock()
-        fresh_until = now + policy.ttl_s
-        self._entries[key] = _Entry(
-            response, size, fresh_until,
-            swr_until=fresh_until + policy.stale_while_revalidate_s,
-            error_until=fresh_until + policy.stale_if_error_s,
-            tags=tags,
-        )
+        if windows is None:
+            fresh_until = now + policy.ttl_s
+            swr_until = fresh_until + policy.stale_while_revalidate_s
+            error_until = fresh_until + policy.stale_if_error_s
+        else:
+            fresh_until, swr_until, error_until = (now + w for w in windows)
+        self._entries[key] = _Entry(response, size, fresh_until, swr_until=swr_until,
+                                    error_until=error_until, tags=tags)
         self._bytes += size
         for tag in tags:
             self._by_tag.setdefault(tag, set()).add(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -12,7 +13,22 @@ from services.gateway.auth import Authenticator
 from services.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
+    from services.gateway.cluster import Channels, ClusterMetrics, ClusterStore
     from services.gateway.upstreams import Upstreams
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """Cluster mode's shared pieces for one replica (DESIGN.md §12), built by ``cluster_ctx``
+    in services/gateway/app.py; ``app[CLUSTER_KEY]`` is None in single-replica mode.
+
+    ``channels`` subscribes to a fixed list of channels, chosen in ``cluster_ctx``."""
+
+    store: ClusterStore
+    channels: Channels
+    replica_id: str
+    metrics: ClusterMetrics
+    lease_s: float  # settings.cluster.lease_s: the poller leases' ttl
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 METRICS_KEY = web.AppKey("gateway_metrics", GatewayMetrics)
@@ -27,3 +43,5 @@ PUBLISHER_KEY: web.AppKey[Any] = web.AppKey("outbox_publisher")
 CONTEXTS_KEY = web.AppKey("tariff_contexts_by_medium", dict)
 # route name -> CachePolicy, resolved once at start-up (a hit must not build models).
 POLICIES_KEY = web.AppKey("cache_policies", dict)
+# Cluster (above) in cluster mode, None in single-replica mode (settings.cluster.redis_url unset).
+CLUSTER_KEY: web.AppKey[Cluster | None] = web.AppKey("cluster")

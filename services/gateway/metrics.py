@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.events import EVENT_TOPICS
 from services.common.metrics import LATENCY_BUCKETS, zero
 
-CACHE_RESULTS = ("hit", "miss", "stale", "coalesced", "bypass")
+CACHE_RESULTS = ("hit", "miss", "stale", "coalesced", "bypass", "shared_hit")
 EVICTION_REASONS = ("lru", "invalidated", "purged")
 # The token managers' upstream label values (services/gateway/upstreams.py).
 TOKEN_UPSTREAMS = ("siemensid", "cognito")
@@ -36,7 +36,8 @@ class GatewayMetrics:
             ["upstream", "operation"], buckets=LATENCY_BUCKETS, registry=registry)
         self.cache_lookups = Counter(
             "ampgate_cache_lookups_total",
-            "Cache lookups by route and result (hit, miss, stale, coalesced, bypass).",
+            "Cache lookups by route and result (hit, miss, stale, coalesced, bypass, "
+            "shared_hit = answered from the cluster's shared tier).",
             ["route", "result"], registry=registry)
         self.cache_entries = Gauge(
             "ampgate_cache_entries", "Entries held in the response cache.", registry=registry)

@@ -6,6 +6,14 @@ caller, backs off (jittered, exponential, with a breaker) while the token endpoi
 fails, keeps serving the current token while it is still usable, and never hands
 out an expired one. ``StaticToken`` is the pricing API's fixed ``x-api-token``.
 
+Cluster mode (DESIGN.md §12): ``ClusterCredential`` prefers the cluster's shared token
+cell (``services.gateway.cluster.SharedToken``: one IdP call per credential per refresh,
+cluster-wide) and falls back to a local ``TokenManager`` that runs no background refresher
+and is asked only while Redis cannot be used. The shared cell's fetch IS the local
+manager's refresh (``fresh_grant``), so both paths share one backoff, one breaker and one
+``ampgate_token_requests_total``, and the replica that fetched keeps the token locally:
+a Redis outage then costs it no request, every other replica at most one.
+
 Tokens, secrets and token URLs with their query string are never logged.
 """
 
@@ -27,6 +35,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from services.common.settings import CpoSettings, PassportSettings
+from services.gateway.cluster import ClusterUnavailable, SharedToken
 from services.gateway.errors import TokenUnavailable
 from services.gateway.metrics import GatewayMetrics
 
@@ -224,6 +233,7 @@ class TokenManager:
         self._next_attempt_at = 0.0  # backoff / open breaker: no attempt before this
         self._replan = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._grant: TokenGrant | None = None  # the last one fetched (fresh_grant)
 
     def __repr__(self) -> str:
         return f"TokenManager(upstream={self.upstream!r})"
@@ -257,6 +267,7 @@ class TokenManager:
         if token and token == self._token:
             log.info("token_invalidated", upstream=self.upstream)
             self._token = None
+            self._grant = None
             self._usable_until = 0.0
             self._refresh_at = 0.0
             self._replan.set()
@@ -284,6 +295,24 @@ class TokenManager:
             task = self._begin_refresh()
         # shield: a caller that gives up must not cancel the refresh others wait for
         return await asyncio.shield(task)
+
+    async def fresh_grant(self) -> TokenGrant:
+        """Fetch a new token now, under this manager's backoff and breaker (the fetch of
+        the shared cell in cluster mode). The manager keeps the token too. Raises
+        TokenUnavailable like ``token()``."""
+        now = self._clock()
+        task = self._inflight
+        if task is None:
+            if now < self._next_attempt_at:
+                raise TokenUnavailable(
+                    self.upstream, f"no valid token for {self.upstream}; token endpoint failing",
+                    retry_after_s=self._next_attempt_at - now)
+            task = self._begin_refresh()
+        token = await asyncio.shield(task)
+        grant = self._grant
+        if grant is None or grant.access_token != token:  # pragma: no cover - defensive
+            grant = TokenGrant(token, max(1.0, self._usable_until - self._clock()))
+        return grant
 
     def _begin_refresh(self) -> asyncio.Task[str]:
         assert self._inflight is None
@@ -317,6 +346,7 @@ class TokenManager:
         now = self._clock()
         lifetime = grant.expires_in
         self._token = grant.access_token
+        self._grant = grant
         self._usable_until = now + lifetime - min(60.0, 0.1 * lifetime)
         # 75 % of the lifetime, a little earlier at random so replicas spread out
         self._refresh_at = now + lifetime * 0.75 * random.uniform(0.95, 1.0)
@@ -364,3 +394,44 @@ class TokenManager:
             task = self._inflight or self._begin_refresh()
             with contextlib.suppress(Exception):
                 await asyncio.shield(task)
+
+
+class ClusterCredential:
+    """A bearer credential shared by every replica (see the module docstring): the shared
+    cell first; the local manager while Redis cannot be used. Start nothing: the local
+    manager must not run its background refresher in cluster mode."""
+
+    refreshable = True
+
+    def __init__(self, shared: SharedToken, local: TokenManager) -> None:
+        self.upstream = local.upstream
+        self._shared = shared
+        self._local = local
+
+    def __repr__(self) -> str:
+        return f"ClusterCredential(upstream={self.upstream!r})"
+
+    async def token(self) -> str:
+        try:
+            return await self._shared.token()
+        except ClusterUnavailable:
+            return await self._local.token()  # at most one extra request per replica
+
+    async def headers(self) -> tuple[dict[str, str], str]:
+        token = await self.token()
+        return {"Authorization": f"Bearer {token}"}, token
+
+    async def invalidate(self, token: str) -> None:
+        """401: drop it here, and in Redis if Redis still holds that very token (once
+        cluster-wide); the next ``headers()`` anywhere refreshes once, under the lease."""
+        await self._local.invalidate(token)
+        with contextlib.suppress(ClusterUnavailable):
+            await self._shared.invalidate(token)
+
+    async def start(self) -> None:
+        return None  # nothing runs in the background: the shared cell refreshes on use
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ClusterUnavailable):
+            await self._shared.close()
+        await self._local.stop()

@@ -11,8 +11,16 @@ from aiohttp import web
 
 from services.common.settings import UpstreamSettings
 from services.gateway.auth import CallerCredential
-from services.gateway.keys import METRICS_KEY, SESSION_KEY, SETTINGS_KEY, UPSTREAMS_KEY
+from services.gateway.cluster import SharedToken
+from services.gateway.keys import (
+    CLUSTER_KEY,
+    METRICS_KEY,
+    SESSION_KEY,
+    SETTINGS_KEY,
+    UPSTREAMS_KEY,
+)
 from services.gateway.tokens import (
+    ClusterCredential,
     StaticToken,
     TokenManager,
     cognito_fetcher,
@@ -29,7 +37,7 @@ class Upstreams:
     cpo: UpstreamClient
     pricing: UpstreamClient
     history: UpstreamClient | None
-    token_managers: dict[str, TokenManager] = field(default_factory=dict)
+    token_managers: dict[str, TokenManager | ClusterCredential] = field(default_factory=dict)
 
     @property
     def all(self) -> list[UpstreamClient]:
@@ -56,6 +64,19 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     cognito = TokenManager(
         "cognito", cognito_fetcher(settings.cpo), session, metrics,
         breaker_failures=settings.cpo.breaker_failures, breaker_reset_s=settings.cpo.breaker_reset_s)
+    cluster = app.get(CLUSTER_KEY)
+    passport_cred: TokenManager | ClusterCredential = siemens
+    cpo_cred: TokenManager | ClusterCredential = cognito
+    if cluster is not None:
+        # One token per credential cluster-wide; the local managers only stand in while
+        # Redis cannot be used, and run no background refresher (never started).
+        def shared(manager: TokenManager, lock_ttl_s: float) -> ClusterCredential:
+            cell = SharedToken(cluster.store, cluster.channels, manager.upstream,
+                               manager.fresh_grant, holder_id=cluster.replica_id,
+                               lock_ttl_s=lock_ttl_s)
+            return ClusterCredential(cell, manager)
+        passport_cred = shared(siemens, settings.passport.timeout_s + 1.0)
+        cpo_cred = shared(cognito, settings.cpo.timeout_s + 1.0)
     limit = settings.upstream.max_body_bytes
     history = None
     if settings.history.url is not None:
@@ -64,14 +85,15 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
             UpstreamSettings(base_url=settings.history.url, timeout_s=settings.history.timeout_s),
             session, CallerCredential(), metrics, max_body_bytes=limit)
     upstreams = Upstreams(
-        passport=UpstreamClient("passport", settings.passport, session, siemens, metrics,
+        passport=UpstreamClient("passport", settings.passport, session, passport_cred, metrics,
                                 max_body_bytes=limit),
-        cpo=UpstreamClient("cpo", settings.cpo, session, cognito, metrics, max_body_bytes=limit),
+        cpo=UpstreamClient("cpo", settings.cpo, session, cpo_cred, metrics,
+                           max_body_bytes=limit),
         pricing=UpstreamClient("pricing", settings.pricing, session,
                                StaticToken("x-api-token", settings.pricing.api_token), metrics,
                                max_body_bytes=limit),
         history=history,
-        token_managers={"siemensid": siemens, "cognito": cognito},
+        token_managers={"siemensid": passport_cred, "cognito": cpo_cred},
     )
     for manager in upstreams.token_managers.values():
         await manager.start()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -99,6 +99,7 @@ class ClusterStore:
         client_name: str | None = None,
         max_connections: int = 16,
         down_after_timeouts: int = 3,
+        connection_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("cluster redis_url must start with redis://, rediss:// or unix://")
@@ -126,6 +127,8 @@ class ClusterStore:
             health_check_interval=0,
             client_name=client_name,
             decode_responses=False,
+            # ACL user, password, TLS (services.common.redis_security.redis_options)
+            **dict(connection_options or {}),
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self._pool)
         self._up = False

@@ -11,5 +11,6 @@ from services.gateway.keys import CACHE_KEY
 
 
 async def purge_cache(request: web.Request, query: Any) -> web.Response:
-    removed = request.app[CACHE_KEY].clear()
+    # every tier on every replica (cluster mode), not only this replica's memory
+    removed = await request.app[CACHE_KEY].purge()
     return web.json_response({"purged": removed}, dumps=lambda o: orjson.dumps(o).decode())

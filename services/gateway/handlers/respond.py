@@ -18,6 +18,7 @@ X_CACHE = {
     CacheResult.COALESCED: "MISS",
     CacheResult.STALE: "STALE",
     CacheResult.BYPASS: "BYPASS",
+    CacheResult.SHARED_HIT: "HIT",  # cluster mode: from the shared tier, no upstream call
 }
 
 
