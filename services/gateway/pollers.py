@@ -15,6 +15,14 @@ deletion: it cannot tell "gone" from "not reached".
 
 ``run_forever(interval_s)`` polls at a jittered interval, logs ``poll_failed`` on an
 unexpected error and tries again next time; 0 means off.
+
+Cluster mode (DESIGN.md §12): ``run_leased`` runs a poller only on the replica holding
+the lease ``poller:<name>`` (a ``LeaseKeeper``, ttl ``AMPGATE_CLUSTER__LEASE_S``): the
+holder polls; the moment it cannot renew (lost, timed out, Redis down) the poll is
+cancelled — pollers pause while Redis is down — and whoever acquires it next starts a
+pass at once. A dead holder's lease is taken within two lease periods; a stopping
+replica releases it, so another takes over at once. Upstream poll load does not grow
+with the replica count.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from services.gateway.changes import (
     evse_key,
     tariff_of,
 )
+from services.gateway.cluster import Lease, LeaseKeeper
 from services.gateway.errors import UpstreamError
 from services.gateway.upstream import UpstreamClient
 from services.gateway.validation import PASSPORT_ID_RE
@@ -75,12 +84,13 @@ class Poller(Protocol):
     async def poll_once(self) -> PollResult: ...
 
 
-async def run_forever(poller: Poller, interval_s: float) -> None:
+async def run_forever(poller: Poller, interval_s: float, *, first_now: bool = False) -> None:
     """Poll every ``interval_s`` (±20 % jitter, so replicas drift apart); never crash."""
     if interval_s <= 0:
         return
-    # A first pass soon after start-up, but not every replica at the same instant.
-    await asyncio.sleep(random.uniform(0, min(interval_s, 5.0)))
+    if not first_now:
+        # A first pass soon after start-up, but not every replica at the same instant.
+        await asyncio.sleep(random.uniform(0, min(interval_s, 5.0)))
     while True:
         started = time.monotonic()
         try:
@@ -93,6 +103,18 @@ async def run_forever(poller: Poller, interval_s: float) -> None:
         except Exception as exc:  # a poller must outlive any one failure
             log.exception("poll_failed", poller=poller.name, error=type(exc).__name__)
         await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
+
+
+async def run_leased(poller: Poller, interval_s: float, cluster: Any, lease_s: float) -> None:
+    """``run_forever`` under the poller's lease (see the module docstring). ``cluster`` is
+    the app's ``Cluster`` bundle (store, replica id, metrics)."""
+    keeper = LeaseKeeper(Lease(cluster.store, f"poller:{poller.name}", cluster.replica_id,
+                               ttl_s=lease_s), on_change=cluster.metrics.lease_state)
+    cluster.metrics.lease_state(keeper.lease.name, False)  # the series exists from the start
+    try:
+        await keeper.run(lambda: run_forever(poller, interval_s, first_now=True))
+    finally:
+        await keeper.stop()  # releases the lease: another replica takes over at once
 
 
 class _Runner:
