@@ -50,7 +50,7 @@ from services.gateway.keys import (
 )
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import openapi_handler
-from services.gateway.pollers import PassportPoller, PricePoller, run_leased
+from services.gateway.pollers import PassportPoller, PricePoller, SharedMembers, run_leased
 from services.gateway.routes import ROUTES, register
 from services.gateway.upstreams import http_session_ctx, upstreams_ctx
 
@@ -177,6 +177,11 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
                                        claims=claimer)
     if claimer is not None:
         await claimer.start()  # decides what a previous run left unclaimed: before the relay
+        detector = app[DETECTOR_KEY]
+        await claimer.seed_now(detector.shared_digests())
+        # A store back up may be empty (flushed, replaced): seed what this replica knows.
+        cluster.store.add_state_listener(
+            lambda up: claimer.seed(detector.shared_digests()) if up else None)
     yield
     if claimer is not None:
         await claimer.stop()
@@ -209,12 +214,13 @@ async def invalidation_ctx(app: web.Application) -> AsyncIterator[None]:
 async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, upstreams, detector = app[SETTINGS_KEY], app[UPSTREAMS_KEY], app[DETECTOR_KEY]
     cluster = app[CLUSTER_KEY]
+    shared = SharedMembers(cluster.store) if cluster is not None else None
     pollers: list[tuple[PassportPoller | PricePoller, float]] = []
     if settings.poll.passports_interval_s > 0:
-        pollers.append((PassportPoller(upstreams.passport, settings, detector),
+        pollers.append((PassportPoller(upstreams.passport, settings, detector, shared=shared),
                         settings.poll.passports_interval_s))
     if settings.poll.prices_interval_s > 0 and settings.tariff_contexts:
-        pollers.append((PricePoller(upstreams.pricing, settings, detector),
+        pollers.append((PricePoller(upstreams.pricing, settings, detector, shared=shared),
                         settings.poll.prices_interval_s))
     tasks = []
     for poller, interval_s in pollers:

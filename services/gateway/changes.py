@@ -285,21 +285,29 @@ class ChangeDetector:
                              detected_by, change) > 0
 
     def passports(self, observations: Iterable[Observation], detected_by: Detection,
-                  change: ChangeKind | None = None) -> int:
-        """Several passports in one transaction (pollers); returns how many were announced."""
+                  change: ChangeKind | None = None, *, vanished: bool = False) -> int:
+        """Several passports in one transaction (pollers); returns how many were announced.
+        ``vanished``: deletions of members a complete pass found before (see _observe)."""
         return self._observe(PASSPORT, "", [Observation(o.key, passport_of(o.document))
-                                            for o in observations], detected_by, change)
+                                            for o in observations], detected_by, change,
+                             vanished=vanished)
 
     def tariffs(self, context: str, observations: Iterable[Observation],
-                detected_by: Detection, change: ChangeKind | None = None) -> int:
+                detected_by: Detection, change: ChangeKind | None = None, *,
+                vanished: bool = False) -> int:
         """A page of tariffs in one transaction (pollers); returns how many were announced."""
         return self._observe(PRICE, context,
                              [Observation(evse_key(o.key), o.document) for o in observations],
-                             detected_by, change)
+                             detected_by, change, vanished=vanished)
 
     def known_evses(self, context: str) -> set[str]:
         """EVSEs with a live (not deleted) tariff under this context."""
         return {k for (e, c, k), d in self._seen.items() if e == PRICE and c == context and d}
+
+    def shared_digests(self) -> list[tuple[str, str]]:
+        """Every last-seen digest as (shared entity, digest): what this replica can seed
+        into an emptied cluster store (cluster mode)."""
+        return [(shared_entity(e, c, k), d) for (e, c, k), d in self._seen.items()]
 
     def last_digest(self, entity: str, key: str, context: str = "") -> str | None:
         """The digest last seen (None if never seen or deleted)."""
@@ -338,7 +346,8 @@ class ChangeDetector:
     # -- the work ----------------------------------------------------------------------
 
     def _observe(self, entity: str, context: str, observations: list[Observation],
-                 detected_by: Detection, change: ChangeKind | None) -> int:
+                 detected_by: Detection, change: ChangeKind | None, *,
+                 vanished: bool = False) -> int:
         # Cheap pass first: most observations are unchanged and cost a dump and a hash.
         pending: list[tuple[Observation, str, EventRecord, ChangeKind, str | None]] = []
         unchanged: list[tuple[str, str]] = []
@@ -349,7 +358,11 @@ class ChangeDetector:
         for obs in observations:
             new = digest(obs.document) if obs.document is not None else ""
             last = self._seen.get((entity, context, obs.key))
-            if detected_by is not Detection.WRITE and new == (last or ""):
+            # Cluster mode: a member another replica's pass found may have vanished before
+            # this replica ever saw it; its deletion is a candidate (the claim decides).
+            unseen_deletion = vanished and last is None and self._claims is not None
+            if detected_by is not Detection.WRITE and new == (last or "") \
+                    and not unseen_deletion:
                 if seeding and last is not None:
                     unchanged.append((shared_entity(entity, context, obs.key), new))
                 continue  # unchanged (or still gone / never known and absent)

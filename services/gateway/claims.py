@@ -28,7 +28,10 @@ rewritten row gets a new event id in the same transaction that records the loss,
 its old id (which holds no claim) is never asked again.
 
 ``seed(items)``: what a poll pass saw unchanged, recorded with ``SET NX`` (never
-overwrites, announces nothing), so a flushed Redis fills again without a storm.
+overwrites, announces nothing), so a flushed Redis fills again without a storm. The app
+also seeds every local last-seen digest at start and each time the store comes back up
+(it may come back empty), so a poller whose own state is empty does not announce again
+what other replicas knew.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ class Claimer:
         if len(self._seeds) < _MAX_SEED:
             self._seeds.update(items)
             self._outbox.claim_wakeup.set()
+
+    async def seed_now(self, items: list[tuple[str, str]]) -> None:
+        """Seed at once (start-up, the store back up): before any poll pass here."""
+        if items:
+            with suppress(ClusterUnavailable):
+                await self._digests.seed_many(items)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from services.common.outbox import Outbox
-from services.gateway.changes import ChangeDetector, Detection
+from services.gateway.changes import ChangeDetector, Detection, Observation
 from services.gateway.claims import Claimer
 from services.gateway.cluster import SharedDigests
 from services.gateway.metrics import GatewayMetrics
@@ -109,3 +109,23 @@ async def test_single_replica_mode_writes_publishable_rows(tmp_path):
     detector.tariff("E1", "fleet", TARIFF_A, Detection.POLL)
     assert len(outbox.next_batch(10)) == 1 and outbox.unclaimed_count() == 0
     outbox.close()
+
+
+async def test_a_flushed_store_seeded_from_local_state_announces_nothing_again(
+        redis_url, make_store, tmp_path):
+    import redis.asyncio as aioredis
+
+    store = await make_store(redis_url)
+    a, b = Replica(tmp_path / "a", store), Replica(tmp_path / "b", store)
+    a.detector.tariffs("fleet", [Observation(f"E{n}", TARIFF_A) for n in range(5)],
+                       Detection.POLL)
+    await a.claimer.run_once()
+    assert len(a.publishable()) == 5
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    await client.aclose()
+    await a.claimer.seed_now(a.detector.shared_digests())  # what the app does on "up"
+    b.detector.tariffs("fleet", [Observation(f"E{n}", TARIFF_A) for n in range(5)],
+                       Detection.POLL)  # b's first pass, empty local state
+    await b.claimer.run_once()
+    assert b.publishable() == []
