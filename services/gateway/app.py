@@ -21,7 +21,14 @@ from services.common.settings import Settings
 from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache
 from services.gateway.changes import ChangeDetector
-from services.gateway.cluster import Channels, ClusterMetrics, ClusterStore, SharedCache
+from services.gateway.claims import CLAIM_FAULT_KEY, Claimer
+from services.gateway.cluster import (
+    Channels,
+    ClusterMetrics,
+    ClusterStore,
+    SharedCache,
+    SharedDigests,
+)
 from services.gateway.cluster import shared_cache as shared_cache_module
 from services.gateway.cluster import tokens as shared_tokens_module
 from services.gateway.docs import add_docs_routes
@@ -43,7 +50,7 @@ from services.gateway.keys import (
 )
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import openapi_handler
-from services.gateway.pollers import PassportPoller, PricePoller
+from services.gateway.pollers import PassportPoller, PricePoller, SharedMembers, run_leased
 from services.gateway.routes import ROUTES, register
 from services.gateway.upstreams import http_session_ctx, upstreams_ctx
 
@@ -160,9 +167,24 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     outbox.open()
     app[OUTBOX_KEY] = outbox
     cache = app[CACHE_KEY]
+    cluster = app[CLUSTER_KEY]
+    claimer = None
+    if cluster is not None:  # each transition announced once cluster-wide (claims.py)
+        claimer = Claimer(outbox, SharedDigests(cluster.store),
+                          after_claim=app.get(CLAIM_FAULT_KEY))
     app[DETECTOR_KEY] = ChangeDetector(outbox, app[METRICS_KEY],
-                                       on_change=lambda *change: evict_change(cache, *change))
+                                       on_change=lambda *change: evict_change(cache, *change),
+                                       claims=claimer)
+    if claimer is not None:
+        await claimer.start()  # decides what a previous run left unclaimed: before the relay
+        detector = app[DETECTOR_KEY]
+        await claimer.seed_now(detector.shared_digests())
+        # A store back up may be empty (flushed, replaced): seed what this replica knows.
+        cluster.store.add_state_listener(
+            lambda up: claimer.seed(detector.shared_digests()) if up else None)
     yield
+    if claimer is not None:
+        await claimer.stop()
     outbox.close()
 
 
@@ -191,13 +213,22 @@ async def invalidation_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, upstreams, detector = app[SETTINGS_KEY], app[UPSTREAMS_KEY], app[DETECTOR_KEY]
-    tasks = []
+    cluster = app[CLUSTER_KEY]
+    shared = SharedMembers(cluster.store) if cluster is not None else None
+    pollers: list[tuple[PassportPoller | PricePoller, float]] = []
     if settings.poll.passports_interval_s > 0:
-        poller = PassportPoller(upstreams.passport, settings, detector)
-        tasks.append(asyncio.create_task(poller.run_forever(settings.poll.passports_interval_s)))
+        pollers.append((PassportPoller(upstreams.passport, settings, detector, shared=shared),
+                        settings.poll.passports_interval_s))
     if settings.poll.prices_interval_s > 0 and settings.tariff_contexts:
-        poller = PricePoller(upstreams.pricing, settings, detector)
-        tasks.append(asyncio.create_task(poller.run_forever(settings.poll.prices_interval_s)))
+        pollers.append((PricePoller(upstreams.pricing, settings, detector, shared=shared),
+                        settings.poll.prices_interval_s))
+    tasks = []
+    for poller, interval_s in pollers:
+        if cluster is None:
+            work = poller.run_forever(interval_s)
+        else:  # one replica per poller at a time (pollers.run_leased)
+            work = run_leased(poller, interval_s, cluster, settings.cluster.lease_s)
+        tasks.append(asyncio.create_task(work, name=f"poller-{poller.name}"))
     yield
     for task in tasks:
         task.cancel()

@@ -24,6 +24,14 @@ own event to come back from Kafka.
 
 Calls are synchronous and cheap on the common path: last digests are held in memory
 (loaded once), so an unchanged entity costs one canonical dump and one hash.
+
+Cluster mode (DESIGN.md §12, ``claims`` given): the same transaction writes the event
+UNCLAIMED, with the transition it announces (``shared_entity``, previous, new, event
+id); services.gateway.claims then decides it against the cluster's shared digests, so
+each transition is announced once cluster-wide. A write's row is published whatever
+the claim says (a write always announces). What a poll pass saw unchanged is handed
+to ``claims.seed`` (a flushed Redis refills without announcing anything). Single-replica
+mode writes rows publishable, exactly as before.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import jsonpatch
 import orjson
@@ -50,7 +58,7 @@ from services.common.events import (
     digest_of,
     rfc3339,
 )
-from services.common.outbox import Outbox
+from services.common.outbox import ClaimSpec, Outbox
 from services.gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
@@ -170,6 +178,41 @@ def _strip_request_dependent(value: Any) -> Any:
     return value
 
 
+def shared_entity(entity: str, context: str, key: str) -> str:
+    """The entity's name in the cluster's shared digests: ``passport:<id>``,
+    ``price:<context>:<evse>``."""
+    return f"{entity}:{key}" if entity == PASSPORT else f"{entity}:{context}:{key}"
+
+
+def reannounce(record: EventRecord, current: str, new: str) -> tuple[EventRecord, str]:
+    """The event for the transition ``current → new`` nobody has announced yet (the
+    claim of ``record`` was lost to a replica that moved the digest to ``current``).
+    The document behind ``current`` is another replica's: what changed is the whole
+    entity. Returns the new record and its (new) event id."""
+    data = orjson.loads(record.value)
+    if new == "":
+        kind = ChangeKind.DELETED
+    elif current == "":
+        kind = ChangeKind.CREATED
+    else:
+        kind = ChangeKind.UPDATED
+    data["change"] = kind.value
+    data.pop("previous", None)
+    data.pop("previous_digest", None)
+    if current:
+        data["previous_digest"] = current
+    data["changed_paths"] = [""]
+    ce_type = (record.header("ce_type") or b"").decode()
+    rebuilt = build_event(record.topic, ce_type, record.key.decode(), data, validate=False)
+    return rebuilt, (rebuilt.header("ce_id") or b"").decode()
+
+
+class Claims(Protocol):
+    """What the detector needs of the claimer (services.gateway.claims.Claimer)."""
+
+    def seed(self, items: list[tuple[str, str]]) -> None: ...
+
+
 # --- the detector --------------------------------------------------------------------------
 
 _SCHEMA = """
@@ -210,8 +253,10 @@ class ChangeDetector:
 
     def __init__(self, outbox: Outbox, metrics: GatewayMetrics, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 on_change: Callable[[str, str, str, str], None] | None = None) -> None:
+                 on_change: Callable[[str, str, str, str], None] | None = None,
+                 claims: Claims | None = None) -> None:
         self._outbox = outbox
+        self._claims = claims  # None: single-replica mode
         self._metrics = metrics
         self._clock = clock
         self._on_change = on_change
@@ -240,21 +285,29 @@ class ChangeDetector:
                              detected_by, change) > 0
 
     def passports(self, observations: Iterable[Observation], detected_by: Detection,
-                  change: ChangeKind | None = None) -> int:
-        """Several passports in one transaction (pollers); returns how many were announced."""
+                  change: ChangeKind | None = None, *, vanished: bool = False) -> int:
+        """Several passports in one transaction (pollers); returns how many were announced.
+        ``vanished``: deletions of members a complete pass found before (see _observe)."""
         return self._observe(PASSPORT, "", [Observation(o.key, passport_of(o.document))
-                                            for o in observations], detected_by, change)
+                                            for o in observations], detected_by, change,
+                             vanished=vanished)
 
     def tariffs(self, context: str, observations: Iterable[Observation],
-                detected_by: Detection, change: ChangeKind | None = None) -> int:
+                detected_by: Detection, change: ChangeKind | None = None, *,
+                vanished: bool = False) -> int:
         """A page of tariffs in one transaction (pollers); returns how many were announced."""
         return self._observe(PRICE, context,
                              [Observation(evse_key(o.key), o.document) for o in observations],
-                             detected_by, change)
+                             detected_by, change, vanished=vanished)
 
     def known_evses(self, context: str) -> set[str]:
         """EVSEs with a live (not deleted) tariff under this context."""
         return {k for (e, c, k), d in self._seen.items() if e == PRICE and c == context and d}
+
+    def shared_digests(self) -> list[tuple[str, str]]:
+        """Every last-seen digest as (shared entity, digest): what this replica can seed
+        into an emptied cluster store (cluster mode)."""
+        return [(shared_entity(e, c, k), d) for (e, c, k), d in self._seen.items()]
 
     def last_digest(self, entity: str, key: str, context: str = "") -> str | None:
         """The digest last seen (None if never seen or deleted)."""
@@ -293,16 +346,25 @@ class ChangeDetector:
     # -- the work ----------------------------------------------------------------------
 
     def _observe(self, entity: str, context: str, observations: list[Observation],
-                 detected_by: Detection, change: ChangeKind | None) -> int:
+                 detected_by: Detection, change: ChangeKind | None, *,
+                 vanished: bool = False) -> int:
         # Cheap pass first: most observations are unchanged and cost a dump and a hash.
-        pending: list[tuple[Observation, str, EventRecord, ChangeKind]] = []
+        pending: list[tuple[Observation, str, EventRecord, ChangeKind, str | None]] = []
+        unchanged: list[tuple[str, str]] = []
+        seeding = self._claims is not None and detected_by is Detection.POLL
         now = self._clock()
         if len({o.key for o in observations}) != len(observations):
             observations = list({o.key: o for o in observations}.values())  # last one wins
         for obs in observations:
             new = digest(obs.document) if obs.document is not None else ""
             last = self._seen.get((entity, context, obs.key))
-            if detected_by is not Detection.WRITE and new == (last or ""):
+            # Cluster mode: a member another replica's pass found may have vanished before
+            # this replica ever saw it; its deletion is a candidate (the claim decides).
+            unseen_deletion = vanished and last is None and self._claims is not None
+            if detected_by is not Detection.WRITE and new == (last or "") \
+                    and not unseen_deletion:
+                if seeding and last is not None:
+                    unchanged.append((shared_entity(entity, context, obs.key), new))
                 continue  # unchanged (or still gone / never known and absent)
             previous = self._document(entity, context, obs.key) if last else None
             kind = _kind(detected_by, change, obs.document, last)
@@ -314,13 +376,20 @@ class ChangeDetector:
                 # not remember it either, rather than fail the request that saw it.
                 log.error("change_event_invalid", entity=entity, error=str(exc)[:200])
                 continue
-            pending.append((obs, new, record, kind))
+            pending.append((obs, new, record, kind, last))
+        if unchanged:
+            self._claims.seed(unchanged)  # type: ignore[union-attr]
         if not pending:
             return 0
         seen_at = rfc3339(now)
         with self._outbox.transaction() as conn:
-            for obs, new, record, _ in pending:
-                self._outbox.add(conn, record)
+            for obs, new, record, _, last in pending:
+                claim = None
+                if self._claims is not None:
+                    claim = ClaimSpec(shared_entity(entity, context, obs.key), last, new,
+                                      (record.header("ce_id") or b"").decode(),
+                                      always=detected_by is Detection.WRITE)
+                self._outbox.add(conn, record, claim)
                 document = (zlib.compress(orjson.dumps(obs.document), 1)
                             if obs.document is not None else None)
                 conn.execute("INSERT OR REPLACE INTO change_seen "
@@ -328,10 +397,10 @@ class ChangeDetector:
                              "VALUES (?, ?, ?, ?, ?, ?)",
                              (entity, context, obs.key, new, document, seen_at))
         # Committed: now memory may follow (a failed transaction leaves it as it was).
-        for obs, new, _, _ in pending:
+        for obs, new, _, _, _ in pending:
             self._seen[(entity, context, obs.key)] = new
         if self._on_change is not None:
-            for obs, _, _, kind in pending:
+            for obs, _, _, kind, _ in pending:
                 try:
                     self._on_change(entity, context, obs.key, kind.value)
                 except Exception:  # the event is committed; a failed eviction is logged
@@ -439,5 +508,6 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
     return build_event(topic, ce_type, key, data, time=now, validate=entity == PRICE)
 
 
-__all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Detection", "Observation",
-           "digest", "evse_key", "passport_of", "tariff_comparable", "tariff_of"]
+__all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Claims", "Detection",
+           "Observation", "digest", "evse_key", "passport_of", "reannounce", "shared_entity",
+           "tariff_comparable", "tariff_of"]

@@ -15,11 +15,22 @@ deletion: it cannot tell "gone" from "not reached".
 
 ``run_forever(interval_s)`` polls at a jittered interval, logs ``poll_failed`` on an
 unexpected error and tries again next time; 0 means off.
+
+Cluster mode (DESIGN.md §12): ``run_leased`` runs a poller only on the replica holding
+the lease ``poller:<name>`` (a ``LeaseKeeper``, ttl ``AMPGATE_CLUSTER__LEASE_S``): the
+holder polls; the moment it cannot renew (lost, timed out, Redis down) the poll is
+cancelled — pollers pause while Redis is down — and whoever acquires it next starts a
+pass at once. A dead holder's lease is taken within two lease periods; a stopping
+replica releases it, so another takes over at once. Upstream poll load does not grow
+with the replica count. What the last complete pass of ANY replica found is kept in
+Redis too (``SharedMembers``), so a new holder announces a deletion that happened
+around the takeover, and announces new entities as CREATED, not as a first snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Mapping
@@ -39,6 +50,7 @@ from services.gateway.changes import (
     evse_key,
     tariff_of,
 )
+from services.gateway.cluster import ClusterUnavailable, Lease, LeaseKeeper
 from services.gateway.errors import UpstreamError
 from services.gateway.upstream import UpstreamClient
 from services.gateway.validation import PASSPORT_ID_RE
@@ -75,12 +87,13 @@ class Poller(Protocol):
     async def poll_once(self) -> PollResult: ...
 
 
-async def run_forever(poller: Poller, interval_s: float) -> None:
+async def run_forever(poller: Poller, interval_s: float, *, first_now: bool = False) -> None:
     """Poll every ``interval_s`` (±20 % jitter, so replicas drift apart); never crash."""
     if interval_s <= 0:
         return
-    # A first pass soon after start-up, but not every replica at the same instant.
-    await asyncio.sleep(random.uniform(0, min(interval_s, 5.0)))
+    if not first_now:
+        # A first pass soon after start-up, but not every replica at the same instant.
+        await asyncio.sleep(random.uniform(0, min(interval_s, 5.0)))
     while True:
         started = time.monotonic()
         try:
@@ -93,6 +106,62 @@ async def run_forever(poller: Poller, interval_s: float) -> None:
         except Exception as exc:  # a poller must outlive any one failure
             log.exception("poll_failed", poller=poller.name, error=type(exc).__name__)
         await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
+
+
+class SharedMembers:
+    """The keys the cluster's last complete pass over a scope found (cluster mode): a Redis
+    set per scope, replaced after each complete pass. Best effort: ``get`` answers None
+    when unknown or unreachable, and the poller then uses its own members."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    async def get(self, scope: str) -> set[str] | None:
+        key = self._store.key("members", scope)
+        try:
+            raw = await self._store.call("members.get", lambda: self._store.redis.smembers(key),
+                                         timeout_s=2.0)
+        except ClusterUnavailable:
+            return None
+        return {m.decode() for m in raw} if raw else None
+
+    async def replace(self, scope: str, keys: set[str]) -> None:
+        key = self._store.key("members", scope)
+
+        async def run() -> Any:
+            pipe = self._store.redis.pipeline(transaction=True)
+            pipe.delete(key)
+            if keys:
+                pipe.sadd(key, *sorted(keys))
+            else:  # "a complete pass found nothing" is knowledge too
+                pipe.sadd(key, "")
+            return await pipe.execute()
+
+        with contextlib.suppress(ClusterUnavailable):
+            await self._store.call("members.replace", run, timeout_s=2.0)
+
+
+async def _known(detector: ChangeDetector, shared: SharedMembers | None,
+                 scope: str) -> tuple[bool, set[str]]:
+    """(has a complete pass ever been made, the members it found): this replica's, plus
+    the cluster's in cluster mode."""
+    completed, members = detector.pass_completed(scope), detector.members(scope)
+    if shared is not None and (cluster := await shared.get(scope)) is not None:
+        completed = True
+        members |= cluster - {""}
+    return completed, members
+
+
+async def run_leased(poller: Poller, interval_s: float, cluster: Any, lease_s: float) -> None:
+    """``run_forever`` under the poller's lease (see the module docstring). ``cluster`` is
+    the app's ``Cluster`` bundle (store, replica id, metrics)."""
+    keeper = LeaseKeeper(Lease(cluster.store, f"poller:{poller.name}", cluster.replica_id,
+                               ttl_s=lease_s), on_change=cluster.metrics.lease_state)
+    cluster.metrics.lease_state(keeper.lease.name, False)  # the series exists from the start
+    try:
+        await keeper.run(lambda: run_forever(poller, interval_s, first_now=True))
+    finally:
+        await keeper.stop()  # releases the lease: another replica takes over at once
 
 
 class _Runner:
@@ -260,8 +329,9 @@ class PassportPoller(_Runner):
     name = "passports"
 
     def __init__(self, client: UpstreamClient, settings: Settings, detector: ChangeDetector,
-                 *, concurrency: int = 8) -> None:
+                 *, concurrency: int = 8, shared: SharedMembers | None = None) -> None:
         assert settings.passport is not None
+        self._shared = shared
         self._client = client
         self._paths = settings.passport.paths
         self._owned = OwnedPages(client, self._paths.owned_list)
@@ -270,7 +340,8 @@ class PassportPoller(_Runner):
 
     async def poll_once(self) -> PollResult:
         detector = self._detector
-        first = not detector.pass_completed(PASSPORT_SCOPE)
+        completed, members = await _known(detector, self._shared, PASSPORT_SCOPE)
+        first = not completed
         try:
             ids = await self._owned.ids()
         except (UpstreamError, orjson.JSONDecodeError, _Pass) as exc:
@@ -309,10 +380,12 @@ class PassportPoller(_Runner):
         change = None if first else ChangeKind.CREATED
         changed = detector.passports(observations, Detection.POLL, change)
         if complete:
-            vanished = detector.members(PASSPORT_SCOPE) - set(ids)
+            vanished = members - set(ids)
             changed += detector.passports([Observation(pid, None) for pid in sorted(vanished)],
-                                          Detection.POLL)
+                                          Detection.POLL, vanished=True)
             detector.complete_pass(PASSPORT_SCOPE, ids)
+            if self._shared is not None:
+                await self._shared.replace(PASSPORT_SCOPE, set(ids))
         else:
             detector.add_members(PASSPORT_SCOPE, (o.key for o in observations))
         return PollResult(len(observations), changed, complete)
@@ -322,7 +395,8 @@ class PricePoller(_Runner):
     name = "prices"
 
     def __init__(self, client: UpstreamClient, settings: Settings,
-                 detector: ChangeDetector) -> None:
+                 detector: ChangeDetector, *, shared: SharedMembers | None = None) -> None:
+        self._shared = shared
         self._client = client
         self._contexts = settings.tariff_contexts
         self._page_size = min(settings.poll.page_size, 500)  # the upstream's maximum
@@ -337,7 +411,8 @@ class PricePoller(_Runner):
     async def _walk(self, context: TariffContext) -> PollResult:
         detector = self._detector
         scope = price_scope(context.name)
-        change = None if not detector.pass_completed(scope) else ChangeKind.CREATED
+        completed, members = await _known(detector, self._shared, scope)
+        change = None if not completed else ChangeKind.CREATED
         medium = context.upstream_params()  # secret: never logged
         seen: set[str] = set()
         changed = 0
@@ -376,11 +451,13 @@ class PricePoller(_Runner):
                         pages_seen=len(cursors), error=_reason(exc))
 
         if complete:
-            vanished = detector.members(scope) - seen
+            vanished = members - seen
             changed += detector.tariffs(context.name,
                                         [Observation(e, None) for e in sorted(vanished)],
-                                        Detection.POLL)
+                                        Detection.POLL, vanished=True)
             detector.complete_pass(scope, seen)
+            if self._shared is not None:
+                await self._shared.replace(scope, seen)
         else:
             detector.add_members(scope, seen)
         return PollResult(len(seen), changed, complete)

@@ -61,6 +61,10 @@ CONTRACT_METRICS: dict[str, tuple[str, frozenset[str]]] = {
         ("ampgate_consumer_lag", "gauge", "worker topic partition"),
         ("ampgate_webhook_deliveries_total", "counter", "outcome"),
         ("ampgate_history_versions_total", "counter", "entity"),
+        # DESIGN.md §12: cluster mode (registered only with a cluster Redis)
+        ("ampgate_cluster_store_up", "gauge", ""),
+        ("ampgate_cluster_leases_held", "gauge", "lease"),
+        ("ampgate_cluster_redis_call_duration_seconds", "histogram", "operation outcome"),
     ]
 }
 # Labels Prometheus itself attaches to every scraped series (a ServiceMonitor adds namespace,
@@ -145,12 +149,14 @@ def test_settings_env_names_cover_the_design_contract() -> None:
 def test_contract_metrics_are_what_the_services_register() -> None:
     from services.common.consumer import ConsumerMetrics
     from services.common.metrics import HttpMetrics
+    from services.gateway.cluster.metrics import ClusterMetrics
     from services.gateway.metrics import GatewayMetrics
     from services.history.metrics import HistoryMetrics
     from services.webhooks.metrics import WebhookMetrics
 
     registry = CollectorRegistry()
-    for cls in (HttpMetrics, GatewayMetrics, ConsumerMetrics, WebhookMetrics, HistoryMetrics):
+    for cls in (HttpMetrics, GatewayMetrics, ConsumerMetrics, WebhookMetrics, HistoryMetrics,
+                ClusterMetrics):
         cls(registry)
     registered = {}
     for family in registry.collect():

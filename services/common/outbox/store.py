@@ -12,6 +12,15 @@ local writes without fsync, cheaper than a hop to a thread; in exchange the body
 ``transaction()`` must not ``await`` (no other coroutine can interleave). Two
 connections: the writer for transactions, and one for the publisher, which so reads
 only committed rows.
+
+Cluster mode (DESIGN.md §12): a row may first be written UNCLAIMED, into the table
+``outbox_unclaimed`` with the transition it announces (shared-digest entity, previous,
+new, event id). The publisher never reads that table. A claimer
+(services.gateway.claims) decides each unclaimed row against the shared digests and
+then either ``promote``s it — moves it into ``outbox`` under a NEW id, in one
+transaction, so the publisher's read cursor (ids above the last it read) always
+reaches it — or ``drop``s it. In single-replica mode nothing is ever unclaimed: rows go
+to ``outbox`` directly, as before.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -41,6 +51,40 @@ CREATE TABLE IF NOT EXISTS outbox (
 )
 """
 
+_UNCLAIMED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox_unclaimed (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB NOT NULL,
+    headers BLOB NOT NULL,
+    value BLOB NOT NULL,
+    entity TEXT NOT NULL,     -- the shared-digest entity, e.g. price:<context>:<evse>
+    previous TEXT,            -- the digest this replica saw before (NULL: never seen)
+    new TEXT NOT NULL,        -- '' for a deletion
+    event_id TEXT NOT NULL,   -- the event's ce_id: the claim in Redis is keyed by it
+    always INTEGER NOT NULL   -- 1: publish even if the claim is lost (writes)
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSpec:
+    """What an unclaimed row announces (see the module docstring)."""
+
+    entity: str
+    previous: str | None
+    new: str
+    event_id: str
+    always: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnclaimedRow:
+    id: int
+    record: EventRecord
+    claim: ClaimSpec
+
 
 def outbox_path(state_dir: Path) -> Path:
     """The gateway's SQLite file in ``state_dir``: the one place its name is made."""
@@ -52,15 +96,19 @@ class Outbox:
         self.path = Path(path)
         # Set after a commit that added events: the publisher drains at once.
         self.wakeup = asyncio.Event()
+        # Set after a commit that added UNCLAIMED rows: the claimer runs at once.
+        self.claim_wakeup = asyncio.Event()
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._added = False
+        self._added_unclaimed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite.connect(self.path)
         self._conn.execute(_SCHEMA)
+        self._conn.execute(_UNCLAIMED_SCHEMA)
         self._reader = sqlite.connect(self.path)
         try:
             self._loop = asyncio.get_running_loop()
@@ -94,30 +142,87 @@ class Outbox:
             with sqlite.transaction(self.connection) as conn:
                 yield conn
         except BaseException:
-            self._added = False
+            self._added = self._added_unclaimed = False
             raise
         if self._added:
             self._added = False
-            self._notify()
+            self._notify(self.wakeup)
+        if self._added_unclaimed:
+            self._added_unclaimed = False
+            self._notify(self.claim_wakeup)
 
-    def add(self, conn: sqlite3.Connection, record: EventRecord) -> None:
-        """Enqueue ``record``; call inside ``transaction()`` with its connection."""
+    def add(self, conn: sqlite3.Connection, record: EventRecord,
+            claim: ClaimSpec | None = None) -> None:
+        """Enqueue ``record``; call inside ``transaction()`` with its connection. With
+        ``claim`` the row is UNCLAIMED: the publisher sends it only once promoted."""
         if not conn.in_transaction:
             raise RuntimeError("Outbox.add must run inside Outbox.transaction()")
+        if claim is None:
+            conn.execute(
+                "INSERT INTO outbox (created_at, topic, key, headers, value) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (time.time(), record.topic, record.key, encode_headers(record.headers),
+                 record.value),
+            )
+            self._added = True
+            return
         conn.execute(
-            "INSERT INTO outbox (created_at, topic, key, headers, value) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), record.topic, record.key, encode_headers(record.headers), record.value),
+            "INSERT INTO outbox_unclaimed (created_at, topic, key, headers, value, entity, "
+            "previous, new, event_id, always) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), record.topic, record.key, encode_headers(record.headers), record.value,
+             claim.entity, claim.previous, claim.new, claim.event_id, int(claim.always)),
         )
-        self._added = True
+        self._added_unclaimed = True
 
-    def _notify(self) -> None:
+    def _notify(self, event: asyncio.Event) -> None:
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # committed from another thread: hop onto the publisher's loop
             if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self.wakeup.set)
+                self._loop.call_soon_threadsafe(event.set)
             return
-        self.wakeup.set()
+        event.set()
+
+    # -- the claimer's side (writer connection) --
+
+    def unclaimed(self, limit: int, *, after_id: int = 0) -> list[UnclaimedRow]:
+        """Up to ``limit`` unclaimed rows, oldest first."""
+        rows = self.connection.execute(
+            "SELECT id, topic, key, headers, value, entity, previous, new, event_id, always "
+            "FROM outbox_unclaimed WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit),
+        ).fetchall()
+        return [
+            UnclaimedRow(row_id, EventRecord(topic=topic, key=key, headers=decode_headers(headers),
+                                             value=value),
+                         ClaimSpec(entity, previous, new, event_id, bool(always)))
+            for row_id, topic, key, headers, value, entity, previous, new, event_id, always
+            in rows
+        ]
+
+    def unclaimed_count(self) -> int:
+        return self.connection.execute("SELECT count(*) FROM outbox_unclaimed").fetchone()[0]
+
+    def decide(self, promote: Sequence[int], drop: Sequence[int],
+               replace: Sequence[tuple[int, EventRecord, ClaimSpec]] = ()) -> None:
+        """One transaction: move ``promote`` rows into the outbox (new ids, in the given
+        order), delete ``drop`` rows, rewrite ``replace`` rows (still unclaimed: a
+        re-evaluated transition with a new event id)."""
+        with self.transaction() as conn:
+            for row_id in promote:
+                conn.execute(
+                    "INSERT INTO outbox (created_at, topic, key, headers, value) "
+                    "SELECT created_at, topic, key, headers, value FROM outbox_unclaimed "
+                    "WHERE id = ?", (row_id,))
+                conn.execute("DELETE FROM outbox_unclaimed WHERE id = ?", (row_id,))
+            conn.executemany("DELETE FROM outbox_unclaimed WHERE id = ?", [(i,) for i in drop])
+            for row_id, record, claim in replace:
+                conn.execute(
+                    "UPDATE outbox_unclaimed SET headers = ?, value = ?, previous = ?, new = ?, "
+                    "event_id = ?, always = ? WHERE id = ?",
+                    (encode_headers(record.headers), record.value, claim.previous, claim.new,
+                     claim.event_id, int(claim.always), row_id))
+            if promote:
+                self._added = True
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop whose ``wakeup`` waiters commits from other threads should reach."""
@@ -132,7 +237,10 @@ class Outbox:
         return self._reader
 
     def pending(self) -> int:
-        return self._read.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        """Rows waiting: publishable and (cluster mode) not yet claimed."""
+        return self._read.execute(
+            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_unclaimed)"
+        ).fetchone()[0]
 
     def oldest_age_s(self) -> float:
         # ids grow in commit order (one writer at a time), so the lowest id is the oldest.
