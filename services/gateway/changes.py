@@ -33,7 +33,6 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import jsonpatch
@@ -41,10 +40,14 @@ import orjson
 import structlog
 
 from services.common.events import (
+    PASSPORT,
     PASSPORT_CE_TYPE,
     PASSPORT_TOPIC,
+    PRICE,
     PRICE_CE_TYPE,
     PRICE_TOPIC,
+    ChangeKind,
+    Detection,
     EventRecord,
     build_event,
     digest_of,
@@ -54,28 +57,6 @@ from services.common.outbox import Outbox
 from services.gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
-
-PASSPORT = "passport"
-PRICE = "price"
-
-
-class ChangeKind(StrEnum):
-    SNAPSHOT = "CHANGE_KIND_SNAPSHOT"
-    CREATED = "CHANGE_KIND_CREATED"
-    UPDATED = "CHANGE_KIND_UPDATED"
-    DELETED = "CHANGE_KIND_DELETED"
-
-
-class Detection(StrEnum):
-    WRITE = "DETECTION_WRITE"
-    READ = "DETECTION_READ"
-    POLL = "DETECTION_POLL"
-
-    @property
-    def label(self) -> str:
-        """The metric label: write, read, poll."""
-        return self.value.removeprefix("DETECTION_").lower()
-
 
 def digest(doc: Any) -> str:
     """``sha256:<hex>`` of the canonical JSON (keys sorted at every level)."""

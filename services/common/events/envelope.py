@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from services.common.events import schemas
+from services.common.timestamps import rfc3339
 
 PASSPORT_TOPIC = "passport-changed"
 PRICE_TOPIC = "price-changed"
@@ -74,13 +75,6 @@ class InvalidEvent(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def rfc3339(moment: datetime) -> str:
-    """UTC, microseconds, ``Z``: 2026-11-21T10:00:00.123456Z (also proto3 JSON Timestamp)."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: give a timezone-aware time")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def digest_of(document: Any) -> str:

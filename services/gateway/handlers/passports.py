@@ -7,12 +7,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from services.common.ids import path_id
 from services.gateway.cache import make_response
 from services.gateway.errors import UpstreamBadBody
 from services.gateway.eviction import OWNED_LIST_TAG, passport_tag
 from services.gateway.handlers.respond import cached_get, fetcher, passthrough, trace, upstreams
 from services.gateway.keys import CACHE_KEY, DETECTOR_KEY, SETTINGS_KEY
-from services.gateway.validation import Passport, path_id, read_json_body
+from services.gateway.validation import Passport, read_json_body
 
 
 def _paths(request: web.Request):
