@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.common.settings import CachePolicy, UpstreamSettings
 from services.gateway.cache import CachedResponse, CacheResult, ResponseCache, make_response
 from services.gateway.errors import UpstreamBadBody, UpstreamStatus, UpstreamTimeout
-from services.gateway.upstream import UpstreamClient
+from services.gateway.upstream_client import UpstreamClient
 
 POLICY = CachePolicy(ttl_s=10, stale_while_revalidate_s=5, stale_if_error_s=100)
 

@@ -21,7 +21,7 @@ from services.gateway.errors import (
     UpstreamTimeout,
 )
 from services.gateway.tokens import StaticToken, TokenManager, siemensid_fetcher
-from services.gateway.upstream import UpstreamClient
+from services.gateway.upstream_client import UpstreamClient
 
 
 class FakeClock:
