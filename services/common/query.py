@@ -14,7 +14,7 @@ from typing import Annotated, Self
 from multidict import MultiMapping
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.common.errors import ValidationProblem
+from services.common.errors import AmpgateError, ValidationProblem
 from services.common.ids import CONTEXT_RE, DIGEST_RE
 from services.common.timestamps import RFC3339_HINT, parse_rfc3339
 
@@ -25,7 +25,7 @@ class Query(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
-class ParamError(ValueError):
+class ParamError(AmpgateError, ValueError):
     """Raised inside model validators to name the parameter at fault."""
 
     def __init__(self, parameter: str, message: str) -> None:

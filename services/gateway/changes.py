@@ -58,11 +58,6 @@ from services.gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 
-def digest(doc: Any) -> str:
-    """``sha256:<hex>`` of the canonical JSON (keys sorted at every level)."""
-    return digest_of(doc)
-
-
 # --- tariffs -------------------------------------------------------------------------------
 
 # Per price-structure element, amounts computed for the request's consumption/duration.
@@ -281,7 +276,7 @@ class ChangeDetector:
         if len({o.key for o in observations}) != len(observations):
             observations = list({o.key: o for o in observations}.values())  # last one wins
         for obs in observations:
-            new = digest(obs.document) if obs.document is not None else ""
+            new = digest_of(obs.document) if obs.document is not None else ""
             last = self._seen.get((entity, context, obs.key))
             if detected_by is not Detection.WRITE and new == (last or ""):
                 continue  # unchanged (or still gone / never known and absent)
@@ -421,4 +416,4 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
 
 
 __all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Detection", "Observation",
-           "digest", "evse_key", "passport_of", "tariff_comparable", "tariff_of"]
+           "evse_key", "passport_of", "tariff_comparable", "tariff_of"]

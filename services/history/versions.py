@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from services.common.errors import AmpgateError
 from services.common.events import (
     CHANGE_KIND_UNSPECIFIED,
     DETECTION_UNSPECIFIED,
@@ -31,7 +32,7 @@ from services.common.events import (
 from services.common.timestamps import parse_rfc3339, rfc3339
 
 
-class BadEventData(Exception):
+class BadEventData(AmpgateError):
     """A well-formed event whose data we cannot record (missing id, bad time...). Not
     transient: the consumer runtime dead-letters it."""
 

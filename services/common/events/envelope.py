@@ -20,6 +20,7 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from services.common.errors import AmpgateError
 from services.common.events import schemas
 from services.common.timestamps import rfc3339
 
@@ -69,7 +70,7 @@ class ConsumedEvent:
     headers: dict[str, bytes]
 
 
-class InvalidEvent(Exception):
+class InvalidEvent(AmpgateError):
     """A message that is not a valid ampgate event (poison: dead-letter it)."""
 
     def __init__(self, reason: str) -> None:
