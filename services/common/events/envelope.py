@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from services.common.errors import AmpgateError
 from services.common.events import schemas
-from services.common.timestamps import rfc3339
+from services.common.timestamps import parse_rfc3339, rfc3339
 
 PASSPORT_TOPIC = "passport-changed"
 PRICE_TOPIC = "price-changed"
@@ -149,11 +149,9 @@ def parse_event(msg: Any) -> ConsumedEvent:
         raise InvalidEvent(f"unknown ce_type {attrs['ce_type']!r}")
     _, message_type, id_field = contract
     try:
-        time = datetime.fromisoformat(attrs["ce_time"])
+        time = parse_rfc3339(attrs["ce_time"])
     except ValueError:
-        raise InvalidEvent("ce_time is not RFC 3339") from None
-    if time.tzinfo is None:
-        raise InvalidEvent("ce_time has no offset")
+        raise InvalidEvent("ce_time is not an RFC 3339 date-time with offset") from None
     try:
         key = msg.key.decode() if msg.key is not None else None
     except UnicodeDecodeError:
