@@ -7,8 +7,9 @@ import importlib
 import importlib.metadata
 import sys
 
+from services.common.errors import ConfigError
 from services.common.logging import configure_logging
-from services.common.settings import ConfigError, load_settings
+from services.common.settings import load_settings
 
 # command -> module with `run(settings) -> None`
 COMMANDS = {

@@ -18,6 +18,7 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.common.consumer.dead_letter import without_dead_letter_headers
+from services.common.errors import AmpgateError
 from services.common.events import DLQ_SOURCE_TOPIC, EVENT_TOPICS
 from services.common.kafka import make_producer
 from services.common.kafka_security import client_options
@@ -28,7 +29,7 @@ IDLE_S = 1.0
 REQUEST_TIMEOUT_S = 10.0
 
 
-class ReplayError(Exception):
+class ReplayError(AmpgateError):
     """Bad input (no such topic, not a dead-letter topic); the message is one line."""
 
 

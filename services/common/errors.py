@@ -1,13 +1,42 @@
-"""Exceptions shared by every service.
+"""Every public exception of ampgate, rooted at ``AmpgateError`` (the whole tree is here;
+each class lives in the module named beside it).
 
     AmpgateError
-    ├── ConfigError (services.common.settings)   a setting is missing or malformed
-    └── Problem                                  answered as RFC 9457 problem+json
-        ├── ValidationProblem   400, with errors[] naming each parameter / pointer
-        └── (raised directly with any status: 401, 403, 404, 413, 415, 502, 503, 504 ...)
+    ├── ConfigError                       a setting is missing or malformed (one line naming it)
+    ├── Problem                           answered as RFC 9457 problem+json (any status)
+    │   ├── ValidationProblem             400, with errors[] naming each parameter / pointer
+    │   └── UpstreamError (gateway.errors)        502  an upstream failed
+    │       ├── UpstreamTimeout                   504  no answer in time
+    │       ├── UpstreamStatus                    4xx/502  an error status from the upstream
+    │       ├── UpstreamBadBody                   502  a 2xx that is not JSON or over the cap
+    │       ├── CircuitOpen                       503  breaker open; Retry-After
+    │       └── TokenUnavailable                  503  no valid upstream token
+    ├── ParamError (common.query)         also a ValueError: names the parameter a query
+    │                                     model rejects (becomes a ValidationProblem entry)
+    ├── InvalidEvent (common.events)      a message that is not a valid ampgate event: poison
+    ├── TopicsMissing (common.kafka)      also an aiokafka KafkaError: topics absent and not
+    │                                     to be created
+    ├── TransientError (common.consumer)  a handler failure worth retrying: never dead-lettered
+    ├── ReplayError (common.dlq)          bad ``dlq replay`` input
+    ├── TokenEndpointError (gateway.tokens)   the token endpoint answered, but not a token
+    ├── ClusterError (gateway.cluster.errors)
+    │   └── ClusterUnavailable            the shared store cannot be used now: fall back
+    ├── BadEventData (history.versions)   a well-formed event we cannot record: dead letter
+    ├── StoreUnavailable (history.store)  the history database is away: transient
+    └── dev tooling only (services.devtools)
+        ├── KafkaUnavailable              also a RuntimeError: no broker to start or reach
+        ├── PostgresUnavailable           no PostgreSQL to start or reach
+        └── RedisUnavailable              also a RuntimeError: no Redis to start or reach
 
-Foreign exceptions (aiohttp client, aiokafka) are translated into ours where they
-enter our code; gateway-specific ones live in services.gateway.errors.
+Private control-flow exceptions (a leading ``_``) stay inside their modules, and the
+sandbox's are the simulated vendors', not ours.
+
+Foreign exceptions are translated where they enter our code: aiohttp client errors and
+timeouts in the upstream client (``services.gateway.upstream_client``: UpstreamError,
+UpstreamTimeout) and in the token managers (TokenUnavailable); redis errors in
+``ClusterStore.call`` (ClusterUnavailable); aiokafka errors never leave the outbox
+publisher (they become its degraded status and a retry) nor the consumer runtime's
+group loop (it reconnects); TopicsMissing is raised where topics are checked.
 """
 
 from __future__ import annotations
@@ -19,7 +48,11 @@ PROBLEM_BASE = "https://ampgate.dev/problems/"
 
 
 class AmpgateError(Exception):
-    pass
+    """Root of every ampgate exception."""
+
+
+class ConfigError(AmpgateError):
+    """A setting is missing or malformed; the message is one line naming it."""
 
 
 class Problem(AmpgateError):
@@ -74,6 +107,3 @@ class ValidationProblem(Problem):
 def param_error(parameter: str, message: str) -> ValidationProblem:
     return ValidationProblem([{"parameter": parameter, "message": message}])
 
-
-def body_error(pointer: str, message: str) -> ValidationProblem:
-    return ValidationProblem([{"pointer": pointer, "message": message}])

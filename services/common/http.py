@@ -81,10 +81,6 @@ def route_label(request: web.Request) -> str:
     return resource.name or resource.canonical
 
 
-def client_name(request: web.Request) -> str:
-    return request.get(CLIENT_NAME_KEY, "anonymous")
-
-
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id + traceparent, problem+json for every error, one log line, HTTP metrics."""

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from services.common.errors import AmpgateError
 from services.common.kafka_security import client_options
 from services.common.settings import KafkaSettings
 
@@ -22,7 +23,7 @@ log = structlog.get_logger("ampgate.kafka")
 _TOPIC_ALREADY_EXISTS = 36
 
 
-class TopicsMissing(KafkaError):
+class TopicsMissing(AmpgateError, KafkaError):
     """Topics do not exist and ``AMPGATE_KAFKA__CREATE_TOPICS`` is false."""
 
     def __str__(self) -> str:

@@ -34,6 +34,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from services.common.errors import ConfigError
+
 ENV_PREFIX = "AMPGATE_"
 SCOPES = (
     "passports:read",
@@ -351,10 +353,6 @@ class Settings(BaseSettings):
     @property
     def history_database_url(self) -> str:
         return self.history.database_url or str(self.state_dir / "history.sqlite3")
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message is one line naming it."""
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:

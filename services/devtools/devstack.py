@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from services.common import runner
+from services.common.events import ChangeKind
 from services.common.settings import Settings
 from services.devtools.local_kafka import LocalKafka
 from services.devtools.local_redis import LocalRedis
@@ -105,7 +106,7 @@ async def _receiver(port: int) -> web.AppRunner:
         nonlocal snapshots
         event = orjson.loads(await request.read())
         data = event.get("data") or {}
-        if data.get("change") == "CHANGE_KIND_SNAPSHOT":
+        if data.get("change") == ChangeKind.SNAPSHOT:
             # The first poll announces every entity once; summarise instead of flooding.
             snapshots += 1
             if snapshots % 500 == 1:

@@ -21,6 +21,7 @@ from typing import Any, Literal, Self
 
 import structlog
 
+from services.common.errors import AmpgateError
 from services.devtools._process import await_answer, docker_answers, free_port, stop_process
 
 log = structlog.get_logger("ampgate.local_kafka")
@@ -29,7 +30,7 @@ TEST_BOOTSTRAP_ENV = "AMPGATE_TEST_KAFKA_BOOTSTRAP"
 Kind = Literal["external", "container", "tansu"]
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(AmpgateError, RuntimeError):
     """No broker could be found or started; the message says why."""
 
 

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 import structlog
 
+from services.common.errors import AmpgateError
 from services.devtools._process import free_port
 
 log = structlog.get_logger("ampgate.local_postgres")
@@ -38,7 +39,7 @@ ENV_DSN = "AMPGATE_TEST_POSTGRES_DSN"
 START_TIMEOUT_S = 30.0
 
 
-class PostgresUnavailable(Exception):
+class PostgresUnavailable(AmpgateError):
     """No PostgreSQL could be found or started; the message says why."""
 
 

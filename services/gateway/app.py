@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.events import EVENT_TOPICS
 from services.common.http import READINESS_KEY, REGISTRY_KEY, base_app
-from services.common.outbox import Outbox, OutboxPublisher
+from services.common.outbox import Outbox, OutboxPublisher, outbox_path
 from services.common.redis_security import redis_options
 from services.common.settings import Settings
 from services.gateway.auth import Authenticator
@@ -43,7 +43,6 @@ from services.gateway.keys import (
     METRICS_KEY,
     OUTBOX_KEY,
     POLICIES_KEY,
-    PUBLISHER_KEY,
     SETTINGS_KEY,
     UPSTREAMS_KEY,
     Cluster,
@@ -163,7 +162,7 @@ async def settle_evictions(request: web.Request,
 async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS_KEY]
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    outbox = Outbox(settings.state_dir / "gateway.sqlite3")
+    outbox = Outbox(outbox_path(settings.state_dir))
     outbox.open()
     app[OUTBOX_KEY] = outbox
     cache = app[CACHE_KEY]
@@ -192,7 +191,6 @@ async def publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     publisher = OutboxPublisher(app[OUTBOX_KEY], app[SETTINGS_KEY].kafka, app[METRICS_KEY],
                                 topics=(*EVENT_TOPICS, CACHE_TOPIC))
     await publisher.start()
-    app[PUBLISHER_KEY] = publisher
     # Kafka down makes the publisher degraded, not the gateway unready: events wait.
     app[READINESS_KEY]["publisher"] = lambda: (True, publisher.status()[1])
     yield

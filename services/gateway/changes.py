@@ -49,10 +49,14 @@ import orjson
 import structlog
 
 from services.common.events import (
+    PASSPORT,
     PASSPORT_CE_TYPE,
     PASSPORT_TOPIC,
+    PRICE,
     PRICE_CE_TYPE,
     PRICE_TOPIC,
+    ChangeKind,
+    Detection,
     EventRecord,
     build_event,
     digest_of,
@@ -62,33 +66,6 @@ from services.common.outbox import ClaimSpec, Outbox
 from services.gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
-
-PASSPORT = "passport"
-PRICE = "price"
-
-
-class ChangeKind(StrEnum):
-    SNAPSHOT = "CHANGE_KIND_SNAPSHOT"
-    CREATED = "CHANGE_KIND_CREATED"
-    UPDATED = "CHANGE_KIND_UPDATED"
-    DELETED = "CHANGE_KIND_DELETED"
-
-
-class Detection(StrEnum):
-    WRITE = "DETECTION_WRITE"
-    READ = "DETECTION_READ"
-    POLL = "DETECTION_POLL"
-
-    @property
-    def label(self) -> str:
-        """The metric label: write, read, poll."""
-        return self.value.removeprefix("DETECTION_").lower()
-
-
-def digest(doc: Any) -> str:
-    """``sha256:<hex>`` of the canonical JSON (keys sorted at every level)."""
-    return digest_of(doc)
-
 
 # --- tariffs -------------------------------------------------------------------------------
 
@@ -356,7 +333,7 @@ class ChangeDetector:
         if len({o.key for o in observations}) != len(observations):
             observations = list({o.key: o for o in observations}.values())  # last one wins
         for obs in observations:
-            new = digest(obs.document) if obs.document is not None else ""
+            new = digest_of(obs.document) if obs.document is not None else ""
             last = self._seen.get((entity, context, obs.key))
             # Cluster mode: a member another replica's pass found may have vanished before
             # this replica ever saw it; its deletion is a candidate (the claim decides).
@@ -509,5 +486,5 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
 
 
 __all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Claims", "Detection",
-           "Observation", "digest", "evse_key", "passport_of", "reannounce", "shared_entity",
+           "Observation", "evse_key", "passport_of", "reannounce", "shared_entity",
            "tariff_comparable", "tariff_of"]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
-from services.common.settings import Settings
+from services.common.outbox import Outbox
+from services.common.settings import CachePolicy, Settings
 from services.gateway.auth import Authenticator
+from services.gateway.cache import ResponseCache
+from services.gateway.changes import ChangeDetector
 from services.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     from services.gateway.cluster import Channels, ClusterMetrics, ClusterStore
-    from services.gateway.upstreams import Upstreams
+    from services.gateway.upstreams import Upstreams  # it imports these keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +38,12 @@ METRICS_KEY = web.AppKey("gateway_metrics", GatewayMetrics)
 AUTH_KEY = web.AppKey("authenticator", Authenticator)
 SESSION_KEY = web.AppKey("client_session", aiohttp.ClientSession)
 UPSTREAMS_KEY: web.AppKey[Upstreams] = web.AppKey("upstreams")
-CACHE_KEY: web.AppKey[Any] = web.AppKey("cache")
-OUTBOX_KEY: web.AppKey[Any] = web.AppKey("outbox")
-DETECTOR_KEY: web.AppKey[Any] = web.AppKey("change_detector")
-PUBLISHER_KEY: web.AppKey[Any] = web.AppKey("outbox_publisher")
+CACHE_KEY = web.AppKey("cache", ResponseCache)
+OUTBOX_KEY = web.AppKey("outbox", Outbox)
+DETECTOR_KEY = web.AppKey("change_detector", ChangeDetector)
 # (param, value) of an authentication medium -> tariff context name, for naming price events.
-CONTEXTS_KEY = web.AppKey("tariff_contexts_by_medium", dict)
+CONTEXTS_KEY: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("tariff_contexts_by_medium")
 # route name -> CachePolicy, resolved once at start-up (a hit must not build models).
-POLICIES_KEY = web.AppKey("cache_policies", dict)
+POLICIES_KEY: web.AppKey[dict[str, CachePolicy]] = web.AppKey("cache_policies")
 # Cluster (above) in cluster mode, None in single-replica mode (settings.cluster.redis_url unset).
 CLUSTER_KEY: web.AppKey[Cluster | None] = web.AppKey("cluster")

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.events import EVENT_TOPICS
+from services.common.events import DETECTIONS, ENTITIES, EVENT_TOPICS
 from services.common.metrics import LATENCY_BUCKETS, zero
 
 CACHE_RESULTS = ("hit", "miss", "stale", "coalesced", "bypass", "shared_hit")
@@ -20,8 +20,6 @@ EVICTION_REASONS = ("lru", "invalidated", "purged")
 TOKEN_UPSTREAMS = ("siemensid", "cognito")
 TOKEN_OUTCOMES = ("ok", "error")
 PUBLISH_OUTCOMES = ("ok", "error")
-ENTITIES = ("passport", "price")
-DETECTIONS = ("write", "read", "poll")
 
 
 class GatewayMetrics:

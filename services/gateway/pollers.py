@@ -52,7 +52,7 @@ from services.gateway.changes import (
 )
 from services.gateway.cluster import ClusterUnavailable, Lease, LeaseKeeper
 from services.gateway.errors import UpstreamError
-from services.gateway.upstream import UpstreamClient
+from services.gateway.upstream_client import UpstreamClient
 from services.gateway.validation import PASSPORT_ID_RE
 
 log = structlog.get_logger(__name__)

@@ -9,24 +9,21 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from services.common.query import HistoryQuery, PriceHistoryQuery, Query, parse_query
 from services.gateway import schemas
 from services.gateway.handlers import admin, history, passports, prices, stations, users
 from services.gateway.keys import AUTH_KEY
 from services.gateway.validation import (
     EVSE_ID_SCHEMA,
     PASSPORT_ID_SCHEMA,
-    HistoryQuery,
     NewUser,
     NoQuery,
     Passport,
     PriceAllQuery,
     PriceBatchQuery,
-    PriceHistoryQuery,
     PriceQuery,
-    Query,
     StationsQuery,
     User,
-    parse_query,
 )
 
 Handler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from services.common import events
+
 Number = float  # JSON number: the vendors send integers and decimals alike
 
 
@@ -380,9 +382,9 @@ class StationsPage(Open):
 
 # -- History (DESIGN.md §11) -------------------------------------------------------------------
 
-ChangeKind = Literal["CHANGE_KIND_SNAPSHOT", "CHANGE_KIND_CREATED", "CHANGE_KIND_UPDATED",
-                     "CHANGE_KIND_DELETED"]
-Detection = Literal["DETECTION_WRITE", "DETECTION_READ", "DETECTION_POLL"]
+# The enums' values, inline in the schema (services.common.events.kinds defines them).
+ChangeKind = Literal[tuple(k.value for k in events.ChangeKind)]  # type: ignore[valid-type]
+Detection = Literal[tuple(d.value for d in events.Detection)]  # type: ignore[valid-type]
 # A deletion has no document, so no digest: it is empty then.
 Digest = Annotated[str, Field(pattern=r"^(sha256:[0-9a-f]{64})?$")]
 

@@ -34,6 +34,7 @@ import structlog
 from pydantic import SecretStr
 from yarl import URL
 
+from services.common.errors import AmpgateError
 from services.common.settings import CpoSettings, PassportSettings
 from services.gateway.cluster import ClusterUnavailable, SharedToken
 from services.gateway.errors import TokenUnavailable
@@ -58,18 +59,12 @@ class TokenGrant:
 TokenFetcher = Callable[[aiohttp.ClientSession], Awaitable[TokenGrant]]
 
 
-class TokenEndpointError(Exception):
+class TokenEndpointError(AmpgateError):
     """The token endpoint answered, but not with a token. The message is safe to log."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-def redact_url(url: str | URL) -> str:
-    """Scheme, host and path only: Cognito carries the client secret in the query."""
-    u = URL(str(url))
-    return str(u.with_query(None).with_fragment(None).with_user(None))
 
 
 def _timeout(settings: PassportSettings | CpoSettings) -> aiohttp.ClientTimeout:

@@ -26,7 +26,7 @@ from services.gateway.tokens import (
     cognito_fetcher,
     siemensid_fetcher,
 )
-from services.gateway.upstream import UpstreamClient
+from services.gateway.upstream_client import UpstreamClient
 
 log = structlog.get_logger("ampgate.gateway")
 

@@ -1,19 +1,21 @@
-"""Input validation: every parameter and body is checked here, before any upstream call.
+"""Input validation of the vendor routes: their query models and bodies, checked before
+any upstream call.
 
-Query parameters are pydantic models (unknown parameters are rejected); their errors
-become problem+json ``errors[]`` entries naming the parameter (or a JSON pointer for
-bodies). The models also feed the OpenAPI document, so the contract has one source.
+Query parameters are pydantic models on ``services.common.query.Query`` (unknown
+parameters are rejected; ``parse_query`` turns errors into problem+json ``errors[]``
+entries naming the parameter); bodies are checked here too (errors name a JSON pointer).
+The identifier patterns and path-id checks are ``services.common.ids``; the history query
+is ``services.common.query.HistoryQuery``. The models also feed the OpenAPI document, so
+the contract has one source.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Self
 from uuid import UUID
 
 import orjson
 from aiohttp import web
-from multidict import MultiMapping
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,24 +26,19 @@ from pydantic import (
     model_validator,
 )
 
-from services.common.errors import ValidationProblem, param_error
+from services.common.errors import ValidationProblem
+from services.common.ids import (
+    EMAID_PATTERN,
+    EMAID_RE,
+    EVSE_PATTERN,
+    EVSE_RE,
+    PASSPORT_ID_PATTERN,
+    PASSPORT_ID_RE,
+    TAG_ID_RE,
+)
+from services.common.query import ParamError, Query
 from services.gateway.schemas import PassportDocument
 
-# eMI3 EVSE id, separators used consistently (DESIGN.md §3).
-EVSE_RE = re.compile(r"^([A-Z]{2})([*-]?)([A-Z0-9]{3})\2E([A-Z0-9*]{1,30})$", re.IGNORECASE)
-EMAID_RE = re.compile(r"^[A-Z]{2}-?[A-Z0-9]{3}-?[A-Z0-9]{9}(-?[A-Z0-9])?$", re.IGNORECASE)
-# Passport ids: a bounded, safe charset. No '/', no '..', no control characters.
-PASSPORT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:~-]{0,127}$")
-TAG_ID_RE = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
-CONTEXT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-# The same rules as ECMA-262 patterns for the OpenAPI document (no backreference, no
-# IGNORECASE flag, no lookaround), so generated clients and fuzzers send what we accept.
-EVSE_PATTERN = (r"^[A-Za-z]{2}(\*[A-Za-z0-9]{3}\*|-[A-Za-z0-9]{3}-|[A-Za-z0-9]{3})[Ee]"
-                r"[A-Za-z0-9*]{1,30}$")
-EMAID_PATTERN = r"^[A-Za-z]{2}-?[A-Za-z0-9]{3}-?[A-Za-z0-9]{9}(-?[A-Za-z0-9])?$"
-PASSPORT_ID_PATTERN = r"^[A-Za-z0-9](\.?[A-Za-z0-9_:~-])*\.?$"  # PASSPORT_ID_RE, no ".."
 PASSPORT_ID_SCHEMA = {"type": "string", "maxLength": 128, "pattern": PASSPORT_ID_PATTERN}
 EVSE_ID_SCHEMA = {"type": "string", "maxLength": 40, "pattern": EVSE_PATTERN}
 _EVSE_ITEM = EVSE_PATTERN[1:-1]
@@ -117,12 +114,6 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 cod
 NonNegInt = Annotated[int, Field(ge=0, le=10**9)]
 
 
-class Query(BaseModel):
-    """Base for query models: unknown parameters are errors; names are the wire names."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-
 class AuthMedium(Query):
     tag_id: TagId | None = Field(None, description="RFID tag id of the card or token",
                                  examples=["SOMETHING"])
@@ -136,11 +127,11 @@ class AuthMedium(Query):
     @model_validator(mode="after")
     def _one_medium(self) -> Self:
         if self.authenticationUuid and self.authendicationUuid:
-            raise _ParamError("authenticationUuid", "give authenticationUuid once, in one spelling")
+            raise ParamError("authenticationUuid", "give authenticationUuid once, in one spelling")
         given = [n for n in ("tag_id", "emaid", "authenticationUuid", "authendicationUuid")
                  if getattr(self, n) is not None]
         if len(given) != 1:
-            raise _ParamError("tag_id", "give exactly one of tag_id, emaid, authenticationUuid"
+            raise ParamError("tag_id", "give exactly one of tag_id, emaid, authenticationUuid"
                               f" (got {len(given)})")
         return self
 
@@ -162,7 +153,7 @@ class _Costing(AuthMedium):
     @model_validator(mode="after")
     def _one_duration(self) -> Self:
         if self.duration is not None and self.duration_in_minutes is not None:
-            raise _ParamError("duration_in_minutes", "give duration or duration_in_minutes, not both")
+            raise ParamError("duration_in_minutes", "give duration or duration_in_minutes, not both")
         return self
 
     def costing_params(self) -> dict[str, str]:
@@ -212,107 +203,6 @@ class StationsQuery(Query):
 
 class NoQuery(Query):
     pass
-
-
-class HistoryQuery(Query):
-    at: Annotated[str | None, AfterValidator(lambda v: _rfc3339(v) if v is not None else v)] = Field(
-        None, description="RFC 3339 instant: answer the version in force then",
-        json_schema_extra={"format": "date-time"})
-    from_: Annotated[str | None, Field(alias="from", pattern=DIGEST_RE.pattern)] = Field(
-        None, description="digest of the older version of a diff")
-    to: Annotated[str | None, Field(pattern=DIGEST_RE.pattern)] = Field(
-        None, description="digest of the newer version of a diff")
-
-    @model_validator(mode="after")
-    def _pairs(self) -> Self:
-        if (self.from_ is None) != (self.to is None):
-            raise _ParamError("from" if self.from_ is None else "to", "give both from and to")
-        if self.at is not None and self.from_ is not None:
-            raise _ParamError("at", "give either at or from/to")
-        return self
-
-
-class PriceHistoryQuery(HistoryQuery):
-    context: Annotated[str, Field(pattern=CONTEXT_RE.pattern)] = Field(
-        description="tariff context name (AMPGATE_TARIFF_CONTEXTS)", examples=["demo"])
-
-
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-def _rfc3339(value: str) -> str:
-    from datetime import datetime
-
-    if not _RFC3339.match(value):
-        raise ValueError("must be an RFC 3339 date-time with offset, e.g. 2026-01-31T12:00:00Z")
-    try:
-        datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise ValueError("not a valid date-time") from None
-    return value
-
-
-class _ParamError(ValueError):
-    """Raised inside model validators to name the parameter at fault."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(message)
-        self.parameter = parameter
-        self.message = message
-
-
-def parse_query(model: type[Query], query: MultiMapping[str]) -> Query:
-    errors: list[dict[str, str]] = []
-    data: dict[str, str] = {}
-    for name, value in query.items():
-        if name in data:
-            errors.append({"parameter": name, "message": "given more than once"})
-        data[name] = value
-    if errors:
-        raise ValidationProblem(errors)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationProblem(_pydantic_errors(exc, model)) from None
-
-
-def _pydantic_errors(exc: ValidationError, model: type[BaseModel]) -> list[dict[str, str]]:
-    aliases = {n: (f.alias or n) for n, f in model.model_fields.items()}
-    out = []
-    for err in exc.errors(include_url=False):
-        ctx_error = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _ParamError):
-            out.append({"parameter": ctx_error.parameter, "message": ctx_error.message})
-            continue
-        loc = err["loc"]
-        name = aliases.get(str(loc[0]), str(loc[0])) if loc else "query"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown parameter"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        out.append({"parameter": name, "message": msg})
-    return out
-
-
-def path_id(request: web.Request, name: str, pattern: re.Pattern[str] = PASSPORT_ID_RE,
-            *, upper: bool = False) -> str:
-    """A path id, checked against a safe charset. aiohttp has already percent-decoded it,
-    so an encoded slash or control character shows up here and is rejected."""
-    raw = request.match_info[name]
-    if len(raw) > 128:
-        raise param_error(name, "at most 128 characters")
-    if ".." in raw or not pattern.match(raw):
-        raise param_error(name, "contains characters that are not allowed")
-    return raw.upper() if upper else raw
-
-
-def evse_path_id(request: web.Request, name: str = "evse_id") -> str:
-    raw = request.match_info[name]
-    if len(raw) > 40 or not EVSE_RE.match(raw):
-        raise param_error(name, "not an eMI3 EVSE id (e.g. DE*EEE*E000001)")
-    return raw.upper()
 
 
 # -- bodies -------------------------------------------------------------------------------

@@ -10,9 +10,12 @@ import orjson
 from aiohttp import web
 
 from services.common.errors import Problem
+from services.common.events import PASSPORT, PRICE
+from services.common.ids import evse_path_id, path_id
+from services.common.query import HistoryQuery, PriceHistoryQuery, parse_query
+from services.common.timestamps import rfc3339
 from services.history.keys import AUTH_KEY, STORE_KEY
-from services.history.query import HistoryQuery, evse_id, parse_query, passport_id
-from services.history.versions import PASSPORT, PRICE, EntityKey, Version, format_time
+from services.history.versions import EntityKey, Version
 
 JSON_PATCH = "application/json-patch+json"
 # The gateway's scope for these routes: nobody reads history around the gateway's auth.
@@ -25,16 +28,17 @@ def _json(body: Any, status: int = 200, content_type: str = "application/json") 
 
 async def passport_history(request: web.Request) -> web.Response:
     request.app[AUTH_KEY].authorize(request, SCOPE)  # before anything else, as at the gateway
-    pid = passport_id(request)
-    query = parse_query(request, with_context=False)
+    pid = path_id(request, "passport_id")
+    query = parse_query(HistoryQuery, request.query)
     key = EntityKey(PASSPORT, pid)
     return await _answer(request, key, query, {"passport_id": pid}, "passport")
 
 
 async def price_history(request: web.Request) -> web.Response:
     request.app[AUTH_KEY].authorize(request, SCOPE)
-    eid = evse_id(request)
-    query = parse_query(request, with_context=True)
+    eid = evse_path_id(request)
+    query = parse_query(PriceHistoryQuery, request.query)
+    assert isinstance(query, PriceHistoryQuery)
     key = EntityKey(PRICE, eid, query.context)
     return await _answer(request, key, query, {"evse_id": eid, "tariff_context": query.context},
                          "tariff")
@@ -44,14 +48,14 @@ async def _answer(request: web.Request, key: EntityKey, query: HistoryQuery,
                   ident: dict[str, str], document_field: str) -> web.Response:
     store = request.app[STORE_KEY]
     what = f"{key.entity} {key.entity_id}" + (f" (context {key.context})" if key.context else "")
-    if query.at is not None:
-        version = await store.version_at(key, query.at)
+    if (at := query.instant) is not None:
+        version = await store.version_at(key, at)
         if version is None:
             raise Problem(404, "Not found", f"no version of {what} was observed by "
-                          f"{format_time(query.at)}")
+                          f"{rfc3339(at)}")
         if version.deleted:
             raise Problem(404, "Not found", f"{what} was deleted at "
-                          f"{format_time(version.observed_at)}: no version in force")
+                          f"{rfc3339(version.observed_at)}: no version in force")
         return _json({**ident, **version.summary(), document_field: _document(version)})
     if query.from_ is not None and query.to is not None:
         old = await _by_digest(store, key, query.from_, "from", what)

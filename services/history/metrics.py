@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
+from services.common.events import ENTITIES
 from services.common.metrics import zero
-
-ENTITIES = ("passport", "price")
 
 
 class HistoryMetrics:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import orjson
 
 from services.common import sqlite
+from services.common.timestamps import rfc3339
 from services.history.store import HistoryStore, StoreUnavailable, migrations
 from services.history.versions import EntityKey, Version, versions_to_record
 
@@ -123,7 +124,7 @@ class SqliteStore(HistoryStore):
         for version, name, sql in migrations(self.dialect, self._migrations_dir):
             if version in done:
                 continue
-            now = datetime.now(UTC).isoformat()
+            now = rfc3339(datetime.now(UTC))
             # One script, one transaction: a half-applied migration is never recorded.
             db.executescript(
                 f"BEGIN IMMEDIATE;\n{sql}\n"

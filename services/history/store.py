@@ -16,11 +16,11 @@ from datetime import datetime
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from services.common.settings import ConfigError
+from services.common.errors import AmpgateError, ConfigError
 from services.history.versions import EntityKey, Version
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(AmpgateError):
     """The database could not be reached or is busy: worth retrying."""
 
 

@@ -10,27 +10,29 @@ So A→B delivered twice is one version, while A→B→A→B is four.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
 
+from services.common.errors import AmpgateError
 from services.common.events import (
+    CHANGE_KIND_UNSPECIFIED,
+    DETECTION_UNSPECIFIED,
+    PASSPORT,
     PASSPORT_CE_TYPE,
     PASSPORT_TOPIC,
+    PRICE,
     PRICE_CE_TYPE,
     PRICE_TOPIC,
+    ChangeKind,
     ConsumedEvent,
 )
-
-PASSPORT = "passport"
-PRICE = "price"
-DELETED = "CHANGE_KIND_DELETED"
+from services.common.timestamps import parse_rfc3339, rfc3339
 
 
-class BadEventData(Exception):
+class BadEventData(AmpgateError):
     """A well-formed event whose data we cannot record (missing id, bad time...). Not
     transient: the consumer runtime dead-letters it."""
 
@@ -56,13 +58,13 @@ class Version:
 
     @property
     def deleted(self) -> bool:
-        return self.change == DELETED
+        return self.change == ChangeKind.DELETED
 
     def summary(self) -> dict[str, object]:
         """The version list entry (DESIGN.md §11)."""
         return {
             "digest": self.digest,
-            "observed_at": format_time(self.observed_at),
+            "observed_at": rfc3339(self.observed_at),
             "change": self.change,
             "detected_by": self.detected_by,
             "changed_paths": list(self.changed_paths),
@@ -111,10 +113,10 @@ def version_from_event(event: ConsumedEvent) -> Version:
         raise BadEventData(f"unexpected event type {event.type!r} on {event.topic}")
     if not key.entity_id:
         raise BadEventData("event names no entity")
-    change = _text(data, "change") or "CHANGE_KIND_UNSPECIFIED"
+    change = _text(data, "change") or CHANGE_KIND_UNSPECIFIED
     raw_time = data.get("observed_at")
     try:
-        observed_at = parse_time(raw_time) if raw_time else event.time.astimezone(UTC)
+        observed_at = parse_rfc3339(raw_time) if raw_time else event.time.astimezone(UTC)
     except ValueError:
         raise BadEventData(f"observed_at is not a timestamp: {raw_time!r}") from None
     paths = data.get("changed_paths") or []
@@ -127,11 +129,11 @@ def version_from_event(event: ConsumedEvent) -> Version:
         event_id=event.id,
         observed_at=observed_at,
         change=change,
-        detected_by=_text(data, "detected_by") or "DETECTION_UNSPECIFIED",
+        detected_by=_text(data, "detected_by") or DETECTION_UNSPECIFIED,
         digest=_text(data, "digest"),
         previous_digest=_text(data, "previous_digest"),
         changed_paths=tuple(paths),
-        document=None if document is None or change == DELETED else orjson.dumps(document).decode(),
+        document=None if document is None or change == ChangeKind.DELETED else orjson.dumps(document).decode(),
     )
 
 
@@ -140,22 +142,3 @@ def _text(data: dict, name: str) -> str:
     if not isinstance(value, str):
         raise BadEventData(f"{name} is not a string")
     return value
-
-
-_TIME = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-def parse_time(value: object) -> datetime:
-    """An RFC 3339 date-time with offset (up to nanoseconds; we keep microseconds)."""
-    m = _TIME.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise ValueError("not an RFC 3339 date-time with offset")
-    date, clock, frac, offset = m.groups()
-    offset = "+00:00" if offset in ("Z", "z") else offset
-    text = f"{date}T{clock}.{(frac or '0')[:6].ljust(6, '0')}{offset}"
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
-def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import structlog
-from aiohttp import web
 
+from services.common.runner import serve
 from services.common.settings import Settings
 from services.sandbox.app import create_app
 from services.sandbox.config import SandboxConfig
@@ -16,5 +16,5 @@ def run(settings: Settings) -> None:
     config = SandboxConfig.from_settings(settings)
     app = create_app(config)
     log.info("sandbox_starting", host=config.host, port=config.port)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None,
-                shutdown_timeout=5)
+    http = settings.http.model_copy(update={"host": config.host, "port": config.port})
+    serve(app, http, shutdown_timeout=5)

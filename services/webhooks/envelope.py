@@ -13,10 +13,11 @@ The body is a CloudEvents 1.0 structured-mode JSON object (sent as
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from services.common.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from services.common.events import ConsumedEvent
@@ -28,7 +29,7 @@ def _header(event: ConsumedEvent, name: str) -> str | None:
 
 
 def body(event: ConsumedEvent) -> bytes:
-    time = _header(event, "ce_time") or event.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    time = _header(event, "ce_time") or rfc3339(event.time)
     doc: dict[str, Any] = {
         "specversion": "1.0",
         "id": event.id,

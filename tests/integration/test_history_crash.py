@@ -15,9 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from services.common.events import PASSPORT
 from services.devtools.local_kafka import free_port
 from services.history.store import open_store
-from services.history.versions import PASSPORT, EntityKey
+from services.history.versions import EntityKey
 from tests.unit.history.helpers import (
     create_topics,
     fresh_postgres_database,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.events import HISTORY_DEAD_LETTER_TOPIC, digest_of
+from services.common.events import HISTORY_DEAD_LETTER_TOPIC, PASSPORT, PRICE, digest_of
 from services.common.settings import Settings
 from services.history.app import create_app
 from services.history.keys import STORE_KEY
-from services.history.versions import PASSPORT, PRICE, EntityKey
+from services.history.versions import EntityKey
 from tests.fixtures.gateway import CLIENTS, auth
 from tests.unit.history.helpers import (
     create_topics,

@@ -48,6 +48,7 @@ from services.common.consumer._broker_quirks import (
 from services.common.consumer.dead_letter import send_dead_letter
 from services.common.consumer.lag import Lag
 from services.common.consumer.metrics import CONSUMER_OUTCOMES, consumer_metrics
+from services.common.errors import AmpgateError
 from services.common.events import ConsumedEvent, InvalidEvent, parse_event
 from services.common.kafka import make_producer
 from services.common.kafka_security import client_options
@@ -66,7 +67,7 @@ COMMIT_TIMEOUT_S = 10.0
 MAX_RECONNECT_DELAY_S = 5.0
 
 
-class TransientError(Exception):
+class TransientError(AmpgateError):
     """Raised by a handler for a failure worth retrying (database busy or down, broker
     hiccup). The batch is not committed; it is retried with capped backoff until it is
     applied. Never dead-lettered."""

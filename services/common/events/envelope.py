@@ -20,7 +20,9 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from services.common.errors import AmpgateError
 from services.common.events import schemas
+from services.common.timestamps import parse_rfc3339, rfc3339
 
 PASSPORT_TOPIC = "passport-changed"
 PRICE_TOPIC = "price-changed"
@@ -68,19 +70,12 @@ class ConsumedEvent:
     headers: dict[str, bytes]
 
 
-class InvalidEvent(Exception):
+class InvalidEvent(AmpgateError):
     """A message that is not a valid ampgate event (poison: dead-letter it)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def rfc3339(moment: datetime) -> str:
-    """UTC, microseconds, ``Z``: 2026-11-21T10:00:00.123456Z (also proto3 JSON Timestamp)."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: give a timezone-aware time")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def digest_of(document: Any) -> str:
@@ -154,11 +149,9 @@ def parse_event(msg: Any) -> ConsumedEvent:
         raise InvalidEvent(f"unknown ce_type {attrs['ce_type']!r}")
     _, message_type, id_field = contract
     try:
-        time = datetime.fromisoformat(attrs["ce_time"])
+        time = parse_rfc3339(attrs["ce_time"])
     except ValueError:
-        raise InvalidEvent("ce_time is not RFC 3339") from None
-    if time.tzinfo is None:
-        raise InvalidEvent("ce_time has no offset")
+        raise InvalidEvent("ce_time is not an RFC 3339 date-time with offset") from None
     try:
         key = msg.key.decode() if msg.key is not None else None
     except UnicodeDecodeError:

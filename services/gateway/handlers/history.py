@@ -6,13 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.common.errors import Problem
+from services.common.ids import evse_path_id, path_id
+from services.common.query import HistoryQuery, PriceHistoryQuery
 from services.gateway.auth import forwarding_caller_key
 from services.gateway.handlers.respond import passthrough, trace, upstreams
-from services.gateway.validation import HistoryQuery, PriceHistoryQuery, evse_path_id, path_id
-
-
-def _params(query: HistoryQuery) -> dict[str, str]:
-    return {k: v for k, v in query.model_dump(by_alias=True).items() if v is not None}
 
 
 async def _proxy(request: web.Request, operation: str, path: str, params: dict[str, str]):
@@ -27,9 +24,9 @@ async def _proxy(request: web.Request, operation: str, path: str, params: dict[s
 
 async def passport_history(request: web.Request, query: HistoryQuery) -> web.Response:
     pid = path_id(request, "passport_id")
-    return await _proxy(request, "passport_history", f"/v1/passports/{pid}/history", _params(query))
+    return await _proxy(request, "passport_history", f"/v1/passports/{pid}/history", query.params())
 
 
 async def price_history(request: web.Request, query: PriceHistoryQuery) -> web.Response:
     evse = evse_path_id(request)
-    return await _proxy(request, "price_history", f"/v1/prices/{evse}/history", _params(query))
+    return await _proxy(request, "price_history", f"/v1/prices/{evse}/history", query.params())

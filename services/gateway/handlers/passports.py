@@ -7,40 +7,42 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.gateway.cache import make_response
+from services.common.events import ChangeKind, Detection
+from services.common.ids import path_id
 from services.gateway.errors import UpstreamBadBody
 from services.gateway.eviction import OWNED_LIST_TAG, passport_tag
 from services.gateway.handlers.respond import cached_get, fetcher, passthrough, trace, upstreams
 from services.gateway.keys import CACHE_KEY, DETECTOR_KEY, SETTINGS_KEY
-from services.gateway.validation import Passport, path_id, read_json_body
+from services.gateway.upstream_client import UpstreamResponse
+from services.gateway.validation import Passport, read_json_body
 
 
 def _paths(request: web.Request):
     return request.app[SETTINGS_KEY].passport.paths
 
 
-def _detect(request: web.Request, passport_id: str, doc: Any, how: str, change: str | None = None) -> None:
+def _detect(request: web.Request, passport_id: str, doc: Any, how: Detection,
+            change: ChangeKind | None = None) -> None:
     detector = request.app.get(DETECTOR_KEY)
     if detector is None:
         return
-    from services.gateway.changes import ChangeKind, Detection
-
-    detector.passport(passport_id, doc, Detection(how), ChangeKind(change) if change else None)
+    detector.passport(passport_id, doc, how, change)
 
 
 async def get_public(request: web.Request, query: Any) -> web.Response:
     pid = path_id(request, "passport_id")
 
-    async def fetch():
-        client, ids = upstreams(request).passport, trace(request)
-        resp = await client.request("public_get", "GET", _paths(request).public.format(id=pid), **ids)
+    client = upstreams(request).passport
+
+    def inspect(resp: UpstreamResponse) -> None:
         if not isinstance(resp.data, dict):
             raise UpstreamBadBody(client.name, "a passport that is not a JSON object", resp.status)
         if resp.status == 200:
             # a new version evicts the owned views too; this fill stores the new one
-            _detect(request, pid, resp.data, "DETECTION_READ")
-        return make_response(resp.status, resp.body, resp.content_type or "application/json")
+            _detect(request, pid, resp.data, Detection.READ)
 
+    fetch = fetcher(request, client, "public_get", _paths(request).public.format(id=pid),
+                    inspect=inspect)
     return await cached_get(request, "passport_public", ("passport", "public", pid), fetch,
                             tags=[passport_tag(pid)])
 
@@ -95,7 +97,7 @@ async def create(request: web.Request, query: Any) -> web.Response:
     doc = _written_doc(resp.data, body)
     pid = passport_id_of(doc)
     if pid:
-        _detect(request, pid, doc, "DETECTION_WRITE", "CHANGE_KIND_CREATED")
+        _detect(request, pid, doc, Detection.WRITE, ChangeKind.CREATED)
     _evict(request, pid)
     return passthrough(resp)
 
@@ -106,7 +108,7 @@ async def update(request: web.Request, query: Any) -> web.Response:
     resp = await upstreams(request).passport.request(
         "update", "PUT", _paths(request).owned_item.format(id=pid), body=body,
         content_type="application/json", **trace(request))
-    _detect(request, pid, _written_doc(resp.data, body), "DETECTION_WRITE", "CHANGE_KIND_UPDATED")
+    _detect(request, pid, _written_doc(resp.data, body), Detection.WRITE, ChangeKind.UPDATED)
     _evict(request, pid)
     return passthrough(resp)
 
@@ -115,6 +117,6 @@ async def delete(request: web.Request, query: Any) -> web.Response:
     pid = path_id(request, "passport_id")
     resp = await upstreams(request).passport.request(
         "delete", "DELETE", _paths(request).owned_item.format(id=pid), **trace(request))
-    _detect(request, pid, None, "DETECTION_WRITE", "CHANGE_KIND_DELETED")
+    _detect(request, pid, None, Detection.WRITE, ChangeKind.DELETED)
     _evict(request, pid)
     return passthrough(resp)

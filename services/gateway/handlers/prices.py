@@ -7,10 +7,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from services.gateway.cache import make_response
+from services.common.events import Detection
 from services.gateway.eviction import ALL_PRICES_TAG, price_context_tag, price_tag
-from services.gateway.handlers.respond import cached_get, trace, upstreams
+from services.gateway.handlers.respond import cached_get, fetcher, upstreams
 from services.gateway.keys import CONTEXTS_KEY, DETECTOR_KEY
+from services.gateway.upstream_client import UpstreamResponse
 from services.gateway.validation import PriceAllQuery, PriceBatchQuery, PriceQuery
 
 log = structlog.get_logger("ampgate.gateway")
@@ -27,7 +28,7 @@ def _detect(request: web.Request, context: str | None, tariffs: dict[str, Any]) 
     detector = request.app.get(DETECTOR_KEY)
     if detector is None or context is None:
         return
-    from services.gateway.changes import Detection, tariff_of
+    from services.gateway.changes import tariff_of
 
     for evse_id, entry in tariffs.items():
         if isinstance(entry, dict):
@@ -41,7 +42,6 @@ async def _priced(request: web.Request, route: str, operation: str, path: str,
     from services.gateway.changes import tariff_comparable
 
     client = upstreams(request).pricing
-    ids = trace(request)
     named = _context(request, medium)
     # A currency or tax view of a tariff is not the tariff: compare only plain reads.
     context = named if tariff_comparable(params) else None
@@ -52,15 +52,14 @@ async def _priced(request: web.Request, route: str, operation: str, path: str,
         if named is not None:
             tags += [price_context_tag(named, e) for e in evses]
 
-    async def fetch():
-        resp = await client.request(operation, "GET", path, params=params, **ids)
+    def inspect(resp: UpstreamResponse) -> None:
         if resp.status == 200 and context is not None:
             try:  # decoded (and checked to be JSON) by the client; the shape is ours to check
                 _detect(request, context, pick(resp.data))
             except (AttributeError, TypeError):
                 log.warning("pricing_unparsable", operation=operation)
-        return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
+    fetch = fetcher(request, client, operation, path, params, inspect=inspect)
     key = ("pricing", operation, tuple(sorted(params.items())))
     return await cached_get(request, route, key, fetch, tags=tags)
 

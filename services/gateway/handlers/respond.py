@@ -10,7 +10,7 @@ from aiohttp import web
 from services.common.http import REQUEST_ID_KEY, TRACEPARENT_KEY
 from services.gateway.cache import CachedResponse, CacheResult, make_response
 from services.gateway.keys import CACHE_KEY, POLICIES_KEY, SETTINGS_KEY, UPSTREAMS_KEY
-from services.gateway.upstream import UpstreamClient, UpstreamResponse
+from services.gateway.upstream_client import UpstreamClient, UpstreamResponse
 
 X_CACHE = {
     CacheResult.HIT: "HIT",
@@ -67,16 +67,25 @@ async def cached_get(
 
 
 def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: str,
-            params: dict[str, str] | None = None,
+            params: dict[str, str] | None = None, *,
+            inspect: Callable[[UpstreamResponse], None] | None = None,
+            rewrite: Callable[[UpstreamResponse], bytes] | None = None,
             ) -> Callable[[], Awaitable[CachedResponse]]:
     """A fill function for the cache: one upstream GET, passed on as it is. It returns
     the upstream's 2xx answer or raises what the client raised (UpstreamStatus for an
     error status, UpstreamBadBody for a body that is not JSON): the cache tells an outage
-    (stale-if-error) from an answer (the entry is dropped) by that exception."""
+    (stale-if-error) from an answer (the entry is dropped) by that exception.
+
+    ``inspect`` sees the answer first (change detection; it may raise UpstreamBadBody);
+    ``rewrite`` answers the JSON body to store instead of the upstream's."""
     ids = trace(request)
 
     async def fetch() -> CachedResponse:
         resp = await client.request(operation, "GET", path, params=params, **ids)
+        if inspect is not None:
+            inspect(resp)
+        if rewrite is not None:
+            return make_response(resp.status, rewrite(resp), "application/json")
         return make_response(resp.status, resp.body, resp.content_type or "application/json")
 
     return fetch

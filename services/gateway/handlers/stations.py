@@ -19,10 +19,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 from aiohttp import web
 
-from services.gateway.cache import CachedResponse, make_response
+from services.gateway.cache import CachedResponse
 from services.gateway.errors import UpstreamBadBody
-from services.gateway.handlers.respond import cached_get, trace, upstreams
+from services.gateway.handlers.respond import cached_get, fetcher, upstreams
 from services.gateway.keys import SETTINGS_KEY
+from services.gateway.upstream_client import UpstreamResponse
 from services.gateway.validation import StationsQuery
 
 UPSTREAM_PATH = "/api/cpoapi/v1/charging_stations/"
@@ -67,17 +68,16 @@ def _with_base(entry: CachedResponse, base: str) -> CachedResponse:
 
 
 async def list_stations(request: web.Request, query: StationsQuery) -> web.Response:
-    client, ids = upstreams(request).cpo, trace(request)
+    client = upstreams(request).cpo
     params = {"page[limit]": str(query.page_limit), "page[offset]": str(query.page_offset)}
     fixed_base = configured_base(request)
 
-    async def fetch() -> CachedResponse:
-        resp = await client.request("charging_stations", "GET", UPSTREAM_PATH, params=params,
-                                    **ids)
+    def rewrite(resp: UpstreamResponse) -> bytes:
         if not isinstance(resp.data, dict):
             raise UpstreamBadBody(client.name, "a page that is not a JSON object", resp.status)
-        body = rewrite_links(resp.data, fixed_base or _PLACEHOLDER)
-        return make_response(resp.status, body, "application/json")
+        return rewrite_links(resp.data, fixed_base or _PLACEHOLDER)
+
+    fetch = fetcher(request, client, "charging_stations", UPSTREAM_PATH, params, rewrite=rewrite)
 
     key = ("cpo", "stations", query.page_limit, query.page_offset)
     if fixed_base is not None:

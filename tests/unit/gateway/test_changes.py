@@ -12,7 +12,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC
+from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, digest_of
 from services.common.events.schemas import PassportChanged, PriceChanged, check
 from services.common.outbox import Outbox
 from services.gateway.changes import (
@@ -20,7 +20,6 @@ from services.gateway.changes import (
     ChangeKind,
     Detection,
     Observation,
-    digest,
     tariff_comparable,
     tariff_of,
 )
@@ -120,7 +119,7 @@ def counted(registry: CollectorRegistry, entity: str, detected_by: str) -> float
 
 def test_a_different_consumption_is_the_same_tariff() -> None:
     assert tariff_of(PRICED) == tariff_of(UNPRICED)
-    assert digest(tariff_of(PRICED)) == digest(tariff_of(UNPRICED))
+    assert digest_of(tariff_of(PRICED)) == digest_of(tariff_of(UNPRICED))
 
 
 def test_tariff_keeps_only_tariff_defining_fields() -> None:
@@ -137,8 +136,8 @@ def test_tariff_keeps_only_tariff_defining_fields() -> None:
 
 
 def test_digest_is_canonical() -> None:
-    assert digest({"a": 1, "b": {"c": 2, "d": 3}}) == digest({"b": {"d": 3, "c": 2}, "a": 1})
-    assert digest({"a": 1}).startswith("sha256:") and len(digest({"a": 1})) == 7 + 64
+    assert digest_of({"a": 1, "b": {"c": 2, "d": 3}}) == digest_of({"b": {"d": 3, "c": 2}, "a": 1})
+    assert digest_of({"a": 1}).startswith("sha256:") and len(digest_of({"a": 1})) == 7 + 64
 
 
 def test_a_passport_is_the_same_through_its_public_and_owned_views(detector):
@@ -159,11 +158,11 @@ def test_first_read_is_a_snapshot_then_only_differences(detector, outbox, regist
     assert first.topic == PASSPORT_TOPIC and first.key == "BP-1"
     assert first.data == {
         "passport_id": "BP-1", "change": "CHANGE_KIND_SNAPSHOT", "detected_by": "DETECTION_READ",
-        "digest": digest(PASSPORT), "passport": PASSPORT,
+        "digest": digest_of(PASSPORT), "passport": PASSPORT,
         "observed_at": "2026-11-21T10:00:00.123456Z"}
     assert second.data["change"] == "CHANGE_KIND_UPDATED"
-    assert second.data["previous_digest"] == digest(PASSPORT)
-    assert second.data["digest"] == digest(changed)
+    assert second.data["previous_digest"] == digest_of(PASSPORT)
+    assert second.data["digest"] == digest_of(changed)
     assert second.data["changed_paths"] == ["/battery/chemistry"]
     for event in (first, second):
         assert_valid_event(event)
@@ -191,7 +190,7 @@ def test_writes_always_announce_with_the_method_kind(detector, outbox, registry)
     assert updated.data["previous_digest"] == updated.data["digest"]
     assert deleted.data == {"passport_id": "BP-1", "change": "CHANGE_KIND_DELETED",
                             "detected_by": "DETECTION_WRITE",
-                            "previous_digest": digest(PASSPORT), "changed_paths": [""],
+                            "previous_digest": digest_of(PASSPORT), "changed_paths": [""],
                             "observed_at": "2026-11-21T10:00:00.123456Z"}
     for e in (created, updated, deleted):
         assert_valid_event(e)
@@ -220,7 +219,7 @@ def test_restart_announces_nothing_again(db, outbox, registry) -> None:
         again = ChangeDetector(reopened, GatewayMetrics(CollectorRegistry()))
         assert again.passport("BP-1", copy.deepcopy(PASSPORT), Detection.POLL) is False
         assert again.tariff("DE*EEE*E000001", "fleet", tariff_of(UNPRICED), Detection.READ) is False
-        assert again.last_digest("passport", "BP-1") == digest(PASSPORT)
+        assert again.last_digest("passport", "BP-1") == digest_of(PASSPORT)
         assert again.known_evses("fleet") == {"DE*EEE*E000001"}
         # ... and still knows the previous document, for the diff
         assert again.passport("BP-1", {**PASSPORT, "id": "BP-1", "x": 1}, Detection.POLL)
@@ -237,7 +236,7 @@ def test_event_and_memory_are_one_transaction(db, outbox, registry) -> None:
     detector.passport("BP-1", PASSPORT, Detection.READ)
     with outbox.transaction() as conn:
         (seen,) = conn.execute("SELECT digest FROM change_seen WHERE key = 'BP-1'").fetchone()
-    assert seen == digest(PASSPORT)
+    assert seen == digest_of(PASSPORT)
     assert outbox.pending() == 1
 
 

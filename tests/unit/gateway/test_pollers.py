@@ -20,7 +20,7 @@ from services.gateway.keys import OUTBOX_KEY
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pollers import PassportPoller, PollResult, PricePoller
 from services.gateway.tokens import StaticToken, TokenManager, siemensid_fetcher
-from services.gateway.upstream import UpstreamClient
+from services.gateway.upstream_client import UpstreamClient
 from tests.fixtures.gateway import auth
 from tests.unit.gateway.test_changes import assert_valid_event, drain
 

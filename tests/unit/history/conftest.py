@@ -1,4 +1,5 @@
-"""History tests run on SQLite AND on PostgreSQL (a fresh database per test)."""
+"""History tests run on SQLite AND on PostgreSQL (a fresh database per test); the PostgreSQL
+runs talk to a real server, so they carry the ``integration`` marker."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from services.history.store import HistoryStore, open_store
 from tests.unit.history.helpers import fresh_postgres_database
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 async def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/history.sqlite3"

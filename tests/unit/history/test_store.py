@@ -8,9 +8,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from services.common.events import PASSPORT, PRICE
 from services.common.settings import ConfigError
 from services.history.store import HistoryStore, migrations, open_store
-from services.history.versions import PASSPORT, PRICE, EntityKey, version_from_event
+from services.history.versions import EntityKey, version_from_event
 from tests.unit.history.helpers import (
     at,
     consumed,

@@ -20,17 +20,10 @@ from services.gateway.tokens import (
     cognito_fetcher,
     siemensid_fetcher,
 )
+from tests.fixtures.clock import FakeClock
 
 SCOPE = "application.bp_portal.data_viewer"
 SECRET = "s3cr3t-client-secret"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TokenEndpoint:

@@ -54,7 +54,6 @@ _CHUNK_BYTES = 256 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 State = Literal["closed", "open", "half_open"]
-_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 @dataclass(frozen=True)

@@ -1,120 +1,32 @@
-"""Deployment artefacts against the contract (DESIGN.md §8 settings, §9 metrics).
-
-What an operator relies on: the Helm chart renders (Helm's own engine: `helm lint` and
-`helm template` through the helm-python-sdk wheel) into pods that are locked down, probed on
-/healthz and /readyz and configured only with AMPGATE_* names the services read; Prometheus
-rules pass `promtool check` and their unit tests; dashboards and rules query only metrics the
-services export; the compose file and the Dockerfile agree with all of it.
-"""
+"""The Helm chart through Helm's own engine (`helm lint`, `helm template` via the
+helm-python-sdk wheel): values documented and mapped onto contract env names; pods locked
+down, probed on /healthz and /readyz, configured only with AMPGATE_* names."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
-import tomllib
-import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
 
-from services.cli import COMMANDS
-from services.common.settings import ENV_PREFIX, ConfigError, Settings, load_settings
+from services.common.settings import ENV_PREFIX, ConfigError, load_settings
 from tests.conftest import server_unavailable
+from tests.contract.deploy_contract import (
+    CHART,
+    CHART_AHEAD,
+    COMPONENTS,
+    ENV_NAMES,
+    RULES,
+    values,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "ampgate"
-DEPLOY = ROOT / "deploy"
-RULES = DEPLOY / "prometheus" / "ampgate-rules.yaml"
-DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-COMPONENTS = ("gateway", "history", "webhooks")
-
-# DESIGN.md §9 (+ ampgate_cache_evictions_total): name -> (type, labels).
-CONTRACT_METRICS: dict[str, tuple[str, frozenset[str]]] = {
-    name: (kind, frozenset(labels.split())) for name, kind, labels in [
-        ("ampgate_http_requests_total", "counter", "route method status client"),
-        ("ampgate_http_request_duration_seconds", "histogram", "route method"),
-        ("ampgate_upstream_requests_total", "counter", "upstream operation status"),
-        ("ampgate_upstream_request_duration_seconds", "histogram", "upstream operation"),
-        ("ampgate_cache_lookups_total", "counter", "route result"),
-        ("ampgate_cache_entries", "gauge", ""),
-        ("ampgate_cache_bytes", "gauge", ""),
-        ("ampgate_cache_evictions_total", "counter", "reason"),
-        ("ampgate_token_requests_total", "counter", "upstream outcome"),
-        ("ampgate_token_expiry_timestamp_seconds", "gauge", "upstream"),
-        ("ampgate_upstream_circuit_state", "gauge", "upstream"),
-        ("ampgate_changes_detected_total", "counter", "entity detected_by"),
-        ("ampgate_events_published_total", "counter", "topic outcome"),
-        ("ampgate_outbox_pending", "gauge", ""),
-        ("ampgate_outbox_oldest_age_seconds", "gauge", ""),
-        ("ampgate_consumer_messages_total", "counter", "worker topic outcome"),
-        ("ampgate_consumer_lag", "gauge", "worker topic partition"),
-        ("ampgate_webhook_deliveries_total", "counter", "outcome"),
-        ("ampgate_history_versions_total", "counter", "entity"),
-        # DESIGN.md §12: cluster mode (registered only with a cluster Redis)
-        ("ampgate_cluster_store_up", "gauge", ""),
-        ("ampgate_cluster_leases_held", "gauge", "lease"),
-        ("ampgate_cluster_redis_call_duration_seconds", "histogram", "operation outcome"),
-    ]
-}
-# Labels Prometheus itself attaches to every scraped series (a ServiceMonitor adds namespace,
-# service, pod, container, endpoint: no metric of ours may own one of those names).
-TARGET_LABELS = frozenset({"instance", "job", "component", "namespace"})
-KUBERNETES_TARGET_LABELS = frozenset({"instance", "job", "namespace", "service", "pod",
-                                      "container", "endpoint"})
-
-
-def _series_labels() -> dict[str, frozenset[str]]:
-    """Queryable series name -> its labels (histograms: _bucket/_sum/_count)."""
-    out: dict[str, frozenset[str]] = {}
-    for name, (kind, labels) in CONTRACT_METRICS.items():
-        if kind == "histogram":
-            out[f"{name}_bucket"] = labels | {"le"}
-            out[f"{name}_sum"] = out[f"{name}_count"] = labels
-        else:
-            out[name] = labels
-    return out
-
-
-SERIES = _series_labels()
-
-
-# --- settings: the env names that exist ---------------------------------------------------
-
-def _models(annotation: Any) -> list[type[BaseModel]]:
-    """BaseModel classes a field nests (Optional unwrapped); lists/dicts are JSON values."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        return [m for arg in get_args(annotation) for m in _models(arg)]
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return []
-
-
-def settings_env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> set[str]:
-    names: set[str] = set()
-    for field, info in model.model_fields.items():
-        env = prefix + field.upper()
-        names.add(env)
-        for sub in _models(info.annotation):
-            names |= settings_env_names(sub, env + "__")
-    return names
-
-
-# Set by the chart ahead of the code that reads them (cluster mode, the SIGTERM drain): allowed
-# until Settings has them, then this set empties by itself.
-CHART_AHEAD = {"AMPGATE_CLUSTER__REDIS_URL", "AMPGATE_SHUTDOWN__GRACE_S"} - settings_env_names()
-ENV_NAMES = settings_env_names() | {f"{ENV_PREFIX}CONFIG"} | CHART_AHEAD
 
 
 def camel_env(path: list[str]) -> str:
@@ -131,378 +43,6 @@ def tree_env(tree: dict[str, Any], path: list[str] | None = None) -> dict[str, A
         else:
             out[camel_env([*(path or []), key])] = value
     return out
-
-
-def test_settings_env_names_cover_the_design_contract() -> None:
-    # A sanity check of the walker itself against names DESIGN.md §8 spells out.
-    for name in ("AMPGATE_HTTP__PORT", "AMPGATE_PASSPORT__CLIENT_SECRET", "AMPGATE_CPO__TOKEN_URL",
-                 "AMPGATE_PRICING__API_TOKEN", "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE",
-                 "AMPGATE_STATE_DIR", "AMPGATE_TARIFF_CONTEXTS", "AMPGATE_CACHE__STALE_IF_ERROR_S",
-                 "AMPGATE_HISTORY__DATABASE_URL", "AMPGATE_WEBHOOKS__SUBSCRIPTIONS",
-                 "AMPGATE_PASSPORT__PATHS__OWNED_LIST", "AMPGATE_CLIENTS"):
-        assert name in ENV_NAMES
-    assert "AMPGATE_CLIENTS__NAME" not in ENV_NAMES  # lists are JSON, not nested
-
-
-# --- metrics: contract vs. the code's registries ------------------------------------------
-
-def test_contract_metrics_are_what_the_services_register() -> None:
-    from services.common.consumer import ConsumerMetrics
-    from services.common.metrics import HttpMetrics
-    from services.gateway.cluster.metrics import ClusterMetrics
-    from services.gateway.metrics import GatewayMetrics
-    from services.history.metrics import HistoryMetrics
-    from services.webhooks.metrics import WebhookMetrics
-
-    registry = CollectorRegistry()
-    for cls in (HttpMetrics, GatewayMetrics, ConsumerMetrics, WebhookMetrics, HistoryMetrics,
-                ClusterMetrics):
-        cls(registry)
-    registered = {}
-    for family in registry.collect():
-        name = family.name + ("_total" if family.type == "counter" else "")
-        registered[name] = family.type
-    collectors = registry._names_to_collectors  # no public way to read label names
-    for name, (kind, labels) in CONTRACT_METRICS.items():
-        assert registered.get(name) == kind, f"{name}: contract {kind}, code {registered.get(name)}"
-        assert frozenset(collectors[name]._labelnames) == labels, name
-        assert not labels & KUBERNETES_TARGET_LABELS, f"{name}: a ServiceMonitor renames {labels}"
-
-
-# --- PromQL: which metrics and labels an expression uses ----------------------------------
-
-PROMQL_FUNCS = {
-    "sum", "min", "max", "avg", "count", "topk", "bottomk", "quantile", "stddev", "group",
-    "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "time",
-    "round", "abs", "clamp_min", "clamp_max", "vector", "scalar", "absent", "label_replace",
-    "max_over_time", "min_over_time", "avg_over_time", "sum_over_time", "changes", "resets",
-    "timestamp", "predict_linear",
-}
-PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-                "group_left", "group_right"}
-
-
-def promql_usage(expr: str) -> tuple[set[str], list[tuple[str, set[str]]], set[str]]:
-    """(series names, [(name, selector labels)], grouping labels) of a PromQL expression.
-    Grafana's label_values(metric, label) counts as a selector of `metric`."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    e = re.sub(r"label_values\(\s*([\w:]+)\s*(?:\{([^}]*)\})?\s*,\s*(\w+)\s*\)",
-               lambda m: f"{m.group(1)}{{{m.group(2) + ',' if m.group(2) else ''}{m.group(3)}=''}}", e)
-    selectors = [
-        (name, set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", body)))
-        for name, body in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", e)
-    ]
-    grouping = {lbl.strip() for lst in re.findall(
-        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", e)
-        for lbl in lst.split(",") if lbl.strip()}
-    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", e)
-    bare = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", bare)
-    names: set[str] = set()
-    for m in re.finditer(r"(?<![\w$.:])([a-zA-Z_:][\w:]*)(\s*\()?", bare):
-        word, call = m.group(1), m.group(2)
-        if call:
-            assert word in PROMQL_FUNCS, f"unknown function {word}() in {expr!r}"
-        elif word not in PROMQL_WORDS and not re.fullmatch(r"[0-9.e+-]+", word):
-            names.add(word)
-    return names, selectors, grouping
-
-
-def assert_known(expr: str, known: dict[str, frozenset[str]], where: str) -> None:
-    names, selectors, grouping = promql_usage(expr)
-    assert names, f"{where}: no metric in {expr!r}"
-    unknown = names - known.keys()
-    assert not unknown, f"{where}: unknown metrics {sorted(unknown)} in {expr!r}"
-    for name, labels in selectors:
-        extra = labels - known[name] - TARGET_LABELS
-        assert not extra, f"{where}: {name} has no labels {sorted(extra)}"
-    used_labels = frozenset().union(*(known[n] for n in names)) | TARGET_LABELS
-    assert grouping <= used_labels, f"{where}: grouping by {sorted(grouping - used_labels)}"
-
-
-def test_promql_usage_reads_metrics_labels_and_grouping() -> None:
-    names, selectors, grouping = promql_usage(
-        'histogram_quantile(0.99, sum by (route, le) (rate(ampgate_http_request_duration_seconds_bucket'
-        '{route=~"$route"}[$__rate_interval]))) > 2 and on (route) x:y:z')
-    assert names == {"ampgate_http_request_duration_seconds_bucket", "x:y:z"}
-    assert selectors == [("ampgate_http_request_duration_seconds_bucket", {"route"})]
-    assert grouping == {"route", "le"}
-    with pytest.raises(AssertionError, match="unknown metrics"):
-        assert_known("sum(rate(ampgate_http_requests[5m]))", SERIES, "t")
-    with pytest.raises(AssertionError, match="has no labels"):
-        assert_known('ampgate_cache_bytes{route="x"}', SERIES, "t")
-
-
-# --- Prometheus rules ----------------------------------------------------------------------
-
-def load_rules() -> list[dict[str, Any]]:
-    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
-
-
-def test_rules_use_only_contract_metrics_and_cover_the_alerts_sre_needs() -> None:
-    rules = load_rules()
-    known = dict(SERIES)
-    for rule in rules:  # recording rules become queryable series (labels: what they keep)
-        if "record" in rule:
-            _, _, grouping = promql_usage(rule["expr"])
-            known[rule["record"]] = frozenset(grouping - {"le"})
-    for rule in rules:
-        assert_known(rule["expr"], known, rule.get("alert") or rule["record"])
-        if "alert" in rule:
-            assert rule["labels"]["severity"] in {"critical", "warning", "info"}
-            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-    used = set().union(*(promql_usage(r["expr"])[0] for r in rules))
-    for needed in ("ampgate_http_requests_total", "ampgate_upstream_circuit_state",
-                   "ampgate_token_requests_total", "ampgate_token_expiry_timestamp_seconds",
-                   "ampgate_outbox_pending", "ampgate_outbox_oldest_age_seconds",
-                   "ampgate_consumer_lag", "ampgate_webhook_deliveries_total",
-                   "ampgate_cache_lookups_total"):
-        assert needed in used, f"no rule watches {needed}"
-    assert any(r.get("record", "").startswith("route:ampgate_cache_hit") for r in rules)
-
-
-def _promtool() -> str:
-    found = Path(sys.executable).with_name("promtool")
-    path = str(found) if found.exists() else shutil.which("promtool")
-    if path is None:
-        server_unavailable("promtool", "not in the venv or on PATH (scripts/bootstrap.sh installs it)")
-    return str(path)
-
-
-def test_promtool_checks_rules_config_and_runs_the_rule_unit_tests() -> None:
-    promtool = _promtool()
-    prom = DEPLOY / "prometheus"
-    for args in (["check", "rules", "ampgate-rules.yaml"], ["check", "config", "prometheus.yml"],
-                 ["test", "rules", "rules.test.yaml"]):
-        done = subprocess.run([promtool, *args], cwd=prom, capture_output=True, text=True,
-                              timeout=60, check=False)
-        assert done.returncode == 0, f"promtool {shlex.join(args)}:\n{done.stdout}{done.stderr}"
-    # Every alert has at least one unit test.
-    tests = yaml.safe_load((prom / "rules.test.yaml").read_text())["tests"]
-    tested = {c["alertname"] for t in tests for c in t.get("alert_rule_test", [])}
-    alerts = {r["alert"] for r in load_rules() if "alert" in r}
-    assert alerts <= tested, f"alerts without a unit test: {sorted(alerts - tested)}"
-
-
-def test_chart_ships_the_same_rules_file() -> None:
-    assert (CHART / "files" / "ampgate-rules.yaml").read_bytes() == RULES.read_bytes()
-
-
-def _aggregations(expr: str) -> list[tuple[str, set[str] | None]]:
-    """(operator, its `by` labels or None for a bare aggregation) of every sum/max/... ."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    out = []
-    for m in re.finditer(r"\b(sum|min|max|avg|count|topk|bottomk|quantile|group)\s*"
-                         r"(?:(by|without)\s*\(([^)]*)\))?\s*\(", e):
-        labels = None if m.group(2) is None else {x.strip() for x in m.group(3).split(",")}
-        out.append((m.group(1) + (f" {m.group(2)}" if m.group(2) else ""), labels))
-    return out
-
-
-def test_rules_keep_namespace_and_job_apart() -> None:
-    # Two releases scraped by one Prometheus must never be summed together.
-    for rule in load_rules():
-        where = rule.get("alert") or rule["record"]
-        for op, labels in _aggregations(rule["expr"]):
-            assert labels is not None and op.endswith(" by"), f"{where}: bare {op}()"
-            assert {"namespace", "job"} <= labels, f"{where}: {op} ({sorted(labels)})"
-
-
-def test_dashboards_filter_every_selector_by_namespace_and_job() -> None:
-    for path in DASHBOARDS:
-        board = json.loads(path.read_text())
-        variables = {v["name"]: v for v in board["templating"]["list"]}
-        assert {"namespace", "job"} <= set(variables), path.name
-        for name in ("namespace", "job"):
-            assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
-        for var in board["templating"]["list"]:
-            if var["type"] == "query" and var["name"] != "namespace":
-                assert 'namespace=~"$namespace"' in var["definition"], (path.name, var["name"])
-        for panel in board["panels"]:
-            if panel["type"] == "row":
-                continue
-            # Grafana's $__rate_interval assumes the scrape interval (ServiceMonitor, compose).
-            assert panel["interval"] == "15s", (path.name, panel["title"])
-            for target in panel["targets"]:
-                _, selectors, _ = promql_usage(target["expr"])
-                bare = re.findall(r"\bampgate_\w+(?!\w|\{)", target["expr"])
-                assert not bare, f"{path.name} / {panel['title']}: unfiltered {bare}"
-                for name, labels in selectors:
-                    assert {"namespace", "job"} <= labels, f"{path.name} / {panel['title']}: {name}"
-
-
-# --- Grafana -------------------------------------------------------------------------------
-
-def test_dashboards_query_only_contract_metrics() -> None:
-    assert {p.stem for p in DASHBOARDS} >= {"ampgate-gateway", "ampgate-events", "ampgate-workers"}
-    seen: set[str] = set()
-    for path in DASHBOARDS:
-        board = json.loads(path.read_text())
-        assert board["uid"] and board["title"] and board["uid"] not in seen
-        seen.add(board["uid"])
-        assert "datasource" in {v["name"] for v in board["templating"]["list"]}
-        for var in board["templating"]["list"]:
-            if var["type"] == "query":
-                assert_known(var["definition"], SERIES, f"{path.name} ${var['name']}")
-        panels = [p for p in board["panels"] if p["type"] != "row"]
-        assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
-        for panel in panels:
-            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
-            assert panel["targets"], panel["title"]
-            for target in panel["targets"]:
-                assert_known(target["expr"], SERIES, f"{path.name} / {panel['title']}")
-
-
-def test_gateway_dashboard_shows_what_on_call_looks_for() -> None:
-    board = json.loads((DEPLOY / "grafana" / "dashboards" / "ampgate-gateway.json").read_text())
-    exprs = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
-    for metric in ("ampgate_http_requests_total", "ampgate_http_request_duration_seconds_bucket",
-                   "ampgate_cache_lookups_total", "ampgate_upstream_request_duration_seconds_bucket",
-                   "ampgate_upstream_requests_total", "ampgate_upstream_circuit_state",
-                   "ampgate_token_expiry_timestamp_seconds"):
-        assert metric in exprs
-
-
-def test_grafana_provisioning_points_where_compose_mounts_the_dashboards() -> None:
-    provider = yaml.safe_load(
-        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "ampgate.yaml").read_text())
-    path = provider["providers"][0]["options"]["path"]
-    mounts = compose()["services"]["grafana"]["volumes"]
-    assert f"./grafana/dashboards:{path}:ro" in mounts
-    ds = yaml.safe_load(
-        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())
-    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
-    # The interval Grafana assumes is the scrape interval (compose and the chart: 15 s).
-    assert ds["datasources"][0]["jsonData"]["timeInterval"] == "15s"
-    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    assert scrape["global"]["scrape_interval"] == "15s"
-
-
-# --- docker compose ------------------------------------------------------------------------
-
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
-
-
-def test_compose_runs_the_production_like_stack_with_contract_settings() -> None:
-    doc = compose()
-    services = doc["services"]
-    assert set(services) >= {"kafka", "postgres", "gateway", "history", "webhooks",
-                             "prometheus", "grafana"}
-    assert "zookeeper" not in services
-    kafka = services["kafka"]["environment"]
-    assert "controller" in kafka["KAFKA_PROCESS_ROLES"] and kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"]
-    state_volumes: dict[str, str] = {}
-    for name in COMPONENTS:
-        svc = services[name]
-        assert svc["command"] == [name] and name in COMMANDS
-        assert (DEPLOY / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
-        env = svc["environment"]
-        assert env["AMPGATE_HTTP__HOST"] == "0.0.0.0"
-        assert not set(env) - ENV_NAMES, f"{name}: unknown settings {set(env) - ENV_NAMES}"
-        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
-        # The state dir (outbox, delivery queue, SQLite) on a named volume of its own: it
-        # outlives `docker compose down`/`up` and recreated containers.
-        (state,) = [v for v in svc["volumes"] if v.split(":")[1] == env["AMPGATE_STATE_DIR"]]
-        volume = state.split(":")[0]
-        assert volume in doc["volumes"] and not volume.startswith((".", "/")), name
-        assert state_volumes.setdefault(volume, name) == name, f"{volume} shared"
-    assert services["gateway"]["environment"]["AMPGATE_HISTORY__URL"] == "http://history:8080"
-    assert services["history"]["environment"]["AMPGATE_HISTORY__DATABASE_URL"].startswith(
-        "postgresql://")
-    for svc in services.values():  # host paths it mounts exist
-        for volume in svc.get("volumes", []):
-            host = volume.split(":")[0]
-            if host.startswith("."):
-                assert (DEPLOY / host).exists(), host
-    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    targets = {t for sc in scrape["scrape_configs"] for c in sc["static_configs"]
-               for t in c["targets"]}
-    assert targets == {f"{c}:8080" for c in COMPONENTS}
-
-
-def test_compose_env_example_names_only_contract_settings() -> None:
-    names = {line.split("=", 1)[0] for line in
-             (DEPLOY / "ampgate.env.example").read_text().splitlines()
-             if line and not line.startswith("#")}
-    assert names and not names - ENV_NAMES, names - ENV_NAMES
-
-
-# --- Dockerfile ----------------------------------------------------------------------------
-
-def dockerfile_stages() -> tuple[dict[str, str], list[tuple[str, list[str]]]]:
-    """(global ARG defaults, [(stage name, its instructions joined per line)])."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    args: dict[str, str] = {}
-    stages: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("FROM "):
-            parts = line.split()
-            stages.append((parts[3] if len(parts) > 3 else str(len(stages)), [line]))
-        elif stages:
-            stages[-1][1].append(line)
-        elif line.startswith("ARG ") and "=" in line:
-            key, value = line[4:].split("=", 1)
-            args[key] = value
-    return args, stages
-
-
-def test_dockerfile_builds_one_locked_down_image_for_every_service() -> None:
-    args, stages = dockerfile_stages()
-    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
-    assert all(s[1][0].split()[1] == "${PYTHON_IMAGE}" for s in stages)
-    (build_name, build), (_, final) = stages[0], stages[-1]
-    assert len(stages) >= 2
-    build_text, final_text = "\n".join(build), "\n".join(final)
-    # protobuf code generated by the package build itself (DESIGN.md §13), in the build stage
-    assert "/opt/venv/bin/pip install ." in build_text and "ampgate --version" in build_text
-    assert "gen_protos" not in build_text + final_text
-    assert "grpcio-tools" not in final_text
-    assert f"COPY --from={build_name} /opt/venv /opt/venv" in final_text
-    # non-root, numeric, the uid the chart runs as
-    user = [line.split()[1] for line in final if line.startswith("USER ")][-1]
-    uid = user.split(":")[0]
-    assert uid.isdigit() and int(uid) != 0
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert int(uid) == values["podSecurityContext"]["runAsUser"]
-    entry = [line for line in final if line.startswith("ENTRYPOINT ")][-1]
-    cmd = [line for line in final if line.startswith("CMD ")][-1]
-    assert json.loads(entry.split(" ", 1)[1]) == ["ampgate"]
-    assert json.loads(cmd.split(" ", 1)[1]) == ["gateway"]
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "ampgate" in pyproject["project"]["scripts"]
-    health = [line for line in final if line.startswith("HEALTHCHECK ")][-1]
-    assert "/healthz" in health and "AMPGATE_HTTP__PORT" in health
-    env = dict(re.findall(r"(AMPGATE_\w+)=(\S+)", " ".join(l for l in final if l.startswith("ENV "))))
-    assert env["AMPGATE_HTTP__HOST"] == "0.0.0.0" and env["AMPGATE_HTTP__PORT"] == "8080"
-    assert not set(env) - ENV_NAMES
-
-
-def test_dockerignore_keeps_secrets_and_stale_code_out_but_not_the_sources() -> None:
-    patterns = [p for p in (ROOT / ".dockerignore").read_text().splitlines()
-                if p and not p.startswith("#")]
-
-    def ignored(path: str) -> bool:
-        parts = path.split("/")
-        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        return any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/"))
-                   or fnmatch.fnmatch(parts[-1], pat.removeprefix("**/"))
-                   for pat in patterns for p in prefixes)
-
-    for path in (".git/config", ".venv/bin/python", "services/common/events/_gen/x_pb2.py",
-                 "services/gateway/__pycache__/app.cpython-311.pyc", "state/outbox.sqlite3"):
-        assert ignored(path), path
-    for path in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "services/cli.py",
-                 "proto-schemas/ampgate/events/v1/passport_changed.proto"):
-        assert not ignored(path), path
-
-
-# --- Helm: values.yaml -----------------------------------------------------------------------
-
-def values() -> dict[str, Any]:
-    return yaml.safe_load((CHART / "values.yaml").read_text())
 
 
 def documented_paths() -> set[str]:
@@ -572,8 +112,6 @@ def test_values_settings_trees_map_onto_contract_env_names() -> None:
             assert not extra - ENV_NAMES, case.name
 
 
-# --- Helm: lint and template with Helm's own engine ------------------------------------------
-
 _HELM = r"""
 import json, sys
 import helm_python as helm
@@ -590,6 +128,7 @@ for name, vals in cases.items():
 print(json.dumps(out))
 """
 
+
 # Cases beyond ci/: what the persistence defaults decide, and names at their length limit.
 INLINE_CASES: dict[str, dict[str, Any]] = {
     "history-postgres": {"secrets": {"historyDatabaseUrl": "postgresql://a:b@pg:5432/ampgate"}},
@@ -597,6 +136,8 @@ INLINE_CASES: dict[str, dict[str, Any]] = {
                           "webhooks": {"persistence": {"enabled": False}}},
     "long-names": {"fullnameOverride": "a" * 63},
 }
+
+
 # Cases the chart must refuse (name -> values, the error's words).
 REFUSED_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "history-sqlite-replicas": ({"history": {"replicaCount": 2}}, "historyDatabaseUrl"),

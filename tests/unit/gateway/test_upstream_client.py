@@ -21,15 +21,8 @@ from services.gateway.errors import (
     UpstreamTimeout,
 )
 from services.gateway.tokens import StaticToken, TokenManager, siemensid_fetcher
-from services.gateway.upstream import UpstreamClient
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from services.gateway.upstream_client import UpstreamClient
+from tests.fixtures.clock import FakeClock
 
 
 class Upstream:

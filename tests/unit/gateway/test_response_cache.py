@@ -13,17 +13,10 @@ from prometheus_client import CollectorRegistry
 from services.common.settings import CachePolicy, UpstreamSettings
 from services.gateway.cache import CachedResponse, CacheResult, ResponseCache, make_response
 from services.gateway.errors import UpstreamBadBody, UpstreamStatus, UpstreamTimeout
-from services.gateway.upstream import UpstreamClient
+from services.gateway.upstream_client import UpstreamClient
+from tests.fixtures.clock import FakeClock
 
 POLICY = CachePolicy(ttl_s=10, stale_while_revalidate_s=5, stale_if_error_s=100)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Fetcher:
