@@ -281,33 +281,28 @@ class TokenManager:
             if now >= self._refresh_at and self._inflight is None and now >= self._next_attempt_at:
                 self._begin_refresh()  # past 75 %: refresh behind the caller's back
             return self._token
-        task = self._inflight
-        if task is None:
-            if now < self._next_attempt_at:
-                raise TokenUnavailable(
-                    self.upstream, f"no valid token for {self.upstream}; token endpoint failing",
-                    retry_after_s=self._next_attempt_at - now)
-            task = self._begin_refresh()
         # shield: a caller that gives up must not cancel the refresh others wait for
-        return await asyncio.shield(task)
+        return await asyncio.shield(self._joined_refresh(now))
 
     async def fresh_grant(self) -> TokenGrant:
         """Fetch a new token now, under this manager's backoff and breaker (the fetch of
         the shared cell in cluster mode). The manager keeps the token too. Raises
         TokenUnavailable like ``token()``."""
-        now = self._clock()
-        task = self._inflight
-        if task is None:
-            if now < self._next_attempt_at:
-                raise TokenUnavailable(
-                    self.upstream, f"no valid token for {self.upstream}; token endpoint failing",
-                    retry_after_s=self._next_attempt_at - now)
-            task = self._begin_refresh()
-        token = await asyncio.shield(task)
+        token = await asyncio.shield(self._joined_refresh(self._clock()))
         grant = self._grant
         if grant is None or grant.access_token != token:  # pragma: no cover - defensive
             grant = TokenGrant(token, max(1.0, self._usable_until - self._clock()))
         return grant
+
+    def _joined_refresh(self, now: float) -> asyncio.Task[str]:
+        """The refresh in flight, or a new one unless the token endpoint is backing off."""
+        if self._inflight is not None:
+            return self._inflight
+        if now < self._next_attempt_at:
+            raise TokenUnavailable(
+                self.upstream, f"no valid token for {self.upstream}; token endpoint failing",
+                retry_after_s=self._next_attempt_at - now)
+        return self._begin_refresh()
 
     def _begin_refresh(self) -> asyncio.Task[str]:
         assert self._inflight is None
