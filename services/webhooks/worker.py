@@ -47,7 +47,7 @@ log = structlog.get_logger("ampgate.webhooks")
 class SubscriptionWorker:
     def __init__(self, subscription: WebhookSubscription, store: JobStore, sender: Sender,
                  dead_letters: DeadLetterPublisher, metrics: WebhookMetrics, *,
-                 schedule: list[float], concurrency: int = 8,
+                 schedule: list[float], concurrency: int = 32,
                  rng: random.Random | None = None) -> None:
         self.subscription = subscription
         self.name = subscription.name
