@@ -18,7 +18,7 @@ from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC
 from services.common.http import READINESS_KEY, base_app
 from services.common.settings import Settings
 from services.webhooks.dead_letter import DEAD_LETTER_TOPIC, KafkaDeadLetterSink
-from services.webhooks.engine import WebhookEngine
+from services.webhooks.engine import CONCURRENCY, WebhookEngine
 from services.webhooks.keys import ENGINE_KEY, METRICS_KEY, SETTINGS_KEY, STORE_KEY
 from services.webhooks.metrics import WebhookMetrics
 from services.webhooks.store import JobStore
@@ -43,7 +43,7 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, registry: CollectorRegistry | None = None,
-               concurrency: int = 8, group_id: str = GROUP_ID) -> web.Application:
+               concurrency: int = CONCURRENCY, group_id: str = GROUP_ID) -> web.Application:
     registry = registry or CollectorRegistry()
     app = base_app(registry)
     metrics = WebhookMetrics(registry)

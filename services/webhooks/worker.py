@@ -14,6 +14,14 @@ on the schedule (with jitter, never sooner than ``Retry-After``; a 429/5xx
 Retry-After also pauses the whole endpoint), and after the last attempt the job
 goes to the dead-letter topic. A delivery interrupted by a shutdown or a crash is
 attempted again (at least once, with the same ``webhook-id``).
+
+State: a 2xx is recorded in memory at once and written with the other finished
+deliveries in ONE transaction right before the worker next reads its queue (and on
+stop), instead of one commit per delivery. Until then the job still counts as pending
+in the file, so a crash in between repeats that delivery (same ``webhook-id``), never
+loses one; the worker itself never re-sends it, since it always writes before it
+reads. Delivered-but-unwritten and in-flight together never exceed ``concurrency``
+(a slot is only reused after that write), which bounds the repeats after a crash.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ log = structlog.get_logger("ampgate.webhooks")
 class SubscriptionWorker:
     def __init__(self, subscription: WebhookSubscription, store: JobStore, sender: Sender,
                  dead_letters: DeadLetterPublisher, metrics: WebhookMetrics, *,
-                 schedule: list[float], concurrency: int = 8,
+                 schedule: list[float], concurrency: int = 32,
                  rng: random.Random | None = None) -> None:
         self.subscription = subscription
         self.name = subscription.name
@@ -52,8 +60,10 @@ class SubscriptionWorker:
         self._concurrency = concurrency
         self._rng = rng or random.Random()
         self._endpoint = safe_endpoint(str(subscription.url))
+        self._success = metrics.deliveries.labels("success")
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # entity -> its delivery
+        self._delivered: list[tuple[int, int, float]] = []  # (job id, attempts, at), unwritten
         self._paused_until = 0.0
         self._stopping = False
         self.disabled = False
@@ -81,6 +91,7 @@ class SubscriptionWorker:
             while True:
                 self._wake.clear()
                 try:
+                    self._flush()
                     delay = self._dispatch()
                 except sqlite3.Error as exc:  # disk trouble: keep the worker alive, retry soon
                     log.error("webhook_queue_error", subscription=self.name, error=str(exc))
@@ -92,12 +103,14 @@ class SubscriptionWorker:
                         await asyncio.wait_for(self._wake.wait(), delay)
         finally:
             await self._drain(grace_s=0)
+            self._flush_quietly()
 
     async def stop(self, task: asyncio.Task[None], grace_s: float) -> None:
         """Let in-flight deliveries finish for up to ``grace_s``, then cancel them (they
         stay pending and are attempted again after the restart)."""
         self._stopping = True
         await self._drain(grace_s)
+        self._flush_quietly()
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
@@ -111,6 +124,25 @@ class SubscriptionWorker:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _flush(self) -> None:
+        """Write the finished deliveries recorded in memory (one transaction). Called
+        before every read of the queue, so a delivered job is never handed out again."""
+        if self._delivered:
+            done, self._delivered = self._delivered, []
+            try:
+                self._store.mark_delivered_many(done)
+            except BaseException:
+                self._delivered = done + self._delivered  # kept for the next try
+                raise
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except (sqlite3.Error, RuntimeError) as exc:  # the file or a closed store
+            # Not written: those deliveries are repeated after the restart (same id).
+            log.error("webhook_queue_error", subscription=self.name, error=str(exc),
+                      unrecorded_deliveries=len(self._delivered))
 
     def _dispatch(self) -> float | None:
         """Start every due head there is room for; seconds until the next one is due
@@ -163,10 +195,11 @@ class SubscriptionWorker:
         fields = {"subscription": self.name, "event_id": job.event_id, "entity": job.entity,
                   "attempt": attempts, "status": attempt.status}
         if attempt.ok:
-            self._store.mark_delivered(job.id, attempts)
-            self._metrics.deliveries.labels("success").inc()
+            self._delivered.append((job.id, attempts, time.time()))
+            self._success.inc()
             log.info("webhook_delivered", **fields)
             return
+        self._flush()  # the rare paths below write at once, after what finished before
         if attempt.gone:
             self._disable(job, attempts, fields)
             return

@@ -26,7 +26,7 @@ from tests.unit.webhooks.receiver import Receiver, always, eventually
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-CONCURRENCY = 8  # the worker's default per-subscription concurrency
+CONCURRENCY = 32  # the worker's default per-subscription concurrency (engine.CONCURRENCY)
 
 
 def start_worker(kafka, state_dir: Path, url: str, entity_ids: list[str]) -> subprocess.Popen:
