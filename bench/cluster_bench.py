@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import math
 import secrets
 import shutil
 import tempfile
@@ -40,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from bench._support import (
-    RESULTS,
     Child,
     WrkResult,
     check,
@@ -388,7 +388,7 @@ def build_report(args: argparse.Namespace, runs: dict[str, list[WrkResult]],
 def rows(r: dict[str, Any]) -> list[list[str]]:
     """The cluster rows of the target table (bench.all prints them too)."""
     def n(v: Any, nd: int = 0) -> str:
-        return "-" if v is None or v != v else f"{v:,.{nd}f}"
+        return "-" if v is None or math.isnan(v) else f"{v:,.{nd}f}"
 
     mh, st, cb, c = r["memory_hit"], r["shared_tier"], r["cold_burst"], r["config"]
 
@@ -409,15 +409,15 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
     return [
         ["cluster: memory-tier hit req/s, cluster on / off (same run)", "on " + rps("cluster_on"),
          "off " + rps("cluster_off"),
-         f"{n(mh['ratio_on_over_off'], 3)} ({n(mh['ratio_min'], 3)}–{n(mh['ratio_max'], 3)}); "
-         f"{c.get('redis_calls_during', '-'):.0f} Redis calls",
+         (f"{n(mh['ratio_on_over_off'], 3)} ({n(mh['ratio_min'], 3)}–{n(mh['ratio_max'], 3)}); "
+          f"{c.get('redis_calls_during', '-'):.0f} Redis calls"),
          ">= 0.95, 0 Redis calls", hit_ok],
         [f"cluster: shared-tier hit (filled on A, asked on B) p50 / p99, {st['keys']} keys",
          f"{n(st['shared_p50_ms'], 2)} / {n(st['shared_p99_ms'], 2)} ms",
          f"memory hit {n(st['memory_p50_ms'], 2)} / {n(st['memory_p99_ms'], 2)} ms",
-         f"p50 {n(st['p50_ratio'], 2)}x; {st['shared_hits_on_b']:.0f} shared hits, "
-         f"{st['upstream_calls_during_b']} upstream calls on B; "
-         f"{st.get('first_fills_evicted', '-')} first fills on A evicted by their SNAPSHOT",
+         (f"p50 {n(st['p50_ratio'], 2)}x; {st['shared_hits_on_b']:.0f} shared hits, "
+          f"{st['upstream_calls_during_b']} upstream calls on B; "
+          f"{st.get('first_fills_evicted', '-')} first fills on A evicted by their SNAPSHOT"),
          "every key a shared hit, 0 upstream calls", shared_ok],
         [(f"cluster: cold burst {c['burst']}x over {c['replicas']} replicas, "
           f"{c['injected_latency_ms']:.0f} ms upstream: slowest; upstream calls"),
