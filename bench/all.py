@@ -3,9 +3,9 @@ its reference from the same run, the target and a verdict (met / missed).
 
     .venv/bin/python -m bench.all [--smoke] [--profile]
 
-Runs bench.http_bench, bench.events_bench, bench.workers_bench and bench.rss_bench one
-after the other (each starts and stops its own processes), then reads their
-bench/results/*.json. --smoke: each script with --smoke (tiny counts, a few seconds
+Runs bench.http_bench, bench.events_bench, bench.workers_bench, bench.rss_bench and
+bench.cluster_bench one after the other (each starts and stops its own processes), then
+reads their bench/results/*.json. --smoke: each script with --smoke (tiny counts, a few seconds
 each, every code path); the table is printed but its verdicts mean nothing then.
 Exit status: non-zero when a script failed (a missed target is not a failure).
 """
@@ -27,13 +27,17 @@ BENCHES: list[tuple[str, list[str], list[str], float, float]] = [
     ("events_bench", [], ["--smoke"], 1200, 120),
     ("workers_bench", [], ["--smoke"], 1800, 180),
     ("rss_bench", [], ["--smoke"], 900, 90),
+    ("cluster_bench", [], ["--smoke"], 900, 90),
 ]
 
-# TODO(cluster bench, issue 9): once the gateway's cluster mode is wired, add a stage to
-# http_bench (gateway with AMPGATE_CLUSTER__* on, a Redis from services.common) and rows
-# here: "cache-hit req/s cluster on / cluster off" (target ~1.0: the memory-tier hit path
-# must stay as fast) and a cold burst across 2 gateways (upstream calls 1). Nothing yet.
-CLUSTER_ROWS: list[list[str]] = []
+def cluster_rows(r: dict[str, Any] | None) -> list[list[str]]:
+    """Cluster mode (issue 9): memory-tier hits on / off, shared-tier latency, cold burst
+    over 3 replicas; the rows are built by bench.cluster_bench itself."""
+    if r is None:
+        return [["cluster rows", "cluster_bench gave no results", "", "", "", "n/a"]]
+    from bench.cluster_bench import rows
+
+    return rows(r)
 
 
 def _nan(v: Any) -> bool:
@@ -168,9 +172,10 @@ def rss_rows(r: dict[str, Any] | None) -> list[list[str]]:
 def print_summary(smoke: bool, where: Path) -> None:
     http, events = read_results("http", where), read_results("events", where)
     workers, rss = read_results("workers", where), read_results("rss", where)
+    cluster = read_results("cluster", where)
     rows = http_rows(http) + events_rows(events) + workers_rows(workers) + rss_rows(rss) \
-        + CLUSTER_ROWS
-    load = [x["machine"]["loadavg_1m"] for x in (http, events, workers, rss) if x]
+        + cluster_rows(cluster)
+    load = [x["machine"]["loadavg_1m"] for x in (http, events, workers, rss, cluster) if x]
     title = ("ampgate performance targets" + (" — SMOKE run: tiny counts, verdicts mean "
                                                  "nothing" if smoke else "")
              + (f"; load average at the starts {', '.join(f'{v:.1f}' for v in load)}"

@@ -29,6 +29,9 @@ ROWS = [
     "history ingest (PostgreSQL) / bare aiokafka consumer, same backlog + broker",
     "webhook deliveries/s to a local receiver, per-endpoint order kept",
     "gateway RSS with a full 4 MiB cache",
+    "cluster: memory-tier hit req/s, cluster on / off (same run)",
+    "cluster: shared-tier hit (filled on A, asked on B) p50 / p99, 10 keys",
+    "cluster: cold burst 30x over 3 replicas, 50 ms upstream: slowest; upstream calls",
 ]
 
 
@@ -81,3 +84,16 @@ def test_bench_smoke_runs_every_benchmark(tmp_path: Path) -> None:
     assert rss["fill"]["get_statuses"] == {"200": rss["config"]["documents"]}
     assert rss["cache_metrics"]["ampgate_cache_bytes"] > 0.8 * rss["config"]["budget_mib"] * 2**20
     assert rss["rss_mib"]["full"] > rss["rss_mib"]["idle"]
+
+    cluster = results("cluster")
+    assert cluster["config"]["smoke"] is True
+    for mode in ("cluster_on", "cluster_off"):
+        assert cluster["memory_hit"][mode]["rps_median"] > 0
+        assert cluster["memory_hit"][mode]["errors"] == 0
+    assert cluster["config"]["redis_calls_during"] == 0  # a memory hit never asks Redis
+    shared = cluster["shared_tier"]
+    assert shared["statuses"] == {"200": 2 * shared["keys"]}
+    assert shared["shared_hits_on_b"] == shared["keys"] and shared["upstream_calls_during_b"] == 0
+    assert shared["same_body"] == shared["keys"]
+    burst = cluster["cold_burst"]
+    assert burst["upstream_calls_max"] == 1 and burst["non_200"] == 0
