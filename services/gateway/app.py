@@ -32,7 +32,7 @@ from services.gateway.cluster import (
 from services.gateway.cluster import shared_cache as shared_cache_module
 from services.gateway.cluster import tokens as shared_tokens_module
 from services.gateway.docs import add_docs_routes
-from services.gateway.eviction import CACHE_TOPIC, evict_change, evict_event
+from services.gateway.eviction import CACHE_TOPIC, EvictedHere, evict_change, evict_event
 from services.gateway.invalidation import InvalidationConsumer
 from services.gateway.keys import (
     AUTH_KEY,
@@ -40,6 +40,7 @@ from services.gateway.keys import (
     CLUSTER_KEY,
     CONTEXTS_KEY,
     DETECTOR_KEY,
+    EVICTED_HERE_KEY,
     METRICS_KEY,
     OUTBOX_KEY,
     POLICIES_KEY,
@@ -141,6 +142,7 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     if cluster is not None:
         cluster.store.add_state_listener(cache.store_state)
     app[CACHE_KEY] = cache
+    app[EVICTED_HERE_KEY] = EvictedHere()
     yield
     await cache.close()
     if shared is not None:
@@ -172,7 +174,8 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
         claimer = Claimer(outbox, SharedDigests(cluster.store),
                           after_claim=app.get(CLAIM_FAULT_KEY))
     app[DETECTOR_KEY] = ChangeDetector(outbox, app[METRICS_KEY],
-                                       on_change=lambda *change: evict_change(cache, *change),
+                                       on_change=lambda *change: evict_change(
+                                           cache, *change, evicted_here=app[EVICTED_HERE_KEY]),
                                        claims=claimer)
     if claimer is not None:
         await claimer.start()  # decides what a previous run left unclaimed: before the relay
@@ -203,7 +206,8 @@ async def invalidation_ctx(app: web.Application) -> AsyncIterator[None]:
     """Every replica evicts what any replica (or poller) saw change, its own events too."""
     cache = app[CACHE_KEY]
     consumer = InvalidationConsumer(
-        app[SETTINGS_KEY].kafka, lambda topic, key, data: evict_event(cache, topic, key, data))
+        app[SETTINGS_KEY].kafka, lambda topic, key, data: evict_event(cache, topic, key, data),
+        evicted_here=app[EVICTED_HERE_KEY])
     await consumer.start()
     yield
     await consumer.stop()

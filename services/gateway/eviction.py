@@ -7,8 +7,11 @@ next request on any replica answers the new version:
 * the detector (services.gateway.changes) calls ``evict_change`` the moment it announces
   a change, on the replica that found it, whatever found it;
 * every replica's invalidation consumer calls ``evict_event`` for each change event on
-  the topics, its own events included (evicting twice costs one upstream call; skipping
-  an eviction serves an old document);
+  the topics, except the events this replica announced itself: those were evicted for
+  when announced (``EvictedHere`` remembers their ids), and evicting again when they come
+  back would throw out the very answer that showed the change — every first read would
+  cost a second upstream call. Anything not remembered (another replica's event, a
+  restart, an event the claimer re-announced under a new id) evicts;
 * what has no change event of its own (a user update) goes through
   ``evict_everywhere``: evicted here, and announced on the gateway's internal topic
   ``gateway-cache-invalidation`` through the outbox (durable, like any event), which
@@ -28,6 +31,7 @@ What a change covers (the cache tags):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -63,6 +67,25 @@ def price_context_tag(context: str, evse_id: str) -> tuple[str, str, str]:
     return ("price", context, evse_id.upper())
 
 
+class EvictedHere:
+    """Ids of the change events this replica announced and evicted for at once: their
+    copies read back from the topics need no second eviction. Bounded: the oldest ids are
+    forgotten first (a forgotten id only costs an eviction, never a stale answer)."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, event_id: str) -> None:
+        if event_id:
+            self._ids[event_id] = None
+            if len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+
 class Evicts(Protocol):
     def invalidate_tag(self, tag: Hashable) -> int: ...
 
@@ -80,10 +103,14 @@ def tags_of_change(entity: str, key: str, context: str = "",
     raise ValueError(f"unknown entity {entity!r}")
 
 
-def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str) -> None:
-    """A change was found here (write, read or poll): evict what shows it."""
+def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str,
+                 event_id: str = "", evicted_here: EvictedHere | None = None) -> None:
+    """A change was found here (write, read or poll): evict what shows it, and remember
+    the event (its copy from the topic then evicts nothing more here)."""
     for tag in tags_of_change(entity, key, context, kind):
         cache.invalidate_tag(tag)
+    if evicted_here is not None:
+        evicted_here.add(event_id)
 
 
 def evict_event(cache: Evicts, topic: str, key: str, data: Mapping[str, Any]) -> None:
@@ -121,6 +148,7 @@ def _tags(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
             if isinstance(t, list) and t and all(isinstance(p, str) for p in t)]
 
 
-__all__ = ["ALL_PRICES_TAG", "CACHE_TOPIC", "ME_TAG", "OWNED_LIST_TAG", "evict_change",
+__all__ = ["ALL_PRICES_TAG", "CACHE_TOPIC", "ME_TAG", "OWNED_LIST_TAG", "EvictedHere",
+           "evict_change",
            "evict_event", "evict_everywhere", "passport_tag", "price_context_tag", "price_tag",
            "tags_of_change"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from contextlib import suppress
 from typing import Any
 
@@ -60,9 +60,12 @@ _CHECK_ENDS_S = 2.0
 class InvalidationConsumer:
     def __init__(self, settings: KafkaSettings, on_change: OnChange, *,
                  topics: tuple[str, ...] = TOPICS, cache_topic: str = CACHE_TOPIC,
-                 retry_max_s: float = 10.0) -> None:
+                 retry_max_s: float = 10.0,
+                 evicted_here: Container[str] = frozenset()) -> None:
         self._settings = settings
         self._on_change = on_change
+        # Ids of events this replica announced and evicted for already (eviction.EvictedHere).
+        self._evicted_here = evicted_here
         self._topics = tuple(topics)
         self._cache_topic = cache_topic
         self._retry_max_s = retry_max_s
@@ -194,12 +197,14 @@ class InvalidationConsumer:
 
     async def _handle(self, record: Any) -> None:
         try:
-            topic, key, data = self._parse(record)
+            topic, key, data, event_id = self._parse(record)
         except InvalidEvent as exc:
             log.warning("invalidation_event_invalid", topic=record.topic,
                         partition=record.partition, offset=record.offset, reason=exc.reason)
             return
         self.events_seen += 1
+        if event_id is not None and event_id in self._evicted_here:
+            return  # evicted when announced here; again would drop the answer that showed it
         try:
             result = self._on_change(topic, key, data)
             if inspect.isawaitable(result):
@@ -208,10 +213,10 @@ class InvalidationConsumer:
             log.exception("invalidation_failed", topic=record.topic, partition=record.partition,
                           offset=record.offset)
 
-    def _parse(self, record: Any) -> tuple[str, str, dict[str, Any]]:
+    def _parse(self, record: Any) -> tuple[str, str, dict[str, Any], str | None]:
         if record.topic != self._cache_topic:
             event = parse_event(record)
-            return event.topic, event.subject, event.data
+            return event.topic, event.subject, event.data, event.id
         try:
             data = orjson.loads(record.value)
             key = record.key.decode() if record.key is not None else ""
@@ -219,4 +224,4 @@ class InvalidationConsumer:
             raise InvalidEvent("not a JSON object with a UTF-8 key") from None
         if not isinstance(data, dict):
             raise InvalidEvent("not a JSON object")
-        return record.topic, key, data
+        return record.topic, key, data, None

@@ -13,6 +13,7 @@ from services.common.settings import CachePolicy, Settings
 from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache
 from services.gateway.changes import ChangeDetector
+from services.gateway.eviction import EvictedHere
 from services.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ AUTH_KEY = web.AppKey("authenticator", Authenticator)
 SESSION_KEY = web.AppKey("client_session", aiohttp.ClientSession)
 UPSTREAMS_KEY: web.AppKey[Upstreams] = web.AppKey("upstreams")
 CACHE_KEY = web.AppKey("cache", ResponseCache)
+EVICTED_HERE_KEY = web.AppKey("evicted_here", EvictedHere)  # events announced + evicted here
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
 DETECTOR_KEY = web.AppKey("change_detector", ChangeDetector)
 # (param, value) of an authentication medium -> tariff context name, for naming price events.

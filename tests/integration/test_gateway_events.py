@@ -372,3 +372,23 @@ async def test_a_read_after_a_write_of_the_same_passport_announces_nothing(
         await asyncio.sleep(0.5)  # nothing else may follow
         await reader.until(lambda rs: True)
     assert [data(r)["change"] for r in reader.for_key(pid)] == ["CHANGE_KIND_CREATED"]
+
+
+async def test_a_first_read_stays_cached_when_its_own_snapshot_comes_back(
+        kafka_gateway, kafka, sandbox):
+    """The replica that announced a change evicted for it then; its own event read back from
+    the topic must not throw out the answer that showed the change (a second upstream call
+    for every first read). Another replica's event still evicts (tests above)."""
+    gw = await kafka_gateway()
+    pid = (await (await gw.get("/v1/passports", headers=auth())).json())[-1]["id"]
+    await asyncio.sleep(1.0)  # the invalidation consumer is reading the topics by now
+    before = (await sandbox.calls())["passport.public"]
+    async with TopicReader(kafka.bootstrap) as reader:
+        first = await gw.get(f"/v1/passports/{pid}", headers=auth())
+        assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+        await reader.until(lambda rs: any(data(r)["change"] == "CHANGE_KIND_SNAPSHOT"
+                                          for r in reader.for_key(pid)))
+    await asyncio.sleep(1.0)  # and the gateway's own consumer has read it back too
+    again = await gw.get(f"/v1/passports/{pid}", headers=auth())
+    assert again.headers["X-Cache"] == "HIT"
+    assert (await sandbox.calls())["passport.public"] - before == 1
