@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import orjson
 import pytest
 from google.protobuf import json_format
 
@@ -106,3 +107,17 @@ def test_canonical_values_take_the_fast_path(monkeypatch):
     with pytest.raises(json_format.ParseError):
         schemas.validate(PassportChanged, passport_data(change="CHANGE_KIND_NOPE"))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("message_type", "data"), [
+    *((PassportChanged, d) for d in _cases(passport_data(), PASSPORT_VARIANTS)),
+    *((PriceChanged, d) for d in _cases(price_data(), PRICE_VARIANTS)),
+])
+def test_validate_of_values_read_from_json_gives_parse_dicts_verdict(message_type, data):
+    try:
+        raw = orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError):
+        pytest.skip("not JSON: cannot arrive from Kafka")
+    data = orjson.loads(raw)
+    assert _verdict(lambda t, d: schemas.validate(t, d, json=raw), message_type, data) == \
+        _verdict(schemas.check, message_type, data)
