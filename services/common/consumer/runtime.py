@@ -30,6 +30,7 @@ Metrics: ``metrics``; lag: ``lag``; dead letters: ``dead_letter``; tansu: ``_bro
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -440,8 +441,9 @@ class EventConsumer:
         return "ok", None
 
     def _count(self, items: list[tuple[ConsumerRecord, ConsumedEvent]], outcome: str) -> None:
-        for record, _ in items:
-            self._metrics.messages.labels(self.service, record.topic, outcome).inc()
+        per_topic = Counter(record.topic for record, _ in items)  # one inc per topic
+        for topic, n in per_topic.items():
+            self._metrics.messages.labels(self.service, topic, outcome).inc(n)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         assert self._producer is not None
