@@ -98,13 +98,19 @@ class EventConsumer:
         registry: CollectorRegistry,
         *,
         dead_letter_topic: str,
+        batch_size: int | None = None,
     ) -> None:
+        """``batch_size``: this worker's records per batch when the settings do not set
+        ``consumer.batch_size`` (AMPGATE_CONSUMER__BATCH_SIZE) themselves."""
         self.service = service
         self.group_id = group_id
         self.topics = tuple(topics)
         self.dead_letter_topic = dead_letter_topic
         self._settings = settings
         self._handle_batch = handle_batch
+        self._batch_size = (settings.consumer.batch_size
+                            if batch_size is None or "batch_size" in settings.consumer.model_fields_set
+                            else batch_size)
         self._metrics = consumer_metrics(registry)
         zero(self._metrics.messages, [service], self.topics, CONSUMER_OUTCOMES)
         self._consumer: AIOKafkaConsumer | None = None
@@ -223,7 +229,7 @@ class EventConsumer:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self._settings.consumer.batch_size,
+            max_poll_records=self._batch_size,
             # The session timeout is how fast a dead member's partitions move on (tansu
             # also waits half of it before answering a JoinGroup); the rebalance timeout
             # bounds how long a rebalance waits for the batch in flight.
@@ -299,7 +305,7 @@ class EventConsumer:
                 await self._retry_held(consumer)
                 continue
             batch = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS,
-                                           max_records=self._settings.consumer.batch_size)
+                                           max_records=self._batch_size)
             async with self._batch_lock:
                 # A rebalance between getmany() and here may have taken partitions away.
                 owned = consumer.assignment()
