@@ -109,15 +109,20 @@ def test_canonical_values_take_the_fast_path(monkeypatch):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize(("message_type", "data"), [
-    *((PassportChanged, d) for d in _cases(passport_data(), PASSPORT_VARIANTS)),
-    *((PriceChanged, d) for d in _cases(price_data(), PRICE_VARIANTS)),
-])
-def test_validate_of_values_read_from_json_gives_parse_dicts_verdict(message_type, data):
+def _as_json(data):
     try:
-        raw = orjson.dumps(data)
+        return orjson.dumps(data)
     except (TypeError, orjson.JSONEncodeError):
-        pytest.skip("not JSON: cannot arrive from Kafka")
+        return None  # cannot arrive from Kafka
+
+
+@pytest.mark.parametrize(("message_type", "raw"), [
+    *((PassportChanged, raw) for d in _cases(passport_data(), PASSPORT_VARIANTS)
+      if (raw := _as_json(d)) is not None),
+    *((PriceChanged, raw) for d in _cases(price_data(), PRICE_VARIANTS)
+      if (raw := _as_json(d)) is not None),
+])
+def test_validate_of_values_read_from_json_gives_parse_dicts_verdict(message_type, raw):
     data = orjson.loads(raw)
     assert _verdict(lambda t, d: schemas.validate(t, d, json=raw), message_type, data) == \
         _verdict(schemas.check, message_type, data)
