@@ -4,6 +4,7 @@ error, on canonical values and on every odd spelling proto3 JSON allows or refus
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -126,3 +127,28 @@ def test_validate_of_values_read_from_json_gives_parse_dicts_verdict(message_typ
     data = orjson.loads(raw)
     assert _verdict(lambda t, d: schemas.validate(t, d, json=raw), message_type, data) == \
         _verdict(schemas.check, message_type, data)
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-21T10:00:00.123456Z", "2026-11-21T10:00:00.000000Z", "0001-01-01T00:00:00.000000Z",
+    "9999-12-31T23:59:59.999999Z", "2024-02-29T12:00:00.5Z", "2026-02-29T10:00:00.123456Z",
+    "2026-11-21T24:00:00.123456Z", "2026-11-21T10:00:60.123456Z", "2026-11-21T10:00:00.123456Z\n",
+    "2026-11-21t10:00:00.123456Z", "2026-11-21T10:00:00.123456z", "2026-11-21 10:00:00.123456Z",
+])
+def test_parse_rfc3339_quick_path_answers_like_the_general_one(text):
+    from services.common import timestamps
+
+    def general(value):
+        m = timestamps._TIME.match(value)
+        if m is None:
+            raise ValueError("not an RFC 3339 date-time with offset")
+        date, clock, frac, offset = m.groups()
+        offset = "+00:00" if offset in ("Z", "z") else offset
+        return datetime.fromisoformat(
+            f"{date}T{clock}.{(frac or '0')[:6].ljust(6, '0')}{offset}").astimezone(UTC)
+
+    assert _verdict(lambda _, v: timestamps.parse_rfc3339(v), None, text) == \
+        _verdict(lambda _, v: general(v), None, text)
+    if _verdict(lambda _, v: general(v), None, text) is None:
+        assert timestamps.parse_rfc3339(text) == general(text)
+        assert timestamps.parse_rfc3339(text).tzinfo is UTC
