@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 
 import asyncpg
 import structlog
@@ -41,7 +42,7 @@ async def handle_batch(app: web.Application, events: list[ConsumedEvent]) -> Non
     except (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise TransientError(f"{type(exc).__name__}: {exc}") from exc
     metrics = app[METRICS_KEY]
-    for v in stored:
-        metrics.versions.labels(v.key.entity).inc()
+    for entity, n in Counter(v.key.entity for v in stored).items():  # one inc per entity
+        metrics.versions.labels(entity).inc(n)
     log.info("versions_recorded", events=len(events), recorded=len(stored),
              duplicates=len(events) - len(stored))

@@ -30,6 +30,7 @@ Metrics: ``metrics``; lag: ``lag``; dead letters: ``dead_letter``; tansu: ``_bro
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -97,13 +98,19 @@ class EventConsumer:
         registry: CollectorRegistry,
         *,
         dead_letter_topic: str,
+        batch_size: int | None = None,
     ) -> None:
+        """``batch_size``: this worker's records per batch when the settings do not set
+        ``consumer.batch_size`` (AMPGATE_CONSUMER__BATCH_SIZE) themselves."""
         self.service = service
         self.group_id = group_id
         self.topics = tuple(topics)
         self.dead_letter_topic = dead_letter_topic
         self._settings = settings
         self._handle_batch = handle_batch
+        self._batch_size = (settings.consumer.batch_size
+                            if batch_size is None or "batch_size" in settings.consumer.model_fields_set
+                            else batch_size)
         self._metrics = consumer_metrics(registry)
         zero(self._metrics.messages, [service], self.topics, CONSUMER_OUTCOMES)
         self._consumer: AIOKafkaConsumer | None = None
@@ -222,7 +229,7 @@ class EventConsumer:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self._settings.consumer.batch_size,
+            max_poll_records=self._batch_size,
             # The session timeout is how fast a dead member's partitions move on (tansu
             # also waits half of it before answering a JoinGroup); the rebalance timeout
             # bounds how long a rebalance waits for the batch in flight.
@@ -298,7 +305,7 @@ class EventConsumer:
                 await self._retry_held(consumer)
                 continue
             batch = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS,
-                                           max_records=self._settings.consumer.batch_size)
+                                           max_records=self._batch_size)
             async with self._batch_lock:
                 # A rebalance between getmany() and here may have taken partitions away.
                 owned = consumer.assignment()
@@ -440,8 +447,9 @@ class EventConsumer:
         return "ok", None
 
     def _count(self, items: list[tuple[ConsumerRecord, ConsumedEvent]], outcome: str) -> None:
-        for record, _ in items:
-            self._metrics.messages.labels(self.service, record.topic, outcome).inc()
+        per_topic = Counter(record.topic for record, _ in items)  # one inc per topic
+        for topic, n in per_topic.items():
+            self._metrics.messages.labels(self.service, topic, outcome).inc(n)
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         assert self._producer is not None

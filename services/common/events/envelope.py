@@ -166,7 +166,7 @@ def parse_event(msg: Any) -> ConsumedEvent:
     if not isinstance(data, dict):
         raise InvalidEvent("value is not a JSON object")
     try:
-        schemas.check(message_type, data)
+        schemas.validate(message_type, data, json=msg.value)
     except json_format.ParseError as exc:
         raise InvalidEvent(f"value does not match {message_type.DESCRIPTOR.full_name}: {exc}") from None
     if data.get(id_field) != subject:
