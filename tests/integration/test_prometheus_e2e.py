@@ -34,9 +34,10 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from services.common.events import PASSPORT_TOPIC
+from services.sandbox.config import SandboxConfig
 from tests.conftest import server_unavailable
-from tests.fixtures.processes import ServiceProcess, start_service
-from tests.fixtures.sandbox import free_port, start_sandbox_process
+from tests.fixtures.processes import ServiceProcess, settings_env, start_service
+from tests.fixtures.sandbox import free_port, start_sandbox_process, upstream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -231,16 +232,7 @@ async def test_dashboards_and_alerts_against_a_real_prometheus(private_kafka, tm
             "AMPGATE_KAFKA__BOOTSTRAP_SERVERS": private_kafka.bootstrap,
             "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE": str(private_kafka.enable_idempotence).lower(),
             "AMPGATE_CONSUMER__SESSION_TIMEOUT_S": "2",
-            "AMPGATE_PASSPORT__BASE_URL": f"{sandbox_url}/passport",
-            "AMPGATE_PASSPORT__TOKEN_URL": f"{sandbox_url}/siemensid/oauth/token",
-            "AMPGATE_PASSPORT__CLIENT_ID": "sandbox-passport-client",
-            "AMPGATE_PASSPORT__CLIENT_SECRET": "sandbox-passport-secret",
-            "AMPGATE_CPO__BASE_URL": sandbox_url,
-            "AMPGATE_CPO__TOKEN_URL": f"{sandbox_url}/cognito/token",
-            "AMPGATE_CPO__CLIENT_ID": "sandbox-cpo-client",
-            "AMPGATE_CPO__CLIENT_SECRET": "sandbox-cpo-secret",
-            "AMPGATE_PRICING__BASE_URL": sandbox_url,
-            "AMPGATE_PRICING__API_TOKEN": "sandbox-pricing-token",
+            **settings_env(upstream_settings(sandbox_url, SandboxConfig())),
             "AMPGATE_CLIENTS": orjson.dumps([{"name": "e2e", "key_sha256": hashlib.sha256(
                 KEY.encode()).hexdigest(), "scopes": SCOPES}]).decode(),
             "AMPGATE_HISTORY__URL": f"http://127.0.0.1:{ports['history']}",
