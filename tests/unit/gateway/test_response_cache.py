@@ -83,25 +83,32 @@ async def slow_upstream(aiohttp_server):
 
 async def test_cold_burst_makes_one_upstream_call_and_releases_everyone_at_once(
         slow_upstream, metrics, registry):
-    fetch, state = slow_upstream
+    upstream_fetch, state = slow_upstream
     cache = ResponseCache(1024 * 1024, metrics)
     done_at: list[float] = []
+    fetched_at: list[float] = []
+
+    async def fetch() -> CachedResponse:
+        response = await upstream_fetch()
+        fetched_at.append(time.perf_counter())
+        return response
 
     async def caller() -> tuple[CachedResponse, CacheResult]:
         r = await cache.get_or_fetch("k", fetch, POLICY, route="passport")
         done_at.append(time.perf_counter())
         return r
 
-    started = time.perf_counter()
     results = await asyncio.gather(*(caller() for _ in range(1000)))
     assert state["calls"] == 1
     bodies = {id(r.body) for r, _ in results}
     assert len(bodies) == 1 and b'"p1"' in results[0][0].body  # everyone got the same bytes
     assert [res for _, res in results].count(CacheResult.MISS) == 1
     assert [res for _, res in results].count(CacheResult.COALESCED) == 999
-    # released when the call returned, not in polling steps (nginx: up to 500 ms later)
-    assert max(done_at) - started < 0.7
-    assert max(done_at) - min(done_at) < 0.15
+    # released when the call returned, not in polling steps (nginx: up to 500 ms later);
+    # measured from the upstream's answer, so a slow first connection on a busy machine
+    # does not count against the cache
+    assert min(done_at) >= fetched_at[0]
+    assert max(done_at) - fetched_at[0] < 0.3
     assert lookups(registry, "passport", "coalesced") == 999
     # and now it is a hit
     again, res = await cache.get_or_fetch("k", fetch, POLICY, route="passport")
