@@ -171,7 +171,7 @@ async def test_broker_down_at_start_blocks_nothing(private_kafka) -> None:
     replica = Replica(private_kafka, (passports, prices))
     started = time.monotonic()
     await replica.consumer.start()
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 1  # a blocking connect would wait out its timeout
     await asyncio.sleep(0.5)
     assert not replica.consumer.connected
 

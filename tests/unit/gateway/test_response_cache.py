@@ -141,13 +141,13 @@ async def test_cancelled_first_caller_does_not_break_the_fill(cache):
 
 
 async def test_each_waiter_has_its_own_deadline(cache):
-    fetch = Fetcher(delay=0.3)
+    fetch = Fetcher(delay=1.0)
     patient = asyncio.create_task(cache.get_or_fetch("k", fetch, POLICY, route="r"))
     await asyncio.sleep(0)
     started = time.perf_counter()
     with pytest.raises(UpstreamTimeout) as err:
         await cache.get_or_fetch("k", fetch, POLICY, route="r", wait_timeout_s=0.05)
-    assert time.perf_counter() - started < 0.2 and err.value.status == 504
+    assert time.perf_counter() - started < 0.5 and err.value.status == 504
     resp, res = await patient  # the fill went on for the others
     assert resp.body == b'{"v": 1}'
     assert res is CacheResult.MISS and fetch.calls == 1
@@ -340,4 +340,4 @@ async def test_close_cancels_background_refreshes(metrics, clock):
     await asyncio.sleep(0)
     started = time.perf_counter()
     await cache.close()
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 1  # the refresh would take 10 s

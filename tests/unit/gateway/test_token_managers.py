@@ -205,7 +205,7 @@ async def test_failing_endpoint_is_not_stampeded(endpoint, session, metrics):
     for _ in range(20):
         with pytest.raises(TokenUnavailable):
             await tm.token()
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 0.5  # 20 endpoint calls would take >= 1 s
     assert len(ep.calls) == 1
     # the endpoint recovers; after the backoff the next caller gets a token
     ep.status = 200

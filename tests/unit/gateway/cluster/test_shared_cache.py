@@ -110,7 +110,7 @@ async def test_a_dead_fillers_lock_expires_and_a_waiter_takes_over(redis_url, ma
     fill = await cache.fill("k", upstream.fetch, lock_ttl_s=1, wait_s=2)
     elapsed = time.monotonic() - started
     assert fill.result is FillResult.FILLED and upstream.calls == 1
-    assert 0.25 < elapsed < 0.5
+    assert 0.25 < elapsed < 1  # after the dead lock's 300 ms, well before wait_s
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_fill(redis_url, make_store,

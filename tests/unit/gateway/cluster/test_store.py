@@ -60,7 +60,7 @@ async def test_killed_redis_fails_fast_then_recovers_in_place(private_redis, mak
     started = time.monotonic()
     with pytest.raises(ClusterUnavailable):
         await store.call("t.get", lambda: store.redis.get(store.key("n")))
-    assert time.monotonic() - started < 0.01
+    assert time.monotonic() - started < 0.05
 
     private_redis.start()  # same port, empty, no scripts loaded
     await _until(lambda: store.is_up)
