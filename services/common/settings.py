@@ -296,12 +296,16 @@ class ShutdownSettings(_Group):
 
 
 class ClusterSettings(RedisTlsSettings):
-    """Several gateway replicas acting as one (DESIGN.md §12). Declared ahead of the code that
-    uses it so the documented AMPGATE_CLUSTER__* variables are accepted at start-up; nothing
-    reads these yet. The Redis TLS/ACL fields come from RedisTlsSettings."""
+    """Several gateway replicas acting as one (DESIGN.md §12). The Redis TLS/ACL fields come
+    from RedisTlsSettings."""
 
     redis_url: str | None = None  # redis://, rediss://, unix://; unset: single-replica mode
     lease_s: float = Field(15.0, gt=0)
+    # Every Redis key and channel of this deployment starts with "<key_prefix>:", so two
+    # deployments can share one Redis. No ":" (a prefix would then overlap another's keys)
+    # and no glob characters (the purge scans "<key_prefix>:cache:*").
+    key_prefix: Annotated[str, Field(min_length=1, max_length=64,
+                                     pattern=r"^[A-Za-z0-9_.-]+$")] = "ampgate"
 
 
 class Settings(BaseSettings):

@@ -41,6 +41,7 @@ from services.gateway.keys import (
     CONTEXTS_KEY,
     DETECTOR_KEY,
     EVICTED_HERE_KEY,
+    INVALIDATION_KEY,
     METRICS_KEY,
     OUTBOX_KEY,
     POLICIES_KEY,
@@ -106,7 +107,8 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = ClusterMetrics(app[REGISTRY_KEY])
     # 250 ms per call: a loaded event loop makes 50-100 ms budgets trip (Kong#13473), and
     # only misses ever wait on Redis.
-    store = ClusterStore(url, timeout_s=0.25, on_state=metrics.store_state,
+    store = ClusterStore(url, namespace=settings.cluster.key_prefix, timeout_s=0.25,
+                         on_state=metrics.store_state,
                          on_call=metrics.observe_call,
                          client_name=f"ampgate-gateway-{rid}"[:64],
                          connection_options=redis_options(settings.cluster, url))
@@ -208,6 +210,7 @@ async def invalidation_ctx(app: web.Application) -> AsyncIterator[None]:
     consumer = InvalidationConsumer(
         app[SETTINGS_KEY].kafka, lambda topic, key, data: evict_event(cache, topic, key, data),
         evicted_here=app[EVICTED_HERE_KEY])
+    app[INVALIDATION_KEY] = consumer
     await consumer.start()
     yield
     await consumer.stop()

@@ -10,6 +10,11 @@ stale-while-revalidate, stale-if-error, an LRU bounded by bytes, tag invalidatio
   invalidated keys: their callers still get the answer, but it is not stored, and
   new callers start a fresh fill. The one exception is the fill that evicts: its own
   answer revealed the change, so it is the new version.
+- An entry may know its content digest (``CachedResponse.digest``, the digest change
+  events carry; only the public passport sets it). A change event announcing digest
+  ``d`` evicts with ``keep_digest=d``: entries that hold ``d`` stay — they already are
+  that version (a first read's SNAPSHOT coming back from Kafka must not throw out the
+  answer that announced it). Entries without a digest, or another one, go as before.
 - Stale-if-error is for an unavailable upstream only (``UpstreamError.unavailable``);
   an upstream 4xx is the answer and drops the entry (DESIGN.md §5).
 
@@ -74,6 +79,7 @@ class CachedResponse:
     etag: str
     stored_at: float  # wall clock, for the Age header
     headers: tuple[tuple[str, str], ...] = ()
+    digest: str = ""  # the content's digest as change events carry it; "" when unknown
 
 
 def make_etag(body: bytes) -> str:
@@ -81,9 +87,11 @@ def make_etag(body: bytes) -> str:
 
 
 def make_response(status: int, body: bytes, content_type: str,
-                  headers: tuple[tuple[str, str], ...] = ()) -> CachedResponse:
+                  headers: tuple[tuple[str, str], ...] = (), *,
+                  digest: str = "") -> CachedResponse:
     """Build the cacheable form once: the strong ETag is computed here, never on a hit."""
-    return CachedResponse(status, body, content_type, make_etag(body), time.time(), headers)
+    return CachedResponse(status, body, content_type, make_etag(body), time.time(), headers,
+                          digest)
 
 
 class CacheResult(StrEnum):
@@ -209,15 +217,16 @@ class ResponseCache:
         self._count(route, result)
         return response, result
 
-    def invalidate_tag(self, tag: Hashable) -> int:
+    def invalidate_tag(self, tag: Hashable, *, keep_digest: str = "") -> int:
         """Evict every entry tagged ``tag``; fills in flight for it will not be stored,
         except the fill that is evicting (a read whose answer revealed the change: its
         answer IS the new version, and storing it is what makes the next request see it).
-        In cluster mode the shared tier and every replica follow (``settled()`` awaits
-        that)."""
-        removed = self._invalidate_local(tag)
+        ``keep_digest`` (the version a change event announces): entries holding that
+        digest stay. In cluster mode the shared tier and every replica follow
+        (``settled()`` awaits that)."""
+        removed = self._invalidate_local(tag, keep_digest)
         if self._shared is not None:
-            task = self._spawn_eviction(self._evict_shared([shared_name(tag)]))
+            task = self._spawn_eviction(self._evict_shared([shared_name(tag)], keep_digest))
             if (evicting := _CURRENT_FILL.get()) is not None:
                 evicting.own_evictions.append(task)  # its answer is stored after it
         return removed
@@ -246,23 +255,30 @@ class ResponseCache:
 
     # -- evictions (memory tier; shared tier in cluster mode) -------------------------
 
-    def _invalidate_local(self, tag: Hashable) -> int:
+    def _invalidate_local(self, tag: Hashable, keep_digest: str = "") -> int:
         evicting = _CURRENT_FILL.get()
         for fill_key, fill in list(self._fills.items()):
+            # a fill in flight may bring any version: not stored, whatever keep_digest says
             if tag in fill.tags and fill is not evicting:
                 fill.outdated = True
                 del self._fills[fill_key]
-        keys = list(self._by_tag.get(tag, ()))
+        keys = [k for k in self._by_tag.get(tag, ())
+                if not self._holds(k, keep_digest)]
         for key in keys:
             self._remove(key, "invalidated")
         self._publish()
         return len(keys)
 
-    def _evict_key_local(self, key: Hashable) -> None:
+    def _holds(self, key: Hashable, digest: str) -> bool:
+        """Is the entry of ``key`` the version with this (known) digest?"""
+        entry = self._entries.get(key)
+        return bool(digest) and entry is not None and entry.response.digest == digest
+
+    def _evict_key_local(self, key: Hashable, keep_digest: str = "") -> None:
         fill = self._fills.pop(key, None)
         if fill is not None:
             fill.outdated = True
-        if key in self._entries:
+        if key in self._entries and not self._holds(key, keep_digest):
             self._remove(key, "invalidated")
             self._publish()
 
@@ -285,12 +301,12 @@ class ResponseCache:
         task.add_done_callback(self._evictions.discard)
         return task
 
-    async def _evict_shared(self, tags: list[str]) -> None:
+    async def _evict_shared(self, tags: list[str], keep_digest: str = "") -> None:
         assert self._shared is not None
         try:
-            await self._shared.evict(tags=tags)
+            await self._shared.evict(tags=tags, keep_digest=keep_digest)
         except ClusterUnavailable:
-            self._missed(tags)
+            self._missed(tags)  # replayed without keep_digest: evicting more is safe
 
     async def _evict_shared_all(self) -> None:
         assert self._shared is not None
@@ -327,10 +343,10 @@ class ResponseCache:
             return
         for name in ev.tags:
             with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                self._invalidate_local(local_name(name))
+                self._invalidate_local(local_name(name), ev.keep_digest)
         for name in ev.keys:
             with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                self._evict_key_local(local_name(name))
+                self._evict_key_local(local_name(name), ev.keep_digest)
 
     async def close(self) -> None:
         """Cancel fills (background refreshes included) at shutdown."""
@@ -427,7 +443,7 @@ class ResponseCache:
                 response.status, response.body, response.content_type, response.etag,
                 response.stored_at, response.headers, ttl_s=policy.ttl_s,
                 swr_s=policy.stale_while_revalidate_s,
-                stale_if_error_s=policy.stale_if_error_s)
+                stale_if_error_s=policy.stale_if_error_s, digest=response.digest)
             this = _CURRENT_FILL.get()
             if this is not None and this.own_evictions:
                 # This answer revealed a change and evicted its tags everywhere: it IS the
@@ -450,7 +466,7 @@ class ResponseCache:
         if fill.result in (FillResult.SHARED_HIT, FillResult.WAITED) and fill.entry is not None:
             e = fill.entry
             response = CachedResponse(e.status, e.body, e.content_type, e.etag, e.stored_at,
-                                      e.headers)
+                                      e.headers, e.digest)
             return response, e.remaining(time.time())
         assert fill.value is not None
         return fill.value, None
@@ -479,7 +495,8 @@ class ResponseCache:
             return None
         if e is None or time.time() >= e.stale_until:
             return None
-        return CachedResponse(e.status, e.body, e.content_type, e.etag, e.stored_at, e.headers)
+        return CachedResponse(e.status, e.body, e.content_type, e.etag, e.stored_at, e.headers,
+                              e.digest)
 
     def _stale_for_error(self, key: Hashable) -> _Entry | None:
         entry = self._entries.get(key)

@@ -18,7 +18,8 @@ a pass ever completed, so vanished entities are those a complete pass no longer
 finds, never entities that only a read has seen.
 
 Whatever found it, an announced change is handed to ``on_change(entity, context, key,
-kind, event_id)`` once its transaction has committed: the gateway evicts there
+kind, event_id, digest)`` (``digest``: the new version's, ``""`` once deleted) once its
+transaction has committed: the gateway evicts there
 (services.gateway.eviction), so the replica that found a change answers the new version at
 once, without waiting for its own event to come back from Kafka.
 
@@ -81,6 +82,13 @@ def passport_of(document: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     if document is None or "id" not in document:
         return document
     return {k: v for k, v in document.items() if k != "id"}
+
+
+def passport_digest(document: Mapping[str, Any]) -> str:
+    """The digest a passport event carries for this document (public or owned view alike):
+    what a cached public passport records, so that an event announcing the version it
+    holds does not evict it (services.gateway.eviction)."""
+    return digest_of(passport_of(document))
 
 
 def tariff_of(pricing_entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,7 +237,7 @@ class ChangeDetector:
 
     def __init__(self, outbox: Outbox, metrics: GatewayMetrics, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 on_change: Callable[[str, str, str, str, str], None] | None = None,
+                 on_change: Callable[[str, str, str, str, str, str], None] | None = None,
                  claims: Claims | None = None) -> None:
         self._outbox = outbox
         self._claims = claims  # None: single-replica mode
@@ -376,10 +384,10 @@ class ChangeDetector:
         for obs, new, _, _, _ in pending:
             self._seen[(entity, context, obs.key)] = new
         if self._on_change is not None:
-            for obs, _, record, kind, _ in pending:
+            for obs, new, record, kind, _ in pending:
                 try:
                     self._on_change(entity, context, obs.key, kind.value,
-                                    (record.header("ce_id") or b"").decode())
+                                    (record.header("ce_id") or b"").decode(), new)
                 except Exception:  # the event is committed; a failed eviction is logged
                     log.exception("change_eviction_failed", entity=entity)
         self._metrics.changes_detected.labels(entity=entity,
@@ -486,5 +494,6 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
 
 
 __all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Claims", "Detection",
-           "Observation", "evse_key", "passport_of", "reannounce", "shared_entity",
+           "Observation", "evse_key", "passport_digest", "passport_of", "reannounce",
+           "shared_entity",
            "tariff_comparable", "tariff_of"]

@@ -27,6 +27,18 @@ What a change covers (the cache tags):
   to be older) evicts only the views of C (``price_context_tag(C, E)``), so reading a
   second context does not throw out the first one's answers;
 * the user: ``ME_TAG``.
+
+Which version a change announces: an event carries the new version's ``digest``, and an
+entry may know the digest of what it holds (the public passport: ``passport_digest`` of
+its body, in the memory tier and in the shared tier alike). The entity's own tag
+(``passport_tag(P)``) is evicted with ``keep_digest`` = the event's digest: an entry that
+already holds that version stays — so a passport's first read, announced as a SNAPSHOT,
+is not thrown out cluster-wide when the event comes back from Kafka, and a replica that
+lost the claim for a transition another replica announced first does not evict the others'
+copies of it. An entry holding another version (an older one) goes at once, everywhere;
+an event without a digest (a deletion) evicts as before. Entries without a digest (owned
+views, the owned list, prices, the user) are evicted by every change, as before: the
+digest check is only made where the entry's content IS what the digest was taken of.
 """
 
 from __future__ import annotations
@@ -87,7 +99,7 @@ class EvictedHere:
 
 
 class Evicts(Protocol):
-    def invalidate_tag(self, tag: Hashable) -> int: ...
+    def invalidate_tag(self, tag: Hashable, *, keep_digest: str = "") -> int: ...
 
 
 def tags_of_change(entity: str, key: str, context: str = "",
@@ -104,11 +116,14 @@ def tags_of_change(entity: str, key: str, context: str = "",
 
 
 def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str,
-                 event_id: str = "", evicted_here: EvictedHere | None = None) -> None:
-    """A change was found here (write, read or poll): evict what shows it, and remember
-    the event (its copy from the topic then evicts nothing more here)."""
+                 event_id: str = "", digest: str = "",
+                 evicted_here: EvictedHere | None = None) -> None:
+    """A change to the version ``digest`` was found here (write, read or poll): evict what
+    shows another version, and remember the event (its copy from the topic then evicts
+    nothing more here)."""
+    own = passport_tag(key) if entity == "passport" else None  # entries that know a digest
     for tag in tags_of_change(entity, key, context, kind):
-        cache.invalidate_tag(tag)
+        cache.invalidate_tag(tag, keep_digest=digest if tag == own else "")
     if evicted_here is not None:
         evicted_here.add(event_id)
 
@@ -116,10 +131,13 @@ def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str,
 def evict_event(cache: Evicts, topic: str, key: str, data: Mapping[str, Any]) -> None:
     """A record read by the invalidation consumer (any replica's, ours included)."""
     kind = data.get("change")
+    digest = data.get("digest")
+    digest = digest if isinstance(digest, str) else ""
     if topic == PASSPORT_TOPIC:
-        evict_change(cache, "passport", "", key, kind)
+        evict_change(cache, "passport", "", key, kind, digest=digest)
     elif topic == PRICE_TOPIC:
-        evict_change(cache, "price", str(data.get("tariff_context") or ""), key, kind)
+        evict_change(cache, "price", str(data.get("tariff_context") or ""), key, kind,
+                     digest=digest)
     elif topic == CACHE_TOPIC:
         for tag in _tags(data):
             cache.invalidate_tag(tag)

@@ -14,6 +14,7 @@ from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache
 from services.gateway.changes import ChangeDetector
 from services.gateway.eviction import EvictedHere
+from services.gateway.invalidation import InvalidationConsumer
 from services.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ UPSTREAMS_KEY: web.AppKey[Upstreams] = web.AppKey("upstreams")
 CACHE_KEY = web.AppKey("cache", ResponseCache)
 EVICTED_HERE_KEY = web.AppKey("evicted_here", EvictedHere)  # events announced + evicted here
 OUTBOX_KEY = web.AppKey("outbox", Outbox)
+# The consumer that reads every change event and evicts (its ``events_seen``: how far it is).
+INVALIDATION_KEY = web.AppKey("invalidation_consumer", InvalidationConsumer)
 DETECTOR_KEY = web.AppKey("change_detector", ChangeDetector)
 # (param, value) of an authentication medium -> tariff context name, for naming price events.
 CONTEXTS_KEY: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("tariff_contexts_by_medium")

@@ -8,7 +8,9 @@ import asyncio
 import logging
 import re
 import time
+import uuid
 
+import orjson
 import pytest
 import redis
 import structlog
@@ -17,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common import logging as gateway_logging
 from services.common.logging import configure_logging
 from services.common.settings import LogSettings
+from services.gateway.keys import CACHE_KEY, INVALIDATION_KEY
 from tests.fixtures.gateway import ADMIN_KEY, WRITER_KEY, auth
+from tests.integration.test_gateway_events import TopicReader
 
 PID_PATH = "/v1/passports/{}"
 
@@ -338,3 +342,60 @@ async def _missed_eviction(make_gateway, sandbox, private_redis, tmp_path) -> No
 
     for gw in gws[1:]:
         assert await wait_for(lambda gw=gw: shows_it(gw), 4.0)
+
+
+async def test_a_first_read_stays_cached_on_every_replica_when_its_snapshot_comes_back(
+        make_gateway, sandbox, kafka, redis_url, tmp_path):
+    """A passport read for the first time on A is announced (SNAPSHOT, with its digest); the
+    other replicas' invalidation consumers read the event and keep the entry that already
+    holds that version, in Redis and in every memory tier: one upstream call in all. A real
+    change afterwards (another digest) still evicts on every replica at once."""
+    gws = await replicas(make_gateway, tmp_path, redis_url, settings={"kafka": {
+        "bootstrap_servers": kafka.bootstrap, "enable_idempotence": kafka.enable_idempotence}},
+        key_prefix=f"t{uuid.uuid4().hex[:8]}")  # this test's digests: the read is a first
+    consumers = [gw.server.app[INVALIDATION_KEY] for gw in gws]
+    for consumer in consumers:
+        await asyncio.wait_for(consumer.ready.wait(), 20)
+    for gw in gws:  # tokens in place: the calls counted below are the passport's
+        assert (await gw.get("/v1/passports", headers=auth())).status == 200
+    pid = f"BP-FIRST-{uuid.uuid4().hex[:8]}"
+    await sandbox.put_passport(pid, {"status": {"state": "active"},
+                                     "general_information": {"identification": {"uid": pid}}})
+    before = (await sandbox.calls())["passport.public"]
+    seen = [c.events_seen for c in consumers]
+    async with TopicReader(kafka.bootstrap) as reader:
+        first = await gws[0].get(PID_PATH.format(pid), headers=auth())
+        assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+        body = await first.read()
+        await reader.until(lambda rs: reader.for_key(pid))
+    (event,) = [orjson.loads(r.value) for r in reader.for_key(pid)]
+    assert event["change"] == "CHANGE_KIND_SNAPSHOT" and event["digest"]
+    # every replica's consumer has read it (A's skips its own) and its evictions are done
+    assert await wait_for(lambda: _all_read(consumers, seen), 15.0)
+    for gw in gws:
+        await gw.server.app[CACHE_KEY].settled()
+    for gw in (gws[1], gws[2], gws[0], gws[1]):
+        again = await gw.get(PID_PATH.format(pid), headers=auth())
+        assert again.headers["X-Cache"] == "HIT" and await again.read() == body
+    assert (await sandbox.calls())["passport.public"] - before == 1
+    assert sorted([await metric(gw, "ampgate_cache_lookups_total", route="passport_public",
+                                result="shared_hit") for gw in gws]) == [0, 1, 1]
+
+    # a real change, found by a revalidating read on A: the old version goes everywhere
+    await sandbox.put_passport(pid, {"status": {"state": "recalled"},
+                                     "general_information": {"identification": {"uid": pid}}})
+    fresh = await gws[0].get(PID_PATH.format(pid), headers={**auth(),
+                                                              "Cache-Control": "no-cache"})
+    assert (await fresh.json())["status"]["state"] == "recalled"
+
+    async def shows_it(gw) -> bool:
+        doc = await (await gw.get(PID_PATH.format(pid), headers=auth())).json()
+        return doc["status"]["state"] == "recalled"
+
+    for gw in gws[1:]:
+        assert await wait_for(lambda gw=gw: shows_it(gw), 5.0)
+    assert (await sandbox.calls())["passport.public"] - before == 2  # one refill, shared
+
+
+async def _all_read(consumers, seen: list[int]) -> bool:
+    return all(c.events_seen > n for c, n in zip(consumers, seen, strict=True))

@@ -9,9 +9,11 @@ Layout (``<ns>`` = the store's namespace; keys and tags are strings chosen by th
 - channel ``evict_channel(store)`` payload = an ``Eviction`` (JSON of names, never bodies).
 
 Invariants:
-- An entry is stored as bytes with a compact binary header (status, content type, ETag,
-  stored_at, headers, and the absolute fresh / stale-while-revalidate / stale-if-error
-  ends in unix seconds): no JSON work on the body, ever.
+- An entry is stored as bytes with a compact binary header (the content digest, status,
+  content type, ETag, stored_at, headers, and the absolute fresh / stale-while-revalidate /
+  stale-if-error ends in unix seconds): no JSON work on the body, ever. The digest (the one
+  change events carry, ``""`` when unknown) comes right after the magic, so the eviction
+  script reads it with one GETRANGE (``digest_prefix``).
 - A key cold everywhere makes ONE upstream call cluster-wide: only the holder of the
   fill lock calls ``fetch``; everyone else waits for the fill channel, each with its own
   deadline (``wait_s``), waking at the latest when the lock would expire, and then tries
@@ -27,7 +29,10 @@ Invariants:
   since the fill read them (the shared tier's version of the memory tier's "detached
   fill").
 - ``evict(keys, tags)`` deletes in Redis and publishes one message; every replica's
-  memory tier applies it through ``on_evict``. Messages missed while a replica's
+  memory tier applies it through ``on_evict``. ``evict(..., keep_digest=d)`` (a change
+  event announcing version ``d``) spares the entries that hold ``d`` already — in Redis
+  and, by the message, in every memory tier: they ARE that version. The epochs are bumped
+  all the same (a fill in flight may bring any version: it does not store). Messages missed while a replica's
   subscription was down are covered by a resync: ``on_evict`` then receives
   ``Eviction(everything=True)`` and the memory tier drops everything.
 
@@ -62,8 +67,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-_MAGIC = b"AGC1"
-_HEAD = struct.Struct(">4sHddddHHH")  # magic, status, stored_at, fresh, swr, stale, lens
+_MAGIC = b"AGC2"  # AGC1 (no digest) decodes as None: a miss, refilled in this format
+_PREFIX = struct.Struct(">4sB")  # magic, digest length; the digest follows
+_HEAD = struct.Struct(">HddddHHH")  # status, stored_at, fresh, swr, stale, lens
+_MAX_DIGEST = 255
 _PAIR = struct.Struct(">HH")
 
 
@@ -93,15 +100,17 @@ class SharedEntry:
     fresh_until: float
     swr_until: float
     stale_until: float  # stale-if-error
+    digest: str = ""  # the content's digest as change events carry it; "" when unknown
 
     @classmethod
     def of(cls, status: int, body: bytes, content_type: str, etag: str, stored_at: float,
            headers: tuple[tuple[str, str], ...] = (), *, ttl_s: float, swr_s: float = 0.0,
-           stale_if_error_s: float = 0.0, now: float | None = None) -> SharedEntry:
+           stale_if_error_s: float = 0.0, now: float | None = None,
+           digest: str = "") -> SharedEntry:
         now = time.time() if now is None else now
         fresh = now + ttl_s
         return cls(status, body, content_type, etag, stored_at, tuple(headers),
-                   fresh, fresh + swr_s, fresh + stale_if_error_s)
+                   fresh, fresh + swr_s, fresh + stale_if_error_s, digest)
 
     def is_fresh(self, now: float) -> bool:
         return now < self.fresh_until
@@ -117,11 +126,24 @@ class SharedEntry:
         return max(self.fresh_until, self.swr_until, self.stale_until)
 
 
+def _stored_digest(digest: str) -> bytes:
+    """A digest as stored; one too long to store is stored as unknown (always evicted)."""
+    raw = digest.encode()
+    return raw if len(raw) <= _MAX_DIGEST else b""
+
+
+def digest_prefix(digest: str) -> bytes:
+    """The first bytes of an encoded entry holding ``digest``: what the eviction script
+    compares an entry's start with to spare it."""
+    raw = _stored_digest(digest)
+    return _PREFIX.pack(_MAGIC, len(raw)) + raw
+
+
 def encode_entry(entry: SharedEntry) -> bytes:
     ct, etag = entry.content_type.encode(), entry.etag.encode()
-    parts = [_HEAD.pack(_MAGIC, entry.status, entry.stored_at, entry.fresh_until,
-                        entry.swr_until, entry.stale_until, len(ct), len(etag),
-                        len(entry.headers)), ct, etag]
+    parts = [digest_prefix(entry.digest),
+             _HEAD.pack(entry.status, entry.stored_at, entry.fresh_until, entry.swr_until,
+                        entry.stale_until, len(ct), len(etag), len(entry.headers)), ct, etag]
     for name, value in entry.headers:
         n, v = name.encode(), value.encode()
         parts += (_PAIR.pack(len(n), len(v)), n, v)
@@ -132,10 +154,14 @@ def encode_entry(entry: SharedEntry) -> bytes:
 def decode_entry(raw: bytes) -> SharedEntry | None:
     """None for anything that is not an entry of this format (a foreign or old value)."""
     try:
-        magic, status, stored, fresh, swr, stale, lct, letag, nh = _HEAD.unpack_from(raw)
+        magic, ldigest = _PREFIX.unpack_from(raw)
         if magic != _MAGIC:
             return None
-        pos = _HEAD.size
+        pos = _PREFIX.size
+        digest = raw[pos:pos + ldigest].decode()
+        pos += ldigest
+        status, stored, fresh, swr, stale, lct, letag, nh = _HEAD.unpack_from(raw, pos)
+        pos += _HEAD.size
         ct = raw[pos:pos + lct].decode()
         pos += lct
         etag = raw[pos:pos + letag].decode()
@@ -146,7 +172,8 @@ def decode_entry(raw: bytes) -> SharedEntry | None:
             pos += _PAIR.size
             headers.append((raw[pos:pos + ln].decode(), raw[pos + ln:pos + ln + lv].decode()))
             pos += ln + lv
-        return SharedEntry(status, raw[pos:], ct, etag, stored, tuple(headers), fresh, swr, stale)
+        return SharedEntry(status, raw[pos:], ct, etag, stored, tuple(headers), fresh, swr, stale,
+                           digest)
     except (struct.error, UnicodeDecodeError):
         return None
 
@@ -171,6 +198,7 @@ class Eviction:
     tags: tuple[str, ...] = ()
     everything: bool = False
     origin: str = ""  # the evicting replica's id ("" for a resync)
+    keep_digest: str = ""  # entries holding this digest stay (they are that version)
 
 
 EvictHandler = Callable[[Eviction], None]
@@ -205,21 +233,35 @@ return 1
 """
 
 # KEYS: entry*nk, epoch(key)*nk, tagset*nt, epoch(tag)*nt
-# ARGV: nk, nt, channel, message, epoch ttl ms
+# ARGV: nk, nt, channel, message, epoch ttl ms, keep ('' or digest_prefix: entries that
+# start with it stay, and so does their membership of the tag set)
 _EVICT = """
 local nk, nt = tonumber(ARGV[1]), tonumber(ARGV[2])
+local keep = ARGV[6]
+local function kept(name)
+  return keep ~= '' and redis.call('GETRANGE', name, 0, #keep - 1) == keep
+end
 local removed = 0
 for i = 1, nk do
-  removed = removed + redis.call('DEL', KEYS[i])
+  if not kept(KEYS[i]) then removed = removed + redis.call('DEL', KEYS[i]) end
   redis.call('INCR', KEYS[nk + i])
   redis.call('PEXPIRE', KEYS[nk + i], ARGV[5])
 end
 for j = 1, nt do
   local set = KEYS[2 * nk + j]
-  for _, member in ipairs(redis.call('SMEMBERS', set)) do
-    removed = removed + redis.call('DEL', member)
+  if keep == '' then
+    for _, member in ipairs(redis.call('SMEMBERS', set)) do
+      removed = removed + redis.call('DEL', member)
+    end
+    redis.call('DEL', set)
+  else
+    for _, member in ipairs(redis.call('SMEMBERS', set)) do
+      if not kept(member) then
+        removed = removed + redis.call('DEL', member)
+        redis.call('SREM', set, member)
+      end
+    end
   end
-  redis.call('DEL', set)
   redis.call('INCR', KEYS[2 * nk + nt + j])
   redis.call('PEXPIRE', KEYS[2 * nk + nt + j], ARGV[5])
 end
@@ -293,17 +335,24 @@ class SharedCache:
         stored = await self._put(keys=keys, args=[encode_entry(entry), px, len(tags), *epochs])
         return bool(stored)
 
-    async def evict(self, keys: Collection[str] = (), tags: Collection[str] = ()) -> int:
+    async def evict(self, keys: Collection[str] = (), tags: Collection[str] = (), *,
+                    keep_digest: str = "") -> int:
         """Evict keys and every key carrying a tag, in Redis and (by the message) in every
-        replica's memory tier. Returns the number of shared entries deleted."""
+        replica's memory tier; with ``keep_digest``, entries holding that digest stay (a
+        change event announcing that very version). Returns the shared entries deleted."""
         keys, tags = tuple(keys), tuple(tags)
-        message = orjson.dumps({"o": self.replica_id, "k": keys, "t": tags})
+        doc: dict[str, object] = {"o": self.replica_id, "k": keys, "t": tags}
+        keep = b""
+        if _stored_digest(keep_digest):  # "" (or unstorable) spares nothing
+            doc["d"] = keep_digest
+            keep = digest_prefix(keep_digest)
+        message = orjson.dumps(doc)
         redis_keys = [*(self._entry_key(k) for k in keys),
                       *(self._store.key("cache-epoch", "k", k) for k in keys),
                       *(self._store.key("cache-tag", t) for t in tags),
                       *(self._store.key("cache-epoch", "t", t) for t in tags)]
         return int(await self._evict(keys=redis_keys, args=[
-            len(keys), len(tags), self._evict_channel, message, self._epoch_ttl_ms]))
+            len(keys), len(tags), self._evict_channel, message, self._epoch_ttl_ms, keep]))
 
     async def evict_all(self) -> int:
         """Admin purge: bump the global epoch (fills in flight will not store), delete
@@ -344,7 +393,8 @@ class SharedCache:
         try:
             doc = orjson.loads(payload)
             eviction = Eviction(tuple(doc.get("k", ())), tuple(doc.get("t", ())),
-                                bool(doc.get("a", False)), str(doc.get("o", "")))
+                                bool(doc.get("a", False)), str(doc.get("o", "")),
+                                str(doc.get("d") or ""))
         except (orjson.JSONDecodeError, TypeError, AttributeError):
             log.warning("shared_cache_bad_evict_message")
             return

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.common.events import ChangeKind, Detection
 from services.common.ids import path_id
+from services.gateway.changes import passport_digest
 from services.gateway.errors import UpstreamBadBody
 from services.gateway.eviction import OWNED_LIST_TAG, passport_tag
 from services.gateway.handlers.respond import cached_get, fetcher, passthrough, trace, upstreams
@@ -34,12 +35,15 @@ async def get_public(request: web.Request, query: Any) -> web.Response:
 
     client = upstreams(request).passport
 
-    def inspect(resp: UpstreamResponse) -> None:
+    def inspect(resp: UpstreamResponse) -> str:
         if not isinstance(resp.data, dict):
             raise UpstreamBadBody(client.name, "a passport that is not a JSON object", resp.status)
-        if resp.status == 200:
-            # a new version evicts the owned views too; this fill stores the new one
-            _detect(request, pid, resp.data, Detection.READ)
+        if resp.status != 200:
+            return ""
+        # a new version evicts the owned views too; this fill stores the new one, with
+        # its digest: the event announcing it (back from Kafka) leaves it in place
+        _detect(request, pid, resp.data, Detection.READ)
+        return passport_digest(resp.data)
 
     fetch = fetcher(request, client, "public_get", _paths(request).public.format(id=pid),
                     inspect=inspect)

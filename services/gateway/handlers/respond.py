@@ -68,7 +68,7 @@ async def cached_get(
 
 def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: str,
             params: dict[str, str] | None = None, *,
-            inspect: Callable[[UpstreamResponse], None] | None = None,
+            inspect: Callable[[UpstreamResponse], str | None] | None = None,
             rewrite: Callable[[UpstreamResponse], bytes] | None = None,
             ) -> Callable[[], Awaitable[CachedResponse]]:
     """A fill function for the cache: one upstream GET, passed on as it is. It returns
@@ -76,17 +76,19 @@ def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: 
     error status, UpstreamBadBody for a body that is not JSON): the cache tells an outage
     (stale-if-error) from an answer (the entry is dropped) by that exception.
 
-    ``inspect`` sees the answer first (change detection; it may raise UpstreamBadBody);
-    ``rewrite`` answers the JSON body to store instead of the upstream's."""
+    ``inspect`` sees the answer first (change detection; it may raise UpstreamBadBody) and
+    may return the content digest of the answer (the digest its change events carry),
+    stored with the entry (services.gateway.eviction); ``rewrite`` answers the JSON body
+    to store instead of the upstream's."""
     ids = trace(request)
 
     async def fetch() -> CachedResponse:
         resp = await client.request(operation, "GET", path, params=params, **ids)
-        if inspect is not None:
-            inspect(resp)
-        if rewrite is not None:
+        digest = (inspect(resp) or "") if inspect is not None else ""
+        if rewrite is not None:  # the body stored is not the upstream's: no digest
             return make_response(resp.status, rewrite(resp), "application/json")
-        return make_response(resp.status, resp.body, resp.content_type or "application/json")
+        return make_response(resp.status, resp.body, resp.content_type or "application/json",
+                             digest=digest)
 
     return fetch
 

@@ -19,6 +19,9 @@ from services.gateway.cluster.shared_cache import (
     encode_entry,
 )
 
+DIGEST_1 = "sha256:" + "1" * 64
+DIGEST_2 = "sha256:" + "2" * 64
+
 
 def _entry(body: bytes = b'{"id":"P-1"}', ttl_s: float = 30, **kw) -> SharedEntry:
     return SharedEntry.of(200, body, "application/json", '"e1"', time.time(),
@@ -60,6 +63,14 @@ def test_entry_roundtrip_is_binary_and_keeps_windows():
     assert decode_entry(raw) == entry
     assert entry.remaining(1700000004.0) == (6.0, 11.0, 66.0)
     assert decode_entry(b"not an entry") is None
+    # the content digest travels with the entry, right after the magic (what the eviction
+    # script compares); an entry of the format before it (AGC1) is a miss, not garbage
+    versioned = SharedEntry.of(200, b"{}", "application/json", '"y"', 1.0, ttl_s=1,
+                               digest=DIGEST_1)
+    raw = encode_entry(versioned)
+    assert raw.startswith(sc.digest_prefix(DIGEST_1))
+    assert decode_entry(raw) == versioned and decode_entry(raw).digest == DIGEST_1
+    assert decode_entry(b"AGC1" + raw[4:]) is None
 
 
 async def test_put_and_get_across_replicas_with_px_of_the_longest_window(
@@ -153,6 +164,43 @@ async def test_eviction_reaches_other_replicas_and_beats_an_inflight_fill(
     fill = await inflight
     assert fill.result is FillResult.FILLED and fill.value == b'{"n":1}'
     assert fill.entry is None and await b.get("passport:P-1") is None
+
+
+async def test_an_eviction_that_keeps_a_digest_spares_exactly_the_entries_holding_it(
+        redis_url, make_store, make_channels):
+    """A change event announcing version D: entries holding D stay in Redis (and in their
+    tag's set, so a later eviction still finds them); entries of another version or
+    without a digest go; every replica is told which digest to keep."""
+    a, b = await _replicas(2, redis_url, make_store, make_channels)
+    seen: list[Eviction] = []
+    a.on_evict(seen.append)
+    await a.put("public:P-1", _entry(b"v1", digest=DIGEST_1), tags=["passport:P-1"])
+    await a.put("owned:P-1", _entry(b"owned"), tags=["passport:P-1"])  # no digest
+    await a.put("public:P-2", _entry(b"v2", digest=DIGEST_2), tags=["passport:P-1"])
+    assert await b.evict(tags=["passport:P-1"], keep_digest=DIGEST_1) == 2
+    assert (await a.get("public:P-1")).body == b"v1"
+    assert await a.get("owned:P-1") is None and await a.get("public:P-2") is None
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.005)
+    assert seen == [Eviction(tags=("passport:P-1",), origin="replica-1", keep_digest=DIGEST_1)]
+    # the version after D: the entry holding D goes now
+    assert await b.evict(tags=["passport:P-1"], keep_digest=DIGEST_2) == 1
+    assert await a.get("public:P-1") is None
+    # an unknown digest keeps nothing that has none: "" never matches
+    await a.put("owned:P-1", _entry(b"owned"), tags=["passport:P-1"])
+    assert await b.evict(tags=["passport:P-1"], keep_digest="x" * 300) == 1
+    # keys, too; and a fill in flight does not store even when the entry was spared
+    await a.put("public:P-1", _entry(b"v1", digest=DIGEST_1), tags=["passport:P-1"])
+    upstream = Upstream(delay_s=0.15)
+    inflight = asyncio.create_task(a.fill("public:P-3", upstream.fetch, tags=["passport:P-1"]))
+    await asyncio.sleep(0.05)
+    assert await b.evict(keys=["public:P-1"], tags=["passport:P-1"], keep_digest=DIGEST_1) == 0
+    assert (await a.get("public:P-1")).body == b"v1"
+    fill = await inflight
+    assert fill.result is FillResult.FILLED and fill.entry is None
+    assert await a.get("public:P-3") is None
 
 
 async def test_evict_all_drops_every_entry_everywhere(redis_url, make_store, make_channels):

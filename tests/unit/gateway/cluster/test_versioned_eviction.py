@@ -1,0 +1,184 @@
+"""A change event evicts what holds another version, in both tiers and on every replica, and
+leaves what already holds the version it announces (services/gateway/eviction.py).
+
+Two or three replicas' response caches (memory tier + the shared tier on a real Redis), the
+eviction policy called as the invalidation consumer calls it. What a user would notice: which
+answers come from cache (and which tier) and how many upstream calls are made."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.events import PASSPORT_TOPIC
+from services.common.settings import CachePolicy
+from services.gateway.cache import (
+    CachedResponse,
+    CacheResult,
+    ResponseCache,
+    make_response,
+    shared_name,
+)
+from services.gateway.changes import ChangeKind
+from services.gateway.cluster import shared_cache as sc
+from services.gateway.cluster.shared_cache import SharedCache
+from services.gateway.eviction import OWNED_LIST_TAG, evict_change, evict_event, passport_tag
+from services.gateway.metrics import GatewayMetrics
+
+POLICY = CachePolicy(ttl_s=60, stale_while_revalidate_s=0, stale_if_error_s=0)
+PID = "BP-VERSIONED"
+PUBLIC = ("passport", "public", PID)
+OWNED = ("passport", "owned", PID)
+OWNED_LIST = ("passport", "owned_list")
+PUBLIC_TAGS = (passport_tag(PID),)  # the handler's tags of both views
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+
+
+class Upstream:
+    """The public passport upstream: answers the current version, with its digest (as the
+    handler's ``inspect`` does); counts calls."""
+
+    def __init__(self, body: bytes, digest: str) -> None:
+        self.body, self.digest, self.calls = body, digest, 0
+        self.detect: Callable[[], None] | None = None  # the detector, inside the fill
+
+    def fetch(self, digest: bool = True) -> Callable[[], Awaitable[CachedResponse]]:
+        async def fetch() -> CachedResponse:
+            self.calls += 1
+            if self.detect is not None:
+                self.detect()
+            return make_response(200, self.body, "application/json",
+                                 digest=self.digest if digest else "")
+        return fetch
+
+
+@pytest.fixture
+async def replicas(redis_url, make_store, make_channels, namespace
+                   ) -> AsyncIterator[Callable[[int], Awaitable[list[ResponseCache]]]]:
+    """n replicas' caches (memory tier + shared tier) on one Redis, closed after the test."""
+    made: list[ResponseCache] = []
+
+    async def make(n: int) -> list[ResponseCache]:
+        for i in range(n):
+            store = await make_store(redis_url, namespace=namespace)
+            channels = await make_channels(store, sc.channels(store))
+            shared = SharedCache(store, channels, replica_id=f"replica-{i}")
+            made.append(ResponseCache(1 << 20, GatewayMetrics(CollectorRegistry()),
+                                      shared=shared))
+        return made[-n:]
+
+    yield make
+    for cache in made:
+        await cache.close()
+        await cache._shared.close()  # cache_ctx closes it after the cache
+
+
+async def get(cache: ResponseCache, upstream: Upstream, key=PUBLIC, tags=PUBLIC_TAGS,
+              digest: bool = True) -> tuple[bytes, CacheResult]:
+    response, result = await cache.get_or_fetch(key, upstream.fetch(digest), POLICY,
+                                                route="passport_public", tags=tags)
+    return response.body, result
+
+
+async def told(caches: list[ResponseCache], sender: ResponseCache) -> None:
+    """Every eviction ``sender`` published so far has been applied by every other replica:
+    a marker eviction published after them (one channel: in order) has arrived everywhere."""
+    await sender.settled()
+    marker = ("marker", str(time.monotonic()))
+    up = Upstream(b"marker", "")
+
+    async def lookup(cache: ResponseCache) -> CacheResult:
+        return (await cache.get_or_fetch(marker, up.fetch(), POLICY, route="marker",
+                                         tags=[marker]))[1]
+
+    for cache in caches:
+        await lookup(cache)
+    sender.invalidate_tag(marker)
+    await sender.settled()
+    deadline = time.monotonic() + 5
+    for cache in caches:
+        while await lookup(cache) is CacheResult.HIT:
+            assert time.monotonic() < deadline, "an eviction message never arrived"
+            await asyncio.sleep(0.01)
+
+
+def snapshot(digest: str) -> dict:
+    return {"passport_id": PID, "change": ChangeKind.SNAPSHOT.value, "digest": digest}
+
+
+async def test_the_event_of_the_version_held_evicts_it_nowhere(replicas):
+    a, b, c = caches = await replicas(3)
+    upstream = Upstream(b'{"v": 1}', D1)
+    # A's first read: the detector announces a SNAPSHOT of D1 and evicts at once, here
+    upstream.detect = lambda: evict_change(a, "passport", "", PID, ChangeKind.SNAPSHOT.value,
+                                           "event-1", D1)
+    assert (await get(a, upstream))[1] is CacheResult.MISS
+    upstream.detect = None
+    owned = Upstream(b'{"id": "owned"}', "")
+    await get(b, owned, key=OWNED, digest=False)  # an owned view: no digest, evicted as today
+    await get(b, owned, key=OWNED_LIST, tags=(OWNED_LIST_TAG,), digest=False)
+    # A's own event comes back to A (skipped: EvictedHere) and to B and C: they evict as
+    # the invalidation consumer does
+    for cache in (b, c):
+        evict_event(cache, PASSPORT_TOPIC, PID, snapshot(D1))
+        await told(caches, cache)
+    # A's memory tier kept it, Redis kept it: B and C are answered from there
+    assert [await get(x, upstream) for x in caches] == [
+        (b'{"v": 1}', CacheResult.HIT), (b'{"v": 1}', CacheResult.SHARED_HIT),
+        (b'{"v": 1}', CacheResult.SHARED_HIT)]
+    assert [(await get(x, upstream))[1] for x in caches] == [CacheResult.HIT] * 3
+    assert upstream.calls == 1
+    # what knows no digest went, on every replica and in Redis: one refill each, shared
+    assert (await get(c, owned, key=OWNED, digest=False))[1] is CacheResult.MISS
+    assert (await get(b, owned, key=OWNED, digest=False))[1] is CacheResult.SHARED_HIT
+    assert (await get(a, owned, key=OWNED_LIST, tags=(OWNED_LIST_TAG,), digest=False))[1] \
+        is CacheResult.MISS
+
+
+async def test_a_replica_holding_the_old_version_drops_it_and_the_shared_new_one_stays(
+        replicas):
+    """B holds v1 (D1) in memory; the shared tier already holds v2 (D2), filled by A, whose
+    eviction message B has not applied yet; the event for D2 arrives at B: B's v1 goes at
+    once, the shared v2 stays and is B's next answer (no upstream call)."""
+    a, b = caches = await replicas(2)
+    upstream = Upstream(b'{"v": 1}', D1)
+    await get(b, upstream)  # B: memory v1, Redis v1
+    upstream.body, upstream.digest = b'{"v": 2}', D2
+    # A filled v2 into Redis (its eviction for the change not applied on B yet)
+    shared_a = a._shared
+    assert shared_a is not None
+    assert await shared_a.put(shared_name(PUBLIC), sc.SharedEntry.of(
+        200, b'{"v": 2}', "application/json", '"e2"', time.time(), ttl_s=60, digest=D2),
+        tags=[shared_name(passport_tag(PID))])
+    assert (await get(b, upstream)) == (b'{"v": 1}', CacheResult.HIT)  # the race: B is behind
+    evict_event(b, PASSPORT_TOPIC, PID, {"passport_id": PID, "digest": D2,
+                                         "change": ChangeKind.UPDATED.value})
+    await told(caches, b)
+    assert await get(b, upstream) == (b'{"v": 2}', CacheResult.SHARED_HIT)
+    assert await get(a, upstream) == (b'{"v": 2}', CacheResult.SHARED_HIT)
+    assert upstream.calls == 1  # B's first fill only
+
+
+async def test_another_version_or_no_digest_evicts_everywhere_at_once(replicas):
+    a, b = caches = await replicas(2)
+    upstream = Upstream(b'{"v": 1}', D1)
+    for cache in caches:
+        await get(cache, upstream)
+    assert upstream.calls == 1
+    # a change found on A (say, a poll) to D3: A evicts at once, the shared tier and B follow
+    upstream.body, upstream.digest = b'{"v": 3}', D3
+    evict_change(a, "passport", "", PID, ChangeKind.UPDATED.value, "event-3", D3)
+    await told(caches, a)
+    assert await get(b, upstream) == (b'{"v": 3}', CacheResult.MISS)
+    assert await get(a, upstream) == (b'{"v": 3}', CacheResult.SHARED_HIT)
+    assert upstream.calls == 2
+    # a deletion carries no digest: everything goes
+    evict_event(b, PASSPORT_TOPIC, PID, {"passport_id": PID,
+                                         "change": ChangeKind.DELETED.value})
+    await told(caches, b)
+    assert (await get(a, upstream))[1] is CacheResult.MISS
+    assert upstream.calls == 3
