@@ -505,6 +505,9 @@ def test_cluster_redis_url_comes_from_a_secret(rendered: dict[str, list[dict[str
     assert secret["stringData"]["AMPGATE_CLUSTER__REDIS_URL"] == "redis://:pw@redis-master:6379/0"
     ref = container_env(gw)["AMPGATE_CLUSTER__REDIS_URL"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": secret["metadata"]["name"], "key": "AMPGATE_CLUSTER__REDIS_URL"}
+    # cluster.keyPrefix's default is the service's
+    assert container_env(gw)["AMPGATE_CLUSTER__KEY_PREFIX"]["value"] == \
+        ClusterSettings().key_prefix
     assert "value" not in container_env(gw)["AMPGATE_CLUSTER__REDIS_URL"]  # never in the spec
     # Workers never see it.
     for w in workloads(docs):
@@ -628,6 +631,7 @@ def test_managed_kafka_and_redis_settings_reach_every_pod_as_the_settings_read_t
     assert c.redis_password is not None
     assert c.redis_password.get_secret_value() == "redis-acl-password"
     assert c.check_hostname is True
+    assert c.key_prefix == "ampgate-eu"  # cluster.keyPrefix: this release's Redis namespace
     assert c.ca_file is not None and c.cert_file is not None and c.key_file is not None
     # The files redis-py will open are those of valkey-tls's keys.
     opts = redis_options(c)

@@ -399,3 +399,43 @@ async def test_a_first_read_stays_cached_on_every_replica_when_its_snapshot_come
 
 async def _all_read(consumers, seen: list[int]) -> bool:
     return all(c.events_seen > n for c, n in zip(consumers, seen, strict=True))
+
+
+async def test_two_deployments_with_their_own_key_prefix_share_one_redis_apart(
+        make_gateway, sandbox, redis_url, tmp_path):
+    """AMPGATE_CLUSTER__KEY_PREFIX: two gateway deployments on one Redis neither answer from
+    nor evict each other's entries (nor share tokens); every key is under its prefix."""
+    blue = await replicas(make_gateway, tmp_path / "blue", redis_url, n=2, key_prefix="blue")
+    green = await replicas(make_gateway, tmp_path / "green", redis_url, n=2,
+                           key_prefix="green")
+    pid = (await passport_ids(blue[0], 1))[0]
+    assert (await green[0].get("/v1/passports", headers=auth())).status == 200
+    before = (await sandbox.calls())["passport.public"]
+    for deployment in (blue, green):  # filled once per deployment, shared within it
+        assert (await deployment[0].get(PID_PATH.format(pid), headers=auth())
+                ).headers["X-Cache"] == "MISS"
+        assert (await deployment[1].get(PID_PATH.format(pid), headers=auth())
+                ).headers["X-Cache"] == "HIT"
+    assert (await sandbox.calls())["passport.public"] - before == 2
+    assert [await metric(gw, "ampgate_cache_lookups_total", route="passport_public",
+                         result="shared_hit") for gw in (*blue, *green)] == [0, 1, 0, 1]
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        names = {k.decode().split(":", 1)[0] for k in client.scan_iter(count=1000)}
+        assert names == {"blue", "green"}, names
+        assert client.keys("ampgate:*") == []
+    finally:
+        client.close()
+    # a purge of blue reaches blue's memory tiers and Redis entries, not green's: a green
+    # replica that joins now is answered from green's shared tier, no upstream call
+    purged = await blue[0].post("/admin/cache/purge", headers=auth(ADMIN_KEY))
+    assert purged.status == 200, await purged.text()
+    before = (await sandbox.calls())["passport.public"]
+    late = await make_gateway(cluster={"redis_url": redis_url, "key_prefix": "green"},
+                              state_dir=tmp_path / "green" / "late")
+    for gw in (green[0], green[1], late):
+        assert (await gw.get(PID_PATH.format(pid), headers=auth())).headers["X-Cache"] == "HIT"
+    assert await metric(late, "ampgate_cache_lookups_total", route="passport_public",
+                        result="shared_hit") == 1
+    assert (await sandbox.calls())["passport.public"] - before == 0
+    assert (await blue[1].get(PID_PATH.format(pid), headers=auth())).headers["X-Cache"] == "MISS"

@@ -58,6 +58,19 @@ def test_the_documented_cluster_variables_are_accepted(monkeypatch):
     assert load_settings().cluster.redis_url is None  # unset: single-replica mode
 
 
+def test_the_cluster_key_prefix_defaults_to_ampgate_and_refuses_what_would_overlap(
+        monkeypatch):
+    assert load_settings().cluster.key_prefix == "ampgate"
+    monkeypatch.setenv("AMPGATE_CLUSTER__KEY_PREFIX", "ampgate-staging")
+    assert load_settings().cluster.key_prefix == "ampgate-staging"
+    # "a:b" would nest inside deployment "a"'s keys; "*" would widen the purge's scan
+    for bad in ("ampgate:cache", "amp*", ""):
+        monkeypatch.setenv("AMPGATE_CLUSTER__KEY_PREFIX", bad)
+        with pytest.raises(ConfigError) as exc:
+            load_settings()
+        assert "AMPGATE_CLUSTER__KEY_PREFIX" in str(exc.value)
+
+
 def test_an_unknown_variable_is_named_with_a_hint(monkeypatch):
     monkeypatch.setenv("AMPGATE_CLUSTRE__REDIS_URL", "redis://127.0.0.1:6379")
     with pytest.raises(ConfigError) as exc:
