@@ -130,7 +130,8 @@ class ResponseCache:
         self._shared = shared
         self._fill_lock_ttl_s = fill_lock_ttl_s
         self._evictions: set[asyncio.Task[object]] = set()
-        self._pending_tags: set[str] = set()  # evictions Redis missed: retried when it is up
+        # evictions Redis missed, retried when it is up: tag -> the digest they keep ("": none)
+        self._pending_tags: dict[str, str] = {}
         self._pending_all = False
         self._metrics = metrics
         self._lookups = Children(metrics.cache_lookups)
@@ -306,7 +307,7 @@ class ResponseCache:
         try:
             await self._shared.evict(tags=tags, keep_digest=keep_digest)
         except ClusterUnavailable:
-            self._missed(tags)  # replayed without keep_digest: evicting more is safe
+            self._missed(tags, keep_digest)
 
     async def _evict_shared_all(self) -> None:
         assert self._shared is not None
@@ -315,24 +316,39 @@ class ResponseCache:
         except ClusterUnavailable:
             self._missed(None)
 
-    def _missed(self, tags: list[str] | None) -> None:
+    def _missed(self, tags: list[str] | None, keep_digest: str = "") -> None:
         """Redis did not take an eviction: keep it for when Redis answers again (an entry
-        in Redis must not outlive the change that evicted it here)."""
+        in Redis must not outlive the change that evicted it here). It keeps what it would
+        have kept (an entry holding the announced version: replaying it later spares the
+        first fills a burst of SNAPSHOTs timed out on); two missed evictions of one tag
+        that keep different versions keep none."""
         if tags is None or len(self._pending_tags) + len(tags) > _MAX_PENDING_EVICTIONS:
             self._pending_all = True
             self._pending_tags.clear()
         elif not self._pending_all:
-            self._pending_tags.update(tags)
+            for tag in tags:
+                kept = self._pending_tags.setdefault(tag, keep_digest)
+                if kept != keep_digest:
+                    self._pending_tags[tag] = ""
         log.info("cache_shared_eviction_deferred", everything=self._pending_all,
                  tags=len(self._pending_tags))
 
     def store_state(self, up: bool) -> None:
         """The cluster store's up/down listener: replay the evictions it missed."""
         if up and (self._pending_all or self._pending_tags):
-            everything, tags = self._pending_all, sorted(self._pending_tags)
-            self._pending_all, self._pending_tags = False, set()
+            everything, pending = self._pending_all, self._pending_tags
+            self._pending_all, self._pending_tags = False, {}
             self._spawn_eviction(self._evict_shared_all() if everything
-                                 else self._evict_shared(tags))
+                                 else self._replay(pending))
+
+    async def _replay(self, pending: dict[str, str]) -> None:
+        """One call per digest kept, one after the other (not a burst on a Redis that has
+        just come back); what fails again stays pending."""
+        by_digest: dict[str, list[str]] = {}
+        for tag, digest in sorted(pending.items()):
+            by_digest.setdefault(digest, []).append(tag)
+        for digest, tags in by_digest.items():
+            await self._evict_shared(tags, digest)
 
     def _on_shared_evict(self, ev: Eviction) -> None:
         """An eviction anywhere in the cluster (or a resubscription: ``everything``)."""

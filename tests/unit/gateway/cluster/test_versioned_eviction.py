@@ -25,6 +25,7 @@ from services.gateway.cache import (
 )
 from services.gateway.changes import ChangeKind
 from services.gateway.cluster import shared_cache as sc
+from services.gateway.cluster.errors import ClusterUnavailable
 from services.gateway.cluster.shared_cache import SharedCache
 from services.gateway.eviction import OWNED_LIST_TAG, evict_change, evict_event, passport_tag
 from services.gateway.metrics import GatewayMetrics
@@ -182,3 +183,42 @@ async def test_another_version_or_no_digest_evicts_everywhere_at_once(replicas):
     await told(caches, b)
     assert (await get(a, upstream))[1] is CacheResult.MISS
     assert upstream.calls == 3
+
+
+async def test_an_eviction_redis_missed_is_replayed_keeping_the_version(replicas):
+    """A burst of SNAPSHOTs can time out on B's Redis pool: B replays the evictions when its
+    store is up again, and they keep what they would have kept (the first fills); two missed
+    evictions of one tag that keep different versions keep none."""
+    a, b = caches = await replicas(2)
+    upstream, owned = Upstream(b'{"v": 1}', D1), Upstream(b'{"id": "owned"}', "")
+    await get(a, upstream)  # public D1: A's memory, Redis
+    await get(a, owned, key=OWNED, digest=False)  # owned view: no digest
+    shared_b = b._shared
+    assert shared_b is not None
+    real_evict = shared_b.evict
+
+    async def timed_out(*args, **kwargs):
+        raise ClusterUnavailable("cache.evict", "TimeoutError")
+
+    shared_b.evict = timed_out  # type: ignore[method-assign]
+    evict_event(b, PASSPORT_TOPIC, PID, snapshot(D1))
+    await b.settled()
+    shared_b.evict = real_evict  # type: ignore[method-assign]
+    assert await get(b, owned, key=OWNED, digest=False) == (b'{"id": "owned"}',
+                                                           CacheResult.SHARED_HIT)  # missed
+    b.store_state(True)  # Redis answers again: the replay
+    await told(caches, b)
+    assert await get(a, upstream) == (b'{"v": 1}', CacheResult.HIT)
+    assert await get(b, upstream) == (b'{"v": 1}', CacheResult.SHARED_HIT)
+    assert (await get(a, owned, key=OWNED, digest=False))[1] is CacheResult.MISS
+    assert upstream.calls == 1
+
+    shared_b.evict = timed_out  # type: ignore[method-assign]
+    evict_event(b, PASSPORT_TOPIC, PID, snapshot(D1))
+    evict_event(b, PASSPORT_TOPIC, PID, {**snapshot(D2), "change": "CHANGE_KIND_UPDATED"})
+    await b.settled()
+    shared_b.evict = real_evict  # type: ignore[method-assign]
+    b.store_state(True)
+    await told(caches, b)
+    assert (await get(a, upstream))[1] is CacheResult.MISS
+    assert upstream.calls == 2
