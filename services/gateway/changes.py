@@ -18,10 +18,10 @@ a pass ever completed, so vanished entities are those a complete pass no longer
 finds, never entities that only a read has seen.
 
 Whatever found it, an announced change is handed to ``on_change(entity, context, key,
-kind, event_id, digest)`` (``digest``: the new version's, ``""`` once deleted) once its
-transaction has committed: the gateway evicts there
-(services.gateway.eviction), so the replica that found a change answers the new version at
-once, without waiting for its own event to come back from Kafka.
+kind, event_id, digest, detected_by)`` (``digest``: the new version's, ``""`` once deleted;
+``detected_by``: the Detection value) once its transaction has committed: the gateway
+evicts there (services.gateway.eviction), so the replica that found a change answers the
+new version at once, without waiting for its own event to come back from Kafka.
 
 Calls are synchronous and cheap on the common path: last digests are held in memory
 (loaded once), so an unchanged entity costs one canonical dump and one hash.
@@ -237,7 +237,7 @@ class ChangeDetector:
 
     def __init__(self, outbox: Outbox, metrics: GatewayMetrics, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 on_change: Callable[[str, str, str, str, str, str], None] | None = None,
+                 on_change: Callable[[str, str, str, str, str, str, str], None] | None = None,
                  claims: Claims | None = None) -> None:
         self._outbox = outbox
         self._claims = claims  # None: single-replica mode
@@ -387,7 +387,8 @@ class ChangeDetector:
             for obs, new, record, kind, _ in pending:
                 try:
                     self._on_change(entity, context, obs.key, kind.value,
-                                    (record.header("ce_id") or b"").decode(), new)
+                                    (record.header("ce_id") or b"").decode(), new,
+                                    detected_by.value)
                 except Exception:  # the event is committed; a failed eviction is logged
                     log.exception("change_eviction_failed", entity=entity)
         self._metrics.changes_detected.labels(entity=entity,

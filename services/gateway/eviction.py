@@ -38,7 +38,9 @@ lost the claim for a transition another replica announced first does not evict t
 copies of it. An entry holding another version (an older one) goes at once, everywhere;
 an event without a digest (a deletion) evicts as before. Entries without a digest (owned
 views, the owned list, prices, the user) are evicted by every change, as before: the
-digest check is only made where the entry's content IS what the digest was taken of.
+digest check is only made where the entry's content IS what the digest was taken of. Only
+a version the gateway saw upstream (a read or a poll) is kept: a write's digest is of what
+was sent or answered, not necessarily what the upstream serves now (``version_seen``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import structlog
 
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, EventRecord
 from services.common.outbox import Outbox
-from services.gateway.changes import ChangeKind
+from services.gateway.changes import ChangeKind, Detection
 
 log = structlog.get_logger(__name__)
 
@@ -115,15 +117,23 @@ def tags_of_change(entity: str, key: str, context: str = "",
     raise ValueError(f"unknown entity {entity!r}")
 
 
+def version_seen(digest: str, detected_by: str) -> str:
+    """The version a change vouches for, entries holding it may stay: its digest when the
+    gateway read or polled it upstream; "" (keep nothing) for a write or an unknown origin."""
+    seen = detected_by in (Detection.READ.value, Detection.POLL.value)
+    return digest if seen else ""
+
+
 def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str,
-                 event_id: str = "", digest: str = "",
+                 event_id: str = "", digest: str = "", detected_by: str = "",
                  evicted_here: EvictedHere | None = None) -> None:
-    """A change to the version ``digest`` was found here (write, read or poll): evict what
-    shows another version, and remember the event (its copy from the topic then evicts
-    nothing more here)."""
+    """A change to the version ``digest`` was found here (write, read or poll;
+    ``detected_by`` is the Detection value): evict what shows another version, and remember
+    the event (its copy from the topic then evicts nothing more here)."""
     own = passport_tag(key) if entity == "passport" else None  # entries that know a digest
+    keep = version_seen(digest, detected_by)
     for tag in tags_of_change(entity, key, context, kind):
-        cache.invalidate_tag(tag, keep_digest=digest if tag == own else "")
+        cache.invalidate_tag(tag, keep_digest=keep if tag == own else "")
     if evicted_here is not None:
         evicted_here.add(event_id)
 
@@ -131,13 +141,14 @@ def evict_change(cache: Evicts, entity: str, context: str, key: str, kind: str,
 def evict_event(cache: Evicts, topic: str, key: str, data: Mapping[str, Any]) -> None:
     """A record read by the invalidation consumer (any replica's, ours included)."""
     kind = data.get("change")
-    digest = data.get("digest")
-    digest = digest if isinstance(digest, str) else ""
+    digest, detected_by = data.get("digest"), data.get("detected_by")
+    version = {"digest": digest if isinstance(digest, str) else "",
+               "detected_by": detected_by if isinstance(detected_by, str) else ""}
     if topic == PASSPORT_TOPIC:
-        evict_change(cache, "passport", "", key, kind, digest=digest)
+        evict_change(cache, "passport", "", key, kind, **version)
     elif topic == PRICE_TOPIC:
         evict_change(cache, "price", str(data.get("tariff_context") or ""), key, kind,
-                     digest=digest)
+                     **version)
     elif topic == CACHE_TOPIC:
         for tag in _tags(data):
             cache.invalidate_tag(tag)
@@ -169,4 +180,4 @@ def _tags(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
 __all__ = ["ALL_PRICES_TAG", "CACHE_TOPIC", "ME_TAG", "OWNED_LIST_TAG", "EvictedHere",
            "evict_change",
            "evict_event", "evict_everywhere", "passport_tag", "price_context_tag", "price_tag",
-           "tags_of_change"]
+           "tags_of_change", "version_seen"]

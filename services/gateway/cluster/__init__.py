@@ -67,6 +67,8 @@ hit. Its fill task (which belongs to no caller) calls, instead of ``fetch()``::
 Keys and tags must be strings in the shared tier (e.g. ``"|".join(parts)``), spelled in
 one policy function. ``invalidate_tag`` / ``clear`` evict locally at once, then
 ``await shared.evict(tags=...)`` / ``shared.evict_all()`` (suppress ClusterUnavailable).
+A change event's eviction passes its digest (``keep_digest``): entries that hold that
+version (``SharedEntry.digest``) stay, in Redis and, by ``ev.keep_digest``, in memory.
 Each replica registers ``shared.on_evict(handler)``: ``handler(ev)`` drops ``ev.keys`` and
 ``ev.tags`` from the memory tier (skip ``ev.origin == replica_id``, already done) and
 clears it on ``ev.everything`` (a resubscription after messages may have been missed).

@@ -21,7 +21,8 @@ Invariants:
 - A server-side error to a well-formed command (``ResponseError``: WRONGTYPE, a script
   error, OOM) also raises ``ClusterUnavailable`` but does not mark the store down.
 - Keys are namespaced: ``store.key("lease", name)`` → ``"<namespace>:lease:<name>"``, so
-  several deployments (or tests) can share one Redis.
+  several deployments (or tests) can share one Redis; the gateway's namespace is
+  ``AMPGATE_CLUSTER__KEY_PREFIX`` (default ``ampgate``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from services.gateway.cache import (
     make_response,
     shared_name,
 )
-from services.gateway.changes import ChangeKind
+from services.gateway.changes import ChangeKind, Detection
 from services.gateway.cluster import shared_cache as sc
 from services.gateway.cluster.errors import ClusterUnavailable
 from services.gateway.cluster.shared_cache import SharedCache
@@ -108,7 +108,8 @@ async def told(caches: list[ResponseCache], sender: ResponseCache) -> None:
 
 
 def snapshot(digest: str) -> dict:
-    return {"passport_id": PID, "change": ChangeKind.SNAPSHOT.value, "digest": digest}
+    return {"passport_id": PID, "change": ChangeKind.SNAPSHOT.value, "digest": digest,
+            "detected_by": Detection.READ.value}
 
 
 async def test_the_event_of_the_version_held_evicts_it_nowhere(replicas):
@@ -116,7 +117,7 @@ async def test_the_event_of_the_version_held_evicts_it_nowhere(replicas):
     upstream = Upstream(b'{"v": 1}', D1)
     # A's first read: the detector announces a SNAPSHOT of D1 and evicts at once, here
     upstream.detect = lambda: evict_change(a, "passport", "", PID, ChangeKind.SNAPSHOT.value,
-                                           "event-1", D1)
+                                           "event-1", D1, Detection.READ.value)
     assert (await get(a, upstream))[1] is CacheResult.MISS
     upstream.detect = None
     owned = Upstream(b'{"id": "owned"}', "")
@@ -157,7 +158,8 @@ async def test_a_replica_holding_the_old_version_drops_it_and_the_shared_new_one
         tags=[shared_name(passport_tag(PID))])
     assert (await get(b, upstream)) == (b'{"v": 1}', CacheResult.HIT)  # the race: B is behind
     evict_event(b, PASSPORT_TOPIC, PID, {"passport_id": PID, "digest": D2,
-                                         "change": ChangeKind.UPDATED.value})
+                                         "change": ChangeKind.UPDATED.value,
+                                         "detected_by": Detection.POLL.value})
     await told(caches, b)
     assert await get(b, upstream) == (b'{"v": 2}', CacheResult.SHARED_HIT)
     assert await get(a, upstream) == (b'{"v": 2}', CacheResult.SHARED_HIT)
@@ -172,17 +174,26 @@ async def test_another_version_or_no_digest_evicts_everywhere_at_once(replicas):
     assert upstream.calls == 1
     # a change found on A (say, a poll) to D3: A evicts at once, the shared tier and B follow
     upstream.body, upstream.digest = b'{"v": 3}', D3
-    evict_change(a, "passport", "", PID, ChangeKind.UPDATED.value, "event-3", D3)
+    evict_change(a, "passport", "", PID, ChangeKind.UPDATED.value, "event-3", D3,
+                 Detection.POLL.value)
     await told(caches, a)
     assert await get(b, upstream) == (b'{"v": 3}', CacheResult.MISS)
     assert await get(a, upstream) == (b'{"v": 3}', CacheResult.SHARED_HIT)
     assert upstream.calls == 2
+    # a write's digest is of what was sent, not what the upstream serves now: even the
+    # digest held evicts (the upstream may have stored something else)
+    evict_event(b, PASSPORT_TOPIC, PID, {"passport_id": PID, "digest": D3,
+                                         "change": ChangeKind.UPDATED.value,
+                                         "detected_by": Detection.WRITE.value})
+    await told(caches, b)
+    assert (await get(a, upstream))[1] is CacheResult.MISS
+    assert upstream.calls == 3
     # a deletion carries no digest: everything goes
     evict_event(b, PASSPORT_TOPIC, PID, {"passport_id": PID,
                                          "change": ChangeKind.DELETED.value})
     await told(caches, b)
     assert (await get(a, upstream))[1] is CacheResult.MISS
-    assert upstream.calls == 3
+    assert upstream.calls == 4
 
 
 async def test_an_eviction_redis_missed_is_replayed_keeping_the_version(replicas):
