@@ -301,6 +301,11 @@ class ClusterSettings(RedisTlsSettings):
 
     redis_url: str | None = None  # redis://, rediss://, unix://; unset: single-replica mode
     lease_s: float = Field(15.0, gt=0)
+    # The bound of one Redis call, waiting for a pooled connection included. 250 ms: a loaded
+    # event loop makes 50-100 ms budgets trip (Kong#13473); only misses ever wait on Redis.
+    # Past it the call counts as failed (three in a row: the store is down, and the gateway
+    # serves from its memory tier and local tokens until Redis answers again).
+    timeout_s: float = Field(0.25, gt=0, le=10)
     # Every Redis key and channel of this deployment starts with "<key_prefix>:", so two
     # deployments can share one Redis. No ":" (a prefix would then overlap another's keys)
     # and no glob characters (the purge scans "<key_prefix>:cache:*").

@@ -105,9 +105,8 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     rid = replica_id()
     metrics = ClusterMetrics(app[REGISTRY_KEY])
-    # 250 ms per call: a loaded event loop makes 50-100 ms budgets trip (Kong#13473), and
-    # only misses ever wait on Redis.
-    store = ClusterStore(url, namespace=settings.cluster.key_prefix, timeout_s=0.25,
+    store = ClusterStore(url, namespace=settings.cluster.key_prefix,
+                         timeout_s=settings.cluster.timeout_s,
                          on_state=metrics.store_state,
                          on_call=metrics.observe_call,
                          client_name=f"ampgate-gateway-{rid}"[:64],

@@ -508,6 +508,8 @@ def test_cluster_redis_url_comes_from_a_secret(rendered: dict[str, list[dict[str
     # cluster.keyPrefix's default is the service's
     assert container_env(gw)["AMPGATE_CLUSTER__KEY_PREFIX"]["value"] == \
         ClusterSettings().key_prefix
+    assert float(container_env(gw)["AMPGATE_CLUSTER__TIMEOUT_S"]["value"]) == \
+        ClusterSettings().timeout_s
     assert "value" not in container_env(gw)["AMPGATE_CLUSTER__REDIS_URL"]  # never in the spec
     # Workers never see it.
     for w in workloads(docs):

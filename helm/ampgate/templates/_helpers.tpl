@@ -208,6 +208,7 @@ Usage: $pod := include "ampgate.podArgs" (dict "ctx" $ "component" "gateway") | 
 {{- $_ := set $env "AMPGATE_CLUSTER__REDIS_USERNAME" . }}
 {{- end }}
 {{- $_ := set $env "AMPGATE_CLUSTER__KEY_PREFIX" $c.keyPrefix }}
+{{- $_ := set $env "AMPGATE_CLUSTER__TIMEOUT_S" (toString $c.timeoutS) }}
 {{- $_ := set $env "AMPGATE_CLUSTER__CHECK_HOSTNAME" (toString $c.checkHostname) }}
 {{- if $c.tls.existingSecret }}
 {{- $tls := include "ampgate.tlsMount" (dict "name" "redis-tls" "tls" $c.tls "env" (dict "ca" "AMPGATE_CLUSTER__CA_FILE" "cert" "AMPGATE_CLUSTER__CERT_FILE" "key" "AMPGATE_CLUSTER__KEY_FILE")) | fromYaml }}
