@@ -54,6 +54,7 @@ log = structlog.get_logger(__name__)
 
 ENTRY_OVERHEAD_BYTES = 256  # key, headers, bookkeeping: keeps many tiny entries bounded too
 _MAX_PENDING_EVICTIONS = 10_000  # tags kept for a Redis that is down; beyond: evict all
+_RETRY_MIN_S, _RETRY_MAX_S = 0.2, 5.0  # missed evictions retried while the store stays up
 
 # The fill whose task (or a task it started, e.g. the shared tier's detached fetch) is
 # running: ``invalidate_tag`` spares it (its answer is the new version).
@@ -133,6 +134,7 @@ class ResponseCache:
         # evictions Redis missed, retried when it is up: tag -> the digest they keep ("": none)
         self._pending_tags: dict[str, str] = {}
         self._pending_all = False
+        self._retrying: asyncio.Task[None] | None = None
         self._metrics = metrics
         self._lookups = Children(metrics.cache_lookups)
         self._clock = clock
@@ -302,19 +304,23 @@ class ResponseCache:
         task.add_done_callback(self._evictions.discard)
         return task
 
-    async def _evict_shared(self, tags: list[str], keep_digest: str = "") -> None:
+    async def _evict_shared(self, tags: list[str], keep_digest: str = "") -> bool:
         assert self._shared is not None
         try:
             await self._shared.evict(tags=tags, keep_digest=keep_digest)
+            return True
         except ClusterUnavailable:
             self._missed(tags, keep_digest)
+            return False
 
-    async def _evict_shared_all(self) -> None:
+    async def _evict_shared_all(self) -> bool:
         assert self._shared is not None
         try:
             await self._shared.evict_all()
+            return True
         except ClusterUnavailable:
             self._missed(None)
+            return False
 
     def _missed(self, tags: list[str] | None, keep_digest: str = "") -> None:
         """Redis did not take an eviction: keep it for when Redis answers again (an entry
@@ -332,23 +338,47 @@ class ResponseCache:
                     self._pending_tags[tag] = ""
         log.info("cache_shared_eviction_deferred", everything=self._pending_all,
                  tags=len(self._pending_tags))
+        if self._retrying is None:
+            self._retrying = asyncio.ensure_future(self._retry_missed())
+
+    async def _retry_missed(self) -> None:
+        """A call that timed out while the store stayed up (a burst on the pool, a slow
+        moment) gets no down→up to replay it: retry, backing off, while any is pending.
+        While the store is down, its coming back up replays them (``store_state``)."""
+        assert self._shared is not None
+        delay = _RETRY_MIN_S
+        try:
+            while self._pending_all or self._pending_tags:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+                if self._shared.store_up:
+                    self.store_state(True)
+        finally:
+            self._retrying = None
 
     def store_state(self, up: bool) -> None:
         """The cluster store's up/down listener: replay the evictions it missed."""
         if up and (self._pending_all or self._pending_tags):
             everything, pending = self._pending_all, self._pending_tags
             self._pending_all, self._pending_tags = False, {}
-            self._spawn_eviction(self._evict_shared_all() if everything
-                                 else self._replay(pending))
+            self._spawn_eviction(self._replay_all() if everything else self._replay(pending))
 
     async def _replay(self, pending: dict[str, str]) -> None:
         """One call per digest kept, one after the other (not a burst on a Redis that has
-        just come back); what fails again stays pending."""
+        just come back); what fails again stays pending. Once Redis took one, this replica
+        evicts again too: while the old version stayed in Redis its memory tier may have
+        filled from it, and its own eviction message is not applied here."""
         by_digest: dict[str, list[str]] = {}
         for tag, digest in sorted(pending.items()):
             by_digest.setdefault(digest, []).append(tag)
         for digest, tags in by_digest.items():
-            await self._evict_shared(tags, digest)
+            if await self._evict_shared(tags, digest):
+                for name in tags:
+                    self._invalidate_local(local_name(name), digest)
+
+    async def _replay_all(self) -> None:
+        if await self._evict_shared_all():
+            self._clear_local()
 
     def _on_shared_evict(self, ev: Eviction) -> None:
         """An eviction anywhere in the cluster (or a resubscription: ``everything``)."""
@@ -366,6 +396,8 @@ class ResponseCache:
 
     async def close(self) -> None:
         """Cancel fills (background refreshes included) at shutdown."""
+        if self._retrying is not None:
+            self._retrying.cancel()
         if self._evictions:
             await asyncio.wait(set(self._evictions), timeout=1.0)
         tasks = list(self._all_fills)

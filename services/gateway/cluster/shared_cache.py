@@ -335,6 +335,10 @@ class SharedCache:
         stored = await self._put(keys=keys, args=[encode_entry(entry), px, len(tags), *epochs])
         return bool(stored)
 
+    @property
+    def store_up(self) -> bool:
+        return self._store.is_up
+
     async def evict(self, keys: Collection[str] = (), tags: Collection[str] = (), *,
                     keep_digest: str = "") -> int:
         """Evict keys and every key carrying a tag, in Redis and (by the message) in every

@@ -233,3 +233,38 @@ async def test_an_eviction_redis_missed_is_replayed_keeping_the_version(replicas
     await told(caches, b)
     assert (await get(a, upstream))[1] is CacheResult.MISS
     assert upstream.calls == 2
+
+
+async def test_an_eviction_that_timed_out_while_redis_stayed_up_is_retried(
+        private_redis, make_store, make_channels, namespace):
+    """One eviction call times out (Redis hung for a moment) but the store never goes down,
+    so no down→up replays it: the retry does, and the old version leaves the shared tier."""
+    caches = []
+    for i in range(2):
+        store = await make_store(private_redis.url, namespace=namespace, timeout_s=0.1,
+                                 health_interval_s=30, down_after_timeouts=3)
+        channels = await make_channels(store, sc.channels(store))
+        caches.append(ResponseCache(1 << 20, GatewayMetrics(CollectorRegistry()),
+                                    shared=SharedCache(store, channels, replica_id=f"r{i}")))
+    a, b = caches
+    try:
+        upstream = Upstream(b'{"v": 1}', D1)
+        await get(a, upstream)  # v1 in A's memory and in Redis
+        private_redis.pause()
+        try:
+            evict_event(b, PASSPORT_TOPIC, PID, {**snapshot(D2), "change": "CHANGE_KIND_UPDATED"})
+            await b.settled()  # its one call timed out: deferred
+        finally:
+            private_redis.resume()
+        assert b._shared.store_up  # one timeout: not down, nothing will replay it
+        upstream.body, upstream.digest = b'{"v": 2}', D2
+        deadline = time.monotonic() + 5
+        # until the retry, B reads v1 from Redis (and keeps it in memory): both must go
+        while (await get(b, upstream))[0] != b'{"v": 2}':
+            assert time.monotonic() < deadline, "the missed eviction was never retried"
+            await asyncio.sleep(0.1)
+        assert (await get(a, upstream))[0] == b'{"v": 2}'  # A was told too
+    finally:
+        for cache in caches:
+            await cache.close()
+            await cache._shared.close()
