@@ -31,13 +31,13 @@ def send(request: web.Request, entry: CachedResponse, x_cache: str) -> web.Respo
                "Age": str(max(0, int(time.time() - entry.stored_at)))}
     headers.update(entry.headers)
     inm = request.headers.get("If-None-Match")
-    if inm and entry.status == 200 and _etag_matches(inm, entry.etag):
+    if inm and entry.status == 200 and etag_matches(inm, entry.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=entry.body, status=entry.status, headers=headers,
                         content_type=entry.content_type)
 
 
-def _etag_matches(header: str, etag: str) -> bool:
+def etag_matches(header: str, etag: str) -> bool:
     if header.strip() == "*":
         return True
     return any(t.strip().removeprefix("W/") == etag for t in header.split(","))

@@ -1,0 +1,160 @@
+"""The fused cache-hit path (services/gateway/hot_path.py) answers a fresh hit exactly as
+the general path does: the same bytes on the wire (Date aside), the same metrics, the same
+access line, the same request id and conditional handling."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import orjson
+
+from services.common.logging import configure_logging
+from services.common.settings import LogSettings
+from services.gateway.keys import HIT_KEYS_KEY
+from tests.fixtures.gateway import NOSCOPE_KEY, READER_KEY
+
+PASSPORT = "/v1/passports/{}"
+_DATE = re.compile(rb"\r\nDate: [^\r]*")
+
+
+async def raw_get(port: int, path: str, headers: dict[str, str], *, version: str = "1.1",
+                  ) -> bytes:
+    """One request on a fresh connection; the whole response as it came off the wire."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)", head)
+    body = await reader.readexactly(int(length.group(1))) if length else b""
+    writer.close()
+    return head + body
+
+
+async def warm_pid(gateway) -> str:
+    pid = (await (await gateway.get("/v1/passports", headers=key())).json())[0]["id"]
+    assert (await gateway.get(PASSPORT.format(pid), headers=key())).headers["X-Cache"] == "MISS"
+    return pid
+
+
+def key(api_key: str = READER_KEY, **more: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", **more}
+
+
+def general_path_only(gateway) -> None:
+    gateway.server.app[HIT_KEYS_KEY].clear()  # no route is fused: every hit goes the long way
+
+
+async def test_a_hit_sends_the_bytes_the_general_path_sends(make_gateway):
+    fused, general = await make_gateway(), await make_gateway()
+    general_path_only(general)
+    pid = await warm_pid(fused)
+    await warm_pid(general)
+    headers = key(**{"X-Request-ID": "req-42"})
+    a = await raw_get(fused.server.port, PASSPORT.format(pid), headers)
+    b = await raw_get(general.server.port, PASSPORT.format(pid), headers)
+    assert b"\r\nX-Cache: HIT\r\n" in a and b"\r\nX-Request-ID: req-42\r\n" in a
+    assert _DATE.sub(b"", a) == _DATE.sub(b"", b)
+    etag = re.search(rb"\r\nETag: ([^\r]*)", a).group(1).decode()
+    a304 = await raw_get(fused.server.port, PASSPORT.format(pid),
+                         {**headers, "If-None-Match": f'W/"other", {etag}'})
+    b304 = await raw_get(general.server.port, PASSPORT.format(pid),
+                         {**headers, "If-None-Match": f'W/"other", {etag}'})
+    assert a304.startswith(b"HTTP/1.1 304 Not Modified\r\n")
+    assert _DATE.sub(b"", a304) == _DATE.sub(b"", b304)
+
+
+async def test_hit_headers_request_id_and_age(gateway):
+    pid = await warm_pid(gateway)
+    hit = await gateway.get(PASSPORT.format(pid), headers=key(**{"X-Request-ID": "abc.1"}))
+    assert hit.status == 200 and hit.headers["X-Cache"] == "HIT"
+    assert hit.headers["X-Request-ID"] == "abc.1"
+    assert hit.headers["Content-Type"] == "application/json"
+    assert b"general_information" in await hit.read()
+    bad_id = await gateway.get(PASSPORT.format(pid), headers=key(**{"X-Request-ID": "a b"}))
+    assert re.fullmatch(r"[0-9a-f]{32}", bad_id.headers["X-Request-ID"])
+    await asyncio.sleep(1.1)  # Age counts whole seconds since the entry was stored
+    older = await gateway.get(PASSPORT.format(pid), headers=key())
+    assert older.headers["X-Cache"] == "HIT" and int(older.headers["Age"]) >= 1
+
+
+async def test_if_none_match_on_a_hit_is_304_without_a_body(gateway):
+    pid = await warm_pid(gateway)
+    etag = (await gateway.get(PASSPORT.format(pid), headers=key())).headers["ETag"]
+    again = await gateway.get(PASSPORT.format(pid), headers=key(**{"If-None-Match": etag}))
+    assert again.status == 304 and await again.read() == b""
+    assert again.headers["ETag"] == etag and again.headers["X-Cache"] == "HIT"
+    other = await gateway.get(PASSPORT.format(pid), headers=key(**{"If-None-Match": '"x"'}))
+    assert other.status == 200
+
+
+async def test_hits_are_counted_with_route_name_status_and_client(gateway):
+    pid = await warm_pid(gateway)
+    etag = (await gateway.get(PASSPORT.format(pid), headers=key())).headers["ETag"]
+    await gateway.get(PASSPORT.format(pid), headers=key(**{"If-None-Match": etag}))
+
+    def value(name: str, **labels: str) -> float:
+        return gateway.registry.get_sample_value(name, labels) or 0.0
+
+    route = {"route": "passport_public", "method": "GET"}
+    assert value("ampgate_http_requests_total", **route, status="200", client="reader") == 2
+    assert value("ampgate_http_requests_total", **route, status="304", client="reader") == 1
+    assert value("ampgate_http_request_duration_seconds_count", **route) == 3
+    assert value("ampgate_cache_lookups_total", route="passport_public", result="hit") == 2
+    assert value("ampgate_cache_lookups_total", route="passport_public", result="miss") == 1
+
+
+async def test_errors_and_odd_requests_still_get_the_general_answers(gateway):
+    pid = await warm_pid(gateway)
+    path = PASSPORT.format(pid)
+    missing = await gateway.get(path)
+    assert missing.status == 401 and missing.content_type == "application/problem+json"
+    wrong = await gateway.get(path, headers=key("not-a-key"))
+    assert wrong.status == 401
+    noscope = await gateway.get(path, headers=key(NOSCOPE_KEY))
+    assert noscope.status == 403 and (await noscope.json())["required_scope"] == "passports:read"
+    bad = await gateway.get(PASSPORT.format("a..b"), headers=key())
+    assert bad.status == 400 and bad.content_type == "application/problem+json"
+    fresh = await gateway.get(path, headers=key(**{"Cache-Control": "no-cache"}))
+    assert fresh.headers["X-Cache"] == "MISS"
+    head = await gateway.head(path, headers=key())
+    assert head.status == 405  # GET routes answer GET only, fused or not
+    old = await raw_get(gateway.server.port, path, key(), version="1.0")
+    assert old.startswith(b"HTTP/1.0 200 OK\r\n") and b"\r\nX-Cache: HIT\r\n" in old
+
+
+async def test_access_line_of_a_hit_with_request_id_and_traceparent(make_gateway, tmp_path):
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "w+") as stream:  # noqa: ASYNC230 - the logging sink under test
+        configure_logging(LogSettings(format="json", level="info"), stream=stream)
+        try:
+            gateway = await make_gateway()
+            pid = await warm_pid(gateway)
+            hit = await gateway.get(PASSPORT.format(pid), headers=key(
+                **{"X-Request-ID": "line-1", "traceparent": traceparent}))
+            assert hit.headers["X-Cache"] == "HIT"
+            stream.flush()
+        finally:
+            configure_logging(LogSettings(format="json"))
+    lines = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    [line] = [x for x in lines if x.get("event") == "request" and x.get("request_id") == "line-1"]
+    assert line["traceparent"] == traceparent
+    assert (line["method"], line["route"], line["status"], line["client"], line["cache"]) == (
+        "GET", "/v1/passports/{passport_id}", 200, "reader", "HIT")
+    assert line["level"] == "info" and isinstance(line["duration_ms"], float)
+
+
+async def test_no_access_line_when_info_is_off(make_gateway, tmp_path):
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "w+") as stream:  # noqa: ASYNC230 - the logging sink under test
+        configure_logging(LogSettings(format="json", level="warning"), stream=stream)
+        try:
+            gateway = await make_gateway()
+            pid = await warm_pid(gateway)
+            hit = await gateway.get(PASSPORT.format(pid), headers=key())
+            assert hit.headers["X-Cache"] == "HIT"
+            stream.flush()
+        finally:
+            configure_logging(LogSettings(format="json"))
+    assert '"event":"request"' not in log_path.read_text()
