@@ -36,7 +36,6 @@ from services.common import logging as logsetup
 from services.common.errors import Problem
 from services.common.http import HTTP_METRICS_KEY, log, request_id_of, traceparent_of
 from services.gateway.cache import CachedResponse
-from services.gateway.handlers.respond import etag_matches
 from services.gateway.keys import AUTH_KEY, CACHE_KEY, HIT_KEYS_KEY, POLICIES_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,14 +43,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class WireResponse:
     """What aiohttp's request handler needs of a response (``prepare``, ``write_eof``,
-    ``keep_alive``, ``status``, ``body_length``), for bytes that are ready to send."""
+    ``keep_alive``, ``status``, ``body_length``), for bytes that are ready to send.
+    ``headers``: the per-request headers the bytes carry (for the access line); final."""
 
-    __slots__ = ("_data", "body_length", "keep_alive", "prepared", "status")
+    __slots__ = ("_data", "body_length", "headers", "keep_alive", "prepared", "status")
 
-    def __init__(self, status: int, data: bytes, body_length: int) -> None:
+    def __init__(self, status: int, data: bytes, body_length: int,
+                 headers: dict[str, str]) -> None:
         self.status = status
         self._data = data
         self.body_length = body_length
+        self.headers = headers
         self.keep_alive = True
         self.prepared = False
 
@@ -64,18 +66,48 @@ class WireResponse:
         return None
 
 
+def etag_matches(header: str, etag: str) -> bool:
+    if header.strip() == "*":
+        return True
+    return any(t.strip().removeprefix("W/") == etag for t in header.split(","))
+
+
+def sendable(request: web.BaseRequest, entry: CachedResponse) -> bool:
+    """Can ``wire_response`` answer this request? A 200 entry, to an HTTP/1.1 keep-alive GET
+    (what aiohttp adds for HTTP/1.0, ``Connection: close`` or HEAD is left to it)."""
+    return (entry.status == 200 and request.method == "GET"
+            and request.version == HttpVersion11 and request.keep_alive)
+
+
+def wire_response(entry: CachedResponse, x_cache: str, request_id: str,
+                  if_none_match: str | None) -> WireResponse:
+    """The bytes aiohttp writes for ``send()``'s answer (respond.py), headers in its order:
+    X-Cache, ETag, Age, the entry's own, Content-Type, X-Request-ID, Content-Length, Date,
+    Server; a 304 (If-None-Match matched) without Content-Type, Content-Length and body."""
+    now = time.time()
+    etag_age, typed, untyped = _wire(entry)
+    age = str(max(0, int(now - entry.stored_at))).encode()
+    headers = {"X-Cache": x_cache, "X-Request-ID": request_id}
+    if if_none_match and etag_matches(if_none_match, entry.etag):
+        data = b"".join((b"HTTP/1.1 304 Not Modified\r\nX-Cache: ", x_cache.encode(), etag_age,
+                         age, untyped, request_id.encode(), _tail(now)))
+        return WireResponse(304, data, 0, headers)
+    body = entry.body
+    data = b"".join((b"HTTP/1.1 200 OK\r\nX-Cache: ", x_cache.encode(), etag_age, age, typed,
+                     request_id.encode(), b"\r\nContent-Length: %d" % len(body), _tail(now),
+                     body))
+    return WireResponse(200, data, len(body), headers)
+
+
 def _wire(entry: CachedResponse) -> list[bytes]:
-    """The entry's header blocks around Age and X-Request-ID, built on its first hit, in
-    aiohttp's order: [200 up to ``Age: ``, 200 up to ``X-Request-ID: ``, the same two
-    of the 304 (no Content-Type, no Content-Length)]."""
+    """The entry's header blocks, built on its first send: [from ETag up to ``Age: ``,
+    from there up to ``X-Request-ID: `` with Content-Type, the same for a 304 without]."""
     wire = entry.wire
     if not wire:
         extra = "".join(f"{k}: {v}\r\n" for k, v in entry.headers)
-        after_status = f"\r\nX-Cache: HIT\r\nETag: {entry.etag}\r\nAge: "
         wire.extend((
-            f"HTTP/1.1 200 OK{after_status}".encode(),
+            f"\r\nETag: {entry.etag}\r\nAge: ".encode(),
             f"\r\n{extra}Content-Type: {entry.content_type}\r\nX-Request-ID: ".encode(),
-            f"HTTP/1.1 304 Not Modified{after_status}".encode(),
             f"\r\n{extra}X-Request-ID: ".encode(),
         ))
     return wire
@@ -120,24 +152,12 @@ async def hot_path(request: web.Request, handler: Handler) -> web.StreamResponse
     except Problem:
         return await handler(request)
     entry = app[CACHE_KEY].fresh(key, name)
-    if entry is None or entry.status != 200:
+    if entry is None:
         return await handler(request)
 
     request_id = request_id_of(headers)
-    now = time.time()
-    age = str(max(0, int(now - entry.stored_at))).encode()
-    wire = _wire(entry)
-    inm = headers.get("If-None-Match")
-    if inm and etag_matches(inm, entry.etag):
-        status, body_length = 304, 0
-        data = b"".join((wire[2], age, wire[3], request_id.encode(), _tail(now)))
-    else:
-        status, body = 200, entry.body
-        body_length = len(body)
-        data = b"".join((wire[0], age, wire[1], request_id.encode(),
-                         b"\r\nContent-Length: %d" % body_length, _tail(now), body))
-    response = WireResponse(status, data, body_length)
-
+    response = wire_response(entry, "HIT", request_id, headers.get("If-None-Match"))
+    status = response.status
     elapsed = time.perf_counter() - started
     metrics = app[HTTP_METRICS_KEY]
     metrics.requests_child(name, "GET", str(status), client.name).inc()

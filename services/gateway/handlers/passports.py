@@ -42,7 +42,7 @@ def owned_key(request: web.Request) -> tuple[str, ...]:
     return ("passport", "owned", path_id(request, "passport_id"))
 
 
-async def get_public(request: web.Request, query: Any) -> web.Response:
+async def get_public(request: web.Request, query: Any) -> web.StreamResponse:
     key = public_key(request)
     pid = key[2]
 
@@ -63,13 +63,13 @@ async def get_public(request: web.Request, query: Any) -> web.Response:
     return await cached_get(request, "passport_public", key, fetch, tags=[passport_tag(pid)])
 
 
-async def list_owned(request: web.Request, query: Any) -> web.Response:
+async def list_owned(request: web.Request, query: Any) -> web.StreamResponse:
     fetch = fetcher(request, upstreams(request).passport, "owned_list", _paths(request).owned_list)
     return await cached_get(request, "passport_owned_list", owned_list_key(request), fetch,
                             tags=[OWNED_LIST_TAG])
 
 
-async def get_owned(request: web.Request, query: Any) -> web.Response:
+async def get_owned(request: web.Request, query: Any) -> web.StreamResponse:
     key = owned_key(request)
     pid = key[2]
     fetch = fetcher(request, upstreams(request).passport, "owned_get",
