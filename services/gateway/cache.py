@@ -81,7 +81,7 @@ class CachedResponse:
     headers: tuple[tuple[str, str], ...] = ()
     digest: str = ""  # the content's digest as change events carry it; "" when unknown
     # The header blocks a hit sends, built on its first hit (hot_path.py): once per entry.
-    wire: list[bytes] = field(default_factory=list, repr=False, compare=False)
+    wire: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
 
 
 def make_etag(body: bytes) -> str:

@@ -180,3 +180,18 @@ async def test_no_access_line_when_info_is_off(make_gateway, tmp_path):
         finally:
             configure_logging(LogSettings(format="json"))
     assert '"event":"request"' not in log_path.read_text()
+
+
+async def test_pages_rewritten_per_host_keep_their_own_etag(gateway):
+    """A per-request variant of an entry (CPO links rewritten to the caller's Host) gets
+    its own header block, never the one built for another host."""
+    etags = {}
+    for host in ("a.example", "b.example", "a.example"):
+        resp = await gateway.get("/v1/charging-stations", headers=key(Host=host))
+        assert resp.status == 200 and host in (await resp.json())["links"]["current"]
+        etags.setdefault(host, set()).add(resp.headers["ETag"])
+    assert len(etags["a.example"]) == 1 and etags["a.example"] != etags["b.example"]
+    [etag_a] = etags["a.example"]
+    other = await gateway.get("/v1/charging-stations",
+                              headers=key(Host="b.example", **{"If-None-Match": etag_a}))
+    assert other.status == 200
