@@ -22,17 +22,29 @@ class Authenticator:
         # enter, so a flood of wrong keys cannot grow it.
         self._recent: dict[str, ClientSpec] = {}
 
-    def authenticate(self, request: web.Request) -> ClientSpec:
+    def client_for(self, request: web.Request) -> ClientSpec | None:
+        """The configured client whose key the request presents; None for no or an unknown
+        key. Checks nothing else and changes nothing on the request."""
         key = presented_key(request)
         if key is None:
-            raise Problem(401, "Unauthorized", "send Authorization: Bearer <api key> or X-API-Key",
-                          headers={"WWW-Authenticate": 'Bearer realm="ampgate"'})
+            return None
+        return self._client_of(key)
+
+    def _client_of(self, key: str) -> ClientSpec | None:
         client = self._recent.get(key)
         if client is None:
             # Looking up a SHA-256 leaks nothing useful through timing: it is preimage resistant.
             client = self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
             if client is not None and len(self._recent) < 4096:
                 self._recent[key] = client
+        return client
+
+    def authenticate(self, request: web.Request) -> ClientSpec:
+        key = presented_key(request)
+        if key is None:
+            raise Problem(401, "Unauthorized", "send Authorization: Bearer <api key> or X-API-Key",
+                          headers={"WWW-Authenticate": 'Bearer realm="ampgate"'})
+        client = self._client_of(key)
         if client is None:
             raise Problem(401, "Unauthorized", "unknown API key",
                           headers={"WWW-Authenticate": 'Bearer realm="ampgate", error="invalid_token"'})

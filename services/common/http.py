@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -81,17 +81,28 @@ def route_label(request: web.Request) -> str:
     return resource.name or resource.canonical
 
 
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The caller's ``X-Request-ID`` when it is well-formed, else a new one."""
+    incoming = headers.get("X-Request-ID")
+    # Ids need to be unique, not secret: getrandbits costs no syscall, unlike uuid4.
+    return (incoming if incoming and _REQUEST_ID_OK.match(incoming)
+            else f"{_random.getrandbits(128):032x}")
+
+
+def traceparent_of(headers: Mapping[str, str]) -> str:
+    """The caller's W3C ``traceparent`` when it is well-formed, else a new one."""
+    traceparent = headers.get("traceparent")
+    if not traceparent or not _TRACEPARENT_OK.match(traceparent):
+        traceparent = f"00-{_random.getrandbits(128):032x}-{_random.getrandbits(64):016x}-01"
+    return traceparent
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id + traceparent, problem+json for every error, one log line, HTTP metrics."""
     headers = request.headers
-    incoming = headers.get("X-Request-ID")
-    # Ids need to be unique, not secret: getrandbits costs no syscall, unlike uuid4.
-    request_id = (incoming if incoming and _REQUEST_ID_OK.match(incoming)
-                  else f"{_random.getrandbits(128):032x}")
-    traceparent = headers.get("traceparent")
-    if not traceparent or not _TRACEPARENT_OK.match(traceparent):
-        traceparent = f"00-{_random.getrandbits(128):032x}-{_random.getrandbits(64):016x}-01"
+    request_id = request_id_of(headers)
+    traceparent = traceparent_of(headers)
     request[REQUEST_ID_KEY] = request_id
     request[TRACEPARENT_KEY] = traceparent
     route = route_template(request)

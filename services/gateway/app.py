@@ -33,6 +33,7 @@ from services.gateway.cluster import shared_cache as shared_cache_module
 from services.gateway.cluster import tokens as shared_tokens_module
 from services.gateway.docs import add_docs_routes
 from services.gateway.eviction import CACHE_TOPIC, EvictedHere, evict_change, evict_event
+from services.gateway.hot_path import hot_path
 from services.gateway.invalidation import InvalidationConsumer
 from services.gateway.keys import (
     AUTH_KEY,
@@ -41,6 +42,7 @@ from services.gateway.keys import (
     CONTEXTS_KEY,
     DETECTOR_KEY,
     EVICTED_HERE_KEY,
+    HIT_KEYS_KEY,
     INVALIDATION_KEY,
     METRICS_KEY,
     OUTBOX_KEY,
@@ -52,7 +54,7 @@ from services.gateway.keys import (
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import openapi_handler
 from services.gateway.pollers import PassportPoller, PricePoller, SharedMembers, run_leased
-from services.gateway.routes import ROUTES, register
+from services.gateway.routes import ROUTES, hit_keys, register
 from services.gateway.upstreams import http_session_ctx, upstreams_ctx
 
 log = structlog.get_logger("ampgate.gateway")
@@ -71,6 +73,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         next(iter(c.upstream_params().items())): c.name for c in settings.tariff_contexts
     }
     app[CLUSTER_KEY] = None
+    app[HIT_KEYS_KEY] = hit_keys()
+    app.middlewares.insert(0, hot_path)  # before request_middleware: a fresh hit ends there
     if settings.cluster.redis_url:
         app.middlewares.append(settle_evictions)
     app.cleanup_ctx.extend([

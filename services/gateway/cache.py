@@ -81,6 +81,8 @@ class CachedResponse:
     stored_at: float  # wall clock, for the Age header
     headers: tuple[tuple[str, str], ...] = ()
     digest: str = ""  # the content's digest as change events carry it; "" when unknown
+    # The header blocks a hit sends, built on its first hit (hot_path.py): once per entry.
+    wire: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
 
 
 def make_etag(body: bytes) -> str:
@@ -173,13 +175,11 @@ class ResponseCache:
             self._count(route, CacheResult.BYPASS)
             return await fetch(), CacheResult.BYPASS
 
+        if not revalidate and (response := self.fresh(key, route)) is not None:
+            return response, CacheResult.HIT
         now = self._clock()
         entry = self._entries.get(key)
         if entry is not None and not revalidate:
-            if now < entry.fresh_until:
-                self._entries.move_to_end(key)
-                self._count(route, CacheResult.HIT)
-                return entry.response, CacheResult.HIT
             if now < entry.swr_until:
                 self._entries.move_to_end(key)
                 if key not in self._fills:
@@ -219,6 +219,16 @@ class ResponseCache:
             result = source
         self._count(route, result)
         return response, result
+
+    def fresh(self, key: Hashable, route: str) -> CachedResponse | None:
+        """The fresh entry for ``key`` (a hit, counted as one), else None and nothing
+        counted: the caller goes on to ``get_or_fetch``."""
+        entry = self._entries.get(key)
+        if entry is None or self._clock() >= entry.fresh_until:
+            return None
+        self._entries.move_to_end(key)
+        self._count(route, CacheResult.HIT)
+        return entry.response
 
     def invalidate_tag(self, tag: Hashable, *, keep_digest: str = "") -> int:
         """Evict every entry tagged ``tag``; fills in flight for it will not be stored,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,20 +54,23 @@ class Route:
     media: tuple[tuple[str, type[BaseModel]], ...] = ()
     # Keys into vendor_examples.json: the vendor docs' samples of the success answer.
     examples: tuple[str, ...] = ()
+    # A cached GET whose key depends on the path alone: the key from the request (raises
+    # Problem for a bad path id). Such a route's fresh hits take the fused path (hot_path.py).
+    hit_key: Callable[[web.Request], Hashable] | None = None
 
 
 ROUTES: tuple[Route, ...] = (
     Route("passport_public", "GET", "/v1/passports/{passport_id}", passports.get_public,
           "passports:read", "Public battery passport", "passports", path_params=(PASSPORT_ID,),
           cached=True, upstream="passport", extra_statuses=(404,),
-          response=schemas.PassportDocument, examples=("passport",)),
+          response=schemas.PassportDocument, examples=("passport",), hit_key=passports.public_key),
     Route("passport_owned_list", "GET", "/v1/passports", passports.list_owned, "passports:read",
           "Passports owned by our upstream identity", "passports", cached=True, upstream="passport",
-          response=schemas.OwnedPassports),
+          response=schemas.OwnedPassports, hit_key=passports.owned_list_key),
     Route("passport_owned", "GET", "/v1/passports/{passport_id}/owned", passports.get_owned,
           "passports:read", "An owned passport", "passports", path_params=(PASSPORT_ID,),
           cached=True, upstream="passport", extra_statuses=(404,),
-          response=schemas.PassportDocument, examples=("passport",)),
+          response=schemas.PassportDocument, examples=("passport",), hit_key=passports.owned_key),
     Route("passport_create", "POST", "/v1/passports", passports.create, "passports:write",
           "Create a passport (announced as CHANGE_KIND_CREATED)", "passports", body=Passport,
           success=201, upstream="passport", extra_statuses=(409,),
@@ -81,7 +84,7 @@ ROUTES: tuple[Route, ...] = (
           success=204, upstream="passport", extra_statuses=(404,)),
     Route("users_me", "GET", "/v1/users/me", users.get_me, "users:read",
           "The upstream user ampgate acts as", "users", cached=True, upstream="passport",
-          response=schemas.UserDocument),
+          response=schemas.UserDocument, hit_key=users.me_key),
     Route("users_update", "PUT", "/v1/users/me", users.update_me, "users:write",
           "Update the upstream user", "users", body=User, upstream="passport",
           response=schemas.UserDocument),
@@ -133,6 +136,11 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
 
     endpoint.__name__ = route.name
     return endpoint
+
+
+def hit_keys() -> dict[str, tuple[str, Callable[[web.Request], Hashable]]]:
+    """What the fused hit path may answer: route name -> (scope, cache key)."""
+    return {r.name: (r.scope, r.hit_key) for r in ROUTES if r.hit_key is not None}
 
 
 def register(app: web.Application) -> None:

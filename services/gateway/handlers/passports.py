@@ -30,8 +30,21 @@ def _detect(request: web.Request, passport_id: str, doc: Any, how: Detection,
     detector.passport(passport_id, doc, how, change)
 
 
-async def get_public(request: web.Request, query: Any) -> web.Response:
-    pid = path_id(request, "passport_id")
+def public_key(request: web.Request) -> tuple[str, ...]:
+    return ("passport", "public", path_id(request, "passport_id"))
+
+
+def owned_list_key(request: web.Request) -> tuple[str, ...]:
+    return ("passport", "owned_list")
+
+
+def owned_key(request: web.Request) -> tuple[str, ...]:
+    return ("passport", "owned", path_id(request, "passport_id"))
+
+
+async def get_public(request: web.Request, query: Any) -> web.StreamResponse:
+    key = public_key(request)
+    pid = key[2]
 
     client = upstreams(request).passport
 
@@ -47,22 +60,21 @@ async def get_public(request: web.Request, query: Any) -> web.Response:
 
     fetch = fetcher(request, client, "public_get", _paths(request).public.format(id=pid),
                     inspect=inspect)
-    return await cached_get(request, "passport_public", ("passport", "public", pid), fetch,
-                            tags=[passport_tag(pid)])
+    return await cached_get(request, "passport_public", key, fetch, tags=[passport_tag(pid)])
 
 
-async def list_owned(request: web.Request, query: Any) -> web.Response:
+async def list_owned(request: web.Request, query: Any) -> web.StreamResponse:
     fetch = fetcher(request, upstreams(request).passport, "owned_list", _paths(request).owned_list)
-    return await cached_get(request, "passport_owned_list", ("passport", "owned_list"), fetch,
+    return await cached_get(request, "passport_owned_list", owned_list_key(request), fetch,
                             tags=[OWNED_LIST_TAG])
 
 
-async def get_owned(request: web.Request, query: Any) -> web.Response:
-    pid = path_id(request, "passport_id")
+async def get_owned(request: web.Request, query: Any) -> web.StreamResponse:
+    key = owned_key(request)
+    pid = key[2]
     fetch = fetcher(request, upstreams(request).passport, "owned_get",
                     _paths(request).owned_item.format(id=pid))
-    return await cached_get(request, "passport_owned", ("passport", "owned", pid), fetch,
-                            tags=[passport_tag(pid)])
+    return await cached_get(request, "passport_owned", key, fetch, tags=[passport_tag(pid)])
 
 
 def passport_id_of(doc: Any) -> str | None:

@@ -37,7 +37,7 @@ def _detect(request: web.Request, context: str | None, tariffs: dict[str, Any]) 
 
 async def _priced(request: web.Request, route: str, operation: str, path: str,
                   params: dict[str, str], evses: list[str] | None, medium: dict[str, str],
-                  pick) -> web.Response:
+                  pick) -> web.StreamResponse:
     """``evses``: the EVSEs the answer names (None: unknown before the fill, all_paged)."""
     from services.gateway.changes import tariff_comparable
 
@@ -64,21 +64,21 @@ async def _priced(request: web.Request, route: str, operation: str, path: str,
     return await cached_get(request, route, key, fetch, tags=tags)
 
 
-async def single(request: web.Request, query: PriceQuery) -> web.Response:
+async def single(request: web.Request, query: PriceQuery) -> web.StreamResponse:
     params = query.upstream_params()
     return await _priced(request, "prices", "single", "/api/pricing/", params,
                          [query.evseId], query.medium_params(),
                          lambda doc: {query.evseId: doc})
 
 
-async def batch(request: web.Request, query: PriceBatchQuery) -> web.Response:
+async def batch(request: web.Request, query: PriceBatchQuery) -> web.StreamResponse:
     params = query.upstream_params()
     return await _priced(request, "prices_batch", "batch", "/api/pricing/batch", params,
                          list(query.evseIds), query.medium_params(),
                          lambda doc: doc)
 
 
-async def all_paged(request: web.Request, query: PriceAllQuery) -> web.Response:
+async def all_paged(request: web.Request, query: PriceAllQuery) -> web.StreamResponse:
     params = query.upstream_params()
     # A page's content is unknown before the fill: tag it so any price change evicts it.
     return await _priced(request, "prices_all", "all_paged", "/api/pricing/all_paged", params,

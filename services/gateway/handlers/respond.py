@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.common.http import REQUEST_ID_KEY, TRACEPARENT_KEY
 from services.gateway.cache import CachedResponse, CacheResult, make_response
+from services.gateway.hot_path import etag_matches, sendable, wire_response
 from services.gateway.keys import CACHE_KEY, POLICIES_KEY, SETTINGS_KEY, UPSTREAMS_KEY
 from services.gateway.upstream_client import UpstreamClient, UpstreamResponse
 
@@ -26,21 +27,18 @@ def trace(request: web.Request) -> dict[str, str]:
     return {"request_id": request[REQUEST_ID_KEY], "traceparent": request[TRACEPARENT_KEY]}
 
 
-def send(request: web.Request, entry: CachedResponse, x_cache: str) -> web.Response:
+def send(request: web.Request, entry: CachedResponse, x_cache: str) -> web.StreamResponse:
+    if sendable(request, entry):  # the entry's prebuilt bytes; the same on the wire
+        return wire_response(entry, x_cache, request[REQUEST_ID_KEY],
+                             request.headers.get("If-None-Match"))
     headers = {"X-Cache": x_cache, "ETag": entry.etag,
                "Age": str(max(0, int(time.time() - entry.stored_at)))}
     headers.update(entry.headers)
     inm = request.headers.get("If-None-Match")
-    if inm and entry.status == 200 and _etag_matches(inm, entry.etag):
+    if inm and entry.status == 200 and etag_matches(inm, entry.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=entry.body, status=entry.status, headers=headers,
                         content_type=entry.content_type)
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    if header.strip() == "*":
-        return True
-    return any(t.strip().removeprefix("W/") == etag for t in header.split(","))
 
 
 async def cached_get(
@@ -50,7 +48,7 @@ async def cached_get(
     fetch: Callable[[], Awaitable[CachedResponse]],
     tags: Collection[Hashable] = (),
     outbound: Callable[[CachedResponse], CachedResponse] | None = None,
-) -> web.Response:
+) -> web.StreamResponse:
     """The cached answer for ``key`` (filled by ``fetch``); ``outbound`` adapts it to this
     request on the way out (for what must not enter the key, e.g. the caller's Host)."""
     app = request.app

@@ -67,7 +67,7 @@ def _with_base(entry: CachedResponse, base: str) -> CachedResponse:
                    etag=f'{entry.etag[:-1]}-{tag}"')
 
 
-async def list_stations(request: web.Request, query: StationsQuery) -> web.Response:
+async def list_stations(request: web.Request, query: StationsQuery) -> web.StreamResponse:
     client = upstreams(request).cpo
     params = {"page[limit]": str(query.page_limit), "page[offset]": str(query.page_offset)}
     fixed_base = configured_base(request)

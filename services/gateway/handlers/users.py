@@ -12,13 +12,17 @@ from services.gateway.keys import CACHE_KEY, OUTBOX_KEY, SETTINGS_KEY
 from services.gateway.validation import NewUser, User, read_json_body
 
 
-async def get_me(request: web.Request, query: Any) -> web.Response:
+def me_key(request: web.Request) -> tuple[str, ...]:
+    return ("users", "me")
+
+
+async def get_me(request: web.Request, query: Any) -> web.StreamResponse:
     fetch = fetcher(request, upstreams(request).passport, "users_me",
                     request.app[SETTINGS_KEY].passport.paths.users_me)
-    return await cached_get(request, "users_me", ("users", "me"), fetch, tags=[ME_TAG])
+    return await cached_get(request, "users_me", me_key(request), fetch, tags=[ME_TAG])
 
 
-async def update_me(request: web.Request, query: Any) -> web.Response:
+async def update_me(request: web.Request, query: Any) -> web.StreamResponse:
     body = await read_json_body(request, User)
     resp = await upstreams(request).passport.request(
         "users_update", "PUT", request.app[SETTINGS_KEY].passport.paths.users_me, body=body,
