@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from services.common.logging import configure_logging
+from services.common.settings import LogSettings
 from services.gateway.cluster import tokens as cluster_tokens
 from services.gateway.cluster.errors import ClusterUnavailable
 from services.gateway.cluster.tokens import SharedToken
@@ -148,13 +150,21 @@ async def test_redis_down_contract(private_redis, make_store, make_channels):
     assert idp.calls == 1
 
 
-async def test_tokens_are_never_printed(redis_url, make_store, make_channels, capsys):
+async def test_tokens_are_never_printed(redis_url, make_store, make_channels, tmp_path, capsys):
     idp = IdP(delay_s=0.01)
-    (shared,) = await _replicas(1, redis_url, make_store, make_channels, idp)
-    token = await shared.token()
-    await shared.invalidate(token)
-    await shared.token()
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "w+") as stream:  # noqa: ASYNC230 - the logging sink under test
+        configure_logging(LogSettings(format="json", level="debug"), stream=stream)
+        try:
+            (shared,) = await _replicas(1, redis_url, make_store, make_channels, idp)
+            token = await shared.token()
+            await shared.invalidate(token)
+            await shared.token()
+            stream.flush()
+        finally:
+            configure_logging(LogSettings(format="json"))
     assert "secretvalue" not in repr(shared) + str(shared) + repr(shared._local)
     out = capsys.readouterr()
-    assert "secretvalue" not in out.out + out.err
-    assert "shared_token_refreshed" in out.out  # the log line exists, without the token
+    logged = log_path.read_text()
+    assert "secretvalue" not in out.out + out.err + logged
+    assert "shared_token_refreshed" in logged  # the log line exists, without the token
