@@ -6,6 +6,11 @@ Delivery is at least once, effect exactly once:
 * ``enable_auto_commit=False``; a ``getmany()`` batch is parsed, handed to the worker's
   ``handle_batch`` and only THEN committed (``{tp: last.offset + 1}``). A crash or a
   cancellation mid-batch commits nothing, so the batch is delivered again.
+* Pipelined, one batch deep: while batch N is in the handler (a history store's
+  transaction runs in its own thread), batch N+1 is polled and parsed on the event loop.
+  N+1 goes to the handler only once N's handler has returned, and N's offsets are
+  committed only then: in order, never past what is applied. A stop, crash or
+  rebalance in between leaves N+1 uncommitted (it is read again, from the last commit).
 * The first time a group starts it reads from the earliest offset: nothing is missed.
 * Transient is not poison (DESIGN.md §7). A message that is not a valid event
   (``parse_event`` raises ``InvalidEvent``) can never be applied: it goes to the
@@ -123,6 +128,10 @@ class EventConsumer:
         # Processed positions and end offsets of our partitions; the lag gauge.
         self._lag = Lag(service, self._metrics.lag)
         self._uncommitted: dict[TopicPartition, int] = {}
+        # The batch in the handler while the next one is polled and parsed (the pipeline):
+        # its records and the task that settles them (how many, from the front).
+        self._in_flight: tuple[list[ConsumerRecord], asyncio.Task[int]] | None = None
+        self._in_flight_error: BaseException | None = None
         # Records whose effect failed for a transient reason, oldest first: retried until
         # applied; while any are held every partition is paused and nothing past them
         # is committed.
@@ -276,9 +285,12 @@ class EventConsumer:
         if offsets is not None:
             with suppress(Exception):
                 await offsets.stop()
+        if not commit:
+            await self._cancel_in_flight()
         if consumer is not None:
             if commit:
                 async with self._batch_lock:
+                    await self._finish_in_flight(consumer)
                     await self._commit(consumer)
             member_id = generation_zero_member(consumer)
             # Leaves the group: the partitions move to another member at once.
@@ -301,26 +313,74 @@ class EventConsumer:
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping.is_set():
+            if self._in_flight_error is not None:  # the batch failed while a rebalance waited
+                error, self._in_flight_error = self._in_flight_error, None
+                raise error
             if self._held:
+                async with self._batch_lock:
+                    await self._finish_in_flight(consumer)
+                    await self._commit(consumer)
                 await self._retry_held(consumer)
                 continue
-            batch = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS,
-                                           max_records=self._batch_size)
+            # Polled and parsed while the batch before is still in the handler. With one
+            # there, only what is already fetched is taken: nothing fetched, it finishes
+            # and is committed at once instead of after a poll timeout.
+            batch = await consumer.getmany(
+                timeout_ms=POLL_TIMEOUT_MS if self._in_flight is None else 0,
+                max_records=self._batch_size)
+            owned = consumer.assignment()
+            records = [r for tp, rs in batch.items() if tp in owned for r in rs]
+            parsed = self._parse(records)
             async with self._batch_lock:
-                # A rebalance between getmany() and here may have taken partitions away.
+                await self._finish_in_flight(consumer)
+                # A rebalance since getmany() may have taken partitions away.
                 owned = consumer.assignment()
-                records = [r for tp, rs in batch.items() if tp in owned for r in rs]
-                if records:
-                    await self._apply_records(consumer, records)
+                kept = [(r, p) for r, p in zip(records, parsed, strict=True)
+                        if TopicPartition(r.topic, r.partition) in owned]
+                if kept and self._held:
+                    # The batch before failed transiently: these come after what it holds.
+                    self._held.extend(r for r, _ in kept)
+                    self._raise_end_held()
+                elif kept:
+                    batch_records = [r for r, _ in kept]
+                    self._in_flight = (batch_records, asyncio.create_task(
+                        self._settle([p for _, p in kept]), name=f"consumer-{self.service}-batch"))
+                    await asyncio.sleep(0)  # the handler starts (up to its first wait) now
+                # The batch before's offsets: applied, so committed while this one runs.
                 await self._commit(consumer)
-            if records:
-                self._lag.publish()
+            self._lag.publish()
+        async with self._batch_lock:  # stopping: the batch in flight finishes first
+            await self._finish_in_flight(consumer)
+
+    async def _finish_in_flight(self, consumer: AIOKafkaConsumer) -> None:
+        """Wait for the batch in the handler and mark what it settled (under the batch
+        lock). Its exception, if any, is raised here."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return
+        records, task = in_flight
+        settled = await task
+        self._settled(consumer, records, settled)
+
+    async def _cancel_in_flight(self) -> None:
+        """Not committing (an error, a cancelled stop): the batch in the handler is
+        cancelled and read again from the last commit."""
+        in_flight, self._in_flight = self._in_flight, None
+        self._in_flight_error = None
+        if in_flight is not None:
+            in_flight[1].cancel()
+            with suppress(BaseException):
+                await in_flight[1]
 
     async def _apply_records(self, consumer: AIOKafkaConsumer,
                              records: list[ConsumerRecord]) -> None:
-        """Process ``records``; mark what was dealt with as done, hold the rest (a
-        transient failure) and pause every partition until the held part is applied."""
-        settled = await self._process(records)
+        """Process ``records`` at once (no pipeline: the held records' retry)."""
+        self._settled(consumer, records, await self._settle(self._parse(records)))
+
+    def _settled(self, consumer: AIOKafkaConsumer, records: list[ConsumerRecord],
+                 settled: int) -> None:
+        """Mark what was dealt with as done, hold the rest (a transient failure) and
+        pause every partition until the held part is applied."""
         for r in records[:settled]:
             tp = TopicPartition(r.topic, r.partition)
             self._uncommitted[tp] = self._lag.processed(tp, r.offset + 1)
@@ -374,15 +434,21 @@ class EventConsumer:
 
     # -- processing ----------------------------------------------------------------
 
-    async def _process(self, records: list[ConsumerRecord]) -> int:
-        """Apply ``records`` in order; return how many of them, from the front, are dealt
-        with (applied or dead-lettered). The rest failed transiently and must be held."""
+    @staticmethod
+    def _parse(records: list[ConsumerRecord]) -> list[tuple[ConsumerRecord, ConsumedEvent | None, str]]:
+        """Each record with its event, or None and why it is not one."""
         parsed: list[tuple[ConsumerRecord, ConsumedEvent | None, str]] = []
         for record in records:
             try:
                 parsed.append((record, parse_event(record), ""))
             except InvalidEvent as exc:
                 parsed.append((record, None, f"invalid event: {exc}"))
+        return parsed
+
+    async def _settle(self, parsed: list[tuple[ConsumerRecord, ConsumedEvent | None, str]]) -> int:
+        """Apply parsed records in order; return how many of them, from the front, are
+        dealt with (applied or dead-lettered). The rest failed transiently: held."""
+        records = [r for r, _, _ in parsed]
         valid = [(r, e) for r, e, _ in parsed if e is not None]
         outcome, reason = await self._attempt([e for _, e in valid]) if valid else ("ok", None)
         if outcome == "transient":
@@ -502,6 +568,10 @@ class EventConsumer:
         if consumer is None or not revoked:
             return
         async with self._batch_lock:  # let the batch in flight finish, then commit it
+            try:
+                await self._finish_in_flight(consumer)
+            except Exception as exc:  # noqa: BLE001 — the loop raises it (no commit of it)
+                self._in_flight_error = exc
             await self._commit(consumer)
         # Held records of a revoked partition are its new owner's (from the last commit).
         self._held = [r for r in self._held
