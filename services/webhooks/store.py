@@ -163,46 +163,64 @@ class JobStore:
 
     def enqueue(self, jobs: Iterable[NewJob], *, now: float | None = None) -> EnqueueResult:
         """Queue a batch in ONE durable transaction (all or nothing): the consumer
-        commits its offsets right after, so from then on the queue is the only copy."""
+        commits its offsets right after, so from then on the queue is the only copy.
+
+        The rules are applied job by job, in order, to what the file holds plus what
+        the batch queued before (read with one query per subscription and table, then
+        written with one statement each)."""
         now = time.time() if now is None else now
+        jobs = list(jobs)
         result = EnqueueResult()
         with sqlite.transaction(self.db, durable=True) as db:
+            states = _known_states(db, jobs)
+            latest = _latest_transitions(db, jobs)
+            revive: list[tuple[float, str, str]] = []
+            insert: list[tuple[object, ...]] = []
+            transitions: dict[tuple[str, str], tuple[str, str]] = {}
             for job in jobs:
+                ident = (job.subscription, job.event_id)
+                state = states.get(ident)
                 # A dead letter replayed to its topic (`ampgate dlq replay`) is delivered
                 # again: its job comes back to life with fresh attempts, same webhook-id.
-                if db.execute(
-                        "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-                        "finished_at = NULL, last_error = NULL, dlq_reason = NULL "
-                        "WHERE subscription = ? AND event_id = ? AND state = 'dead'",
-                        (now, job.subscription, job.event_id)).rowcount:
+                if state == "dead":
+                    states[ident] = "pending"
+                    revive.append((now, *ident))
                     result.revived += 1
                     continue
                 if job.transition is not None:
                     key, previous, digest = job.transition
-                    row = db.execute(
-                        "SELECT previous_digest, digest FROM latest_transition "
-                        "WHERE subscription = ? AND transition_key = ?",
-                        (job.subscription, key)).fetchone()
-                    if row is not None and tuple(row) == (previous, digest):
+                    if latest.get((job.subscription, key)) == (previous, digest):
                         result.duplicate_transition += 1
                         continue
-                cur = db.execute(
+                if state is not None:  # the same event for this subscription: queued once
+                    result.duplicate_event += 1
+                    continue
+                states[ident] = "pending"
+                insert.append((job.subscription, job.event_id, job.entity, job.ce_type,
+                               job.source_topic, job.source_partition, job.source_offset,
+                               job.body, encode_headers(job.event_headers), job.event_value,
+                               now, now))
+                result.queued += 1
+                if job.transition is not None:
+                    latest[(job.subscription, key)] = transitions[(job.subscription, key)] = (
+                        previous, digest)
+            if revive:
+                db.executemany(
+                    "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                    "finished_at = NULL, last_error = NULL, dlq_reason = NULL "
+                    "WHERE subscription = ? AND event_id = ? AND state = 'dead'", revive)
+            if insert:
+                db.executemany(
                     "INSERT OR IGNORE INTO jobs (subscription, event_id, entity, ce_type, "
                     "source_topic, source_partition, source_offset, body, event_headers, "
                     "event_value, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (job.subscription, job.event_id, job.entity, job.ce_type, job.source_topic,
-                     job.source_partition, job.source_offset, job.body,
-                     encode_headers(job.event_headers), job.event_value, now, now))
-                if cur.rowcount == 0:
-                    result.duplicate_event += 1
-                    continue
-                result.queued += 1
-                if job.transition is not None:
-                    db.execute(
-                        "INSERT INTO latest_transition VALUES (?,?,?,?) "
-                        "ON CONFLICT (subscription, transition_key) DO UPDATE SET "
-                        "previous_digest = excluded.previous_digest, digest = excluded.digest",
-                        (job.subscription, *job.transition))
+                    insert)
+            if transitions:
+                db.executemany(
+                    "INSERT INTO latest_transition VALUES (?,?,?,?) "
+                    "ON CONFLICT (subscription, transition_key) DO UPDATE SET "
+                    "previous_digest = excluded.previous_digest, digest = excluded.digest",
+                    [(sub, key, prev, dig) for (sub, key), (prev, dig) in transitions.items()])
         return result
 
     # -- delivery -------------------------------------------------------------------------
@@ -314,3 +332,43 @@ class JobStore:
             "DELETE FROM jobs WHERE state IN ('delivered', 'dead') AND finished_at < ?",
             (now - older_than_s,))
         return cur.rowcount
+
+
+# Well under SQLite's bound-parameter limit (32,766; 999 on old builds).
+_CHUNK = 500
+
+
+def _by_subscription(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for subscription, name in pairs:
+        out.setdefault(subscription, []).append(name)
+    return {sub: list(dict.fromkeys(names)) for sub, names in out.items()}
+
+
+def _known_states(db: sqlite3.Connection, jobs: Sequence[NewJob]) -> dict[tuple[str, str], str]:
+    """The state of each (subscription, event id) of ``jobs`` already queued."""
+    states: dict[tuple[str, str], str] = {}
+    for sub, ids in _by_subscription((j.subscription, j.event_id) for j in jobs).items():
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            rows = db.execute(
+                f"SELECT event_id, state FROM jobs WHERE subscription = ? "
+                f"AND event_id IN ({','.join('?' * len(chunk))})", (sub, *chunk))
+            states.update(((sub, event_id), state) for event_id, state in rows)
+    return states
+
+
+def _latest_transitions(db: sqlite3.Connection,
+                        jobs: Sequence[NewJob]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The latest transition queued per (subscription, transition key) of ``jobs``."""
+    latest: dict[tuple[str, str], tuple[str, str]] = {}
+    pairs = ((j.subscription, j.transition[0]) for j in jobs if j.transition is not None)
+    for sub, keys in _by_subscription(pairs).items():
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start:start + _CHUNK]
+            rows = db.execute(
+                f"SELECT transition_key, previous_digest, digest FROM latest_transition "
+                f"WHERE subscription = ? AND transition_key IN ({','.join('?' * len(chunk))})",
+                (sub, *chunk))
+            latest.update(((sub, key), (prev, dig)) for key, prev, dig in rows)
+    return latest

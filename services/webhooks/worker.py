@@ -17,7 +17,9 @@ attempted again (at least once, with the same ``webhook-id``).
 
 State: a 2xx is recorded in memory at once and written with the other finished
 deliveries in ONE transaction right before the worker next reads its queue (and on
-stop), instead of one commit per delivery. Until then the job still counts as pending
+stop), instead of one commit per delivery. While deliveries are in flight the queue is
+read again only once a quarter of the slots are free (or none is in flight), so
+one write and one read serve several deliveries. Until then the job still counts as pending
 in the file, so a crash in between repeats that delivery (same ``webhook-id``), never
 loses one; the worker itself never re-sends it, since it always writes before it
 reads. Delivered-but-unwritten and in-flight together never exceed ``concurrency``
@@ -58,6 +60,8 @@ class SubscriptionWorker:
         self._schedule = list(schedule)
         self._max_attempts = len(self._schedule) + 1
         self._concurrency = concurrency
+        # Free slots worth a write and a read of the queue while deliveries are in flight.
+        self._refill = max(1, concurrency // 4)
         self._rng = rng or random.Random()
         self._endpoint = safe_endpoint(str(subscription.url))
         self._success = metrics.deliveries.labels("success")
@@ -91,7 +95,6 @@ class SubscriptionWorker:
             while True:
                 self._wake.clear()
                 try:
-                    self._flush()
                     delay = self._dispatch()
                 except sqlite3.Error as exc:  # disk trouble: keep the worker alive, retry soon
                     log.error("webhook_queue_error", subscription=self.name, error=str(exc))
@@ -148,13 +151,18 @@ class SubscriptionWorker:
         """Start every due head there is room for; seconds until the next one is due
         (None: nothing scheduled, wait for a wake-up)."""
         if self.disabled or self._stopping:
+            self._flush()
             return None
         now = time.time()
         if now < self._paused_until:
+            self._flush()
             return self._paused_until - now
         free = self._concurrency - len(self._in_flight)
-        if free <= 0:
-            return None  # a finishing delivery wakes us
+        if free < (self._refill if self._in_flight else 1):
+            # A finishing delivery wakes us: the queue is written and read once for
+            # several free slots, not once per delivery.
+            return None
+        self._flush()
         next_due: float | None = None
         for job in self._store.heads(self.name, free + len(self._in_flight)):
             if job.entity in self._in_flight:
