@@ -253,6 +253,107 @@ async def test_a_cancelled_batch_is_not_committed(setup: Setup) -> None:
         await second.stop()
 
 
+class _Pipeline:
+    """A handler whose second batch blocks until released, and a count of the records
+    the runtime has parsed (so a test knows the next batch was read ahead)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from services.common.consumer import runtime
+
+        self.parsed = 0
+        self.applied: list[tuple[int, int]] = []  # (partition, offset), once handled
+        self.first: list[tuple[int, int]] = []
+        self.blocked = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+        parse = runtime.parse_event
+
+        def counting_parse(record):
+            self.parsed += 1
+            return parse(record)
+
+        monkeypatch.setattr(runtime, "parse_event", counting_parse)
+
+    async def handle(self, events: list[ConsumedEvent]) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.blocked.set()
+            await self.release.wait()
+        done = [(e.partition, e.offset) for e in events]
+        if self.calls == 1:
+            self.first = done
+        self.applied.extend(done)
+
+
+async def _read_ahead(setup: Setup, monkeypatch) -> tuple[_Pipeline, EventConsumer]:
+    """A member whose first batch is applied and committed, whose second is in the
+    handler, and whose third is already polled and parsed."""
+    await produce(setup.bootstrap, setup.records(60))
+    setup.settings = setup.settings.model_copy(
+        update={"consumer": setup.settings.consumer.model_copy(update={"batch_size": 10})})
+    pipe = _Pipeline(monkeypatch)
+    member = setup.consumer(pipe.handle)
+    await member.start()
+    await asyncio.wait_for(pipe.blocked.wait(), 20)
+    # Batches 1 and 2 parsed, and more: the next batch is read while batch 2 is applied.
+    await wait_until(lambda: pipe.parsed > 20)
+    return pipe, member
+
+
+async def test_a_crash_between_decode_and_commit_leaves_those_offsets_to_the_next_member(
+        setup: Setup, monkeypatch) -> None:
+    pipe, member = await _read_ahead(setup, monkeypatch)
+    await member.stop(timeout_s=0.2)  # batch 2 cannot finish: cancelled like a crash
+    committed = await committed_offsets(setup.bootstrap, setup.group, setup.topic)
+    # Only batch 1 (applied) is committed; not batch 2 (in the handler), not batch 3
+    # (decoded, never applied).
+    first_end = {p: max(o for q, o in pipe.first if q == p) + 1 for p, _ in pipe.first}
+    assert committed == first_end
+    assert len(pipe.applied) == len(pipe.first) == 10
+    again: list[tuple[int, int]] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        again.extend((e.partition, e.offset) for e in events)
+
+    second = setup.consumer(handle)
+    await second.start()
+    try:
+        await wait_until(lambda: len(pipe.applied) + len(again) >= 60)
+        await asyncio.sleep(0.5)
+    finally:
+        await second.stop()
+    # Everything after batch 1 is ingested after the restart, and nothing twice.
+    assert len(again) == len(set(again)) == 50
+    assert not set(again) & set(pipe.applied)
+
+
+async def test_a_stop_with_a_batch_read_ahead_commits_only_what_was_applied(
+        setup: Setup, monkeypatch) -> None:
+    pipe, member = await _read_ahead(setup, monkeypatch)
+    stopping = asyncio.create_task(member.stop())
+    await asyncio.sleep(0.3)
+    pipe.release.set()  # batch 2 finishes; the graceful stop then commits
+    await stopping
+    applied_first = list(pipe.applied)
+    committed = await committed_offsets(setup.bootstrap, setup.group, setup.topic)
+    assert committed == {p: max(o for q, o in applied_first if q == p) + 1
+                         for p, _ in applied_first}
+    again: list[tuple[int, int]] = []
+
+    async def handle(events: list[ConsumedEvent]) -> None:
+        again.extend((e.partition, e.offset) for e in events)
+
+    second = setup.consumer(handle)
+    await second.start()
+    try:
+        await wait_until(lambda: len(applied_first) + len(again) >= 60)
+        await asyncio.sleep(0.5)
+    finally:
+        await second.stop()
+    everything = applied_first + again
+    assert len(everything) == len(set(everything)) == 60
+
+
 async def test_lag_rises_while_behind_and_returns_to_zero(setup: Setup) -> None:
     gate = asyncio.Event()
     seen: list[str] = []
