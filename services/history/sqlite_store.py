@@ -42,6 +42,16 @@ _LATEST_COLUMNS = ", ".join(f"h.{c.strip()}" for c in _COLUMNS.split(","))
 # Well under SQLite's bound-parameter limit (32,766; 999 on old builds).
 _CHUNK = 300
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# On top of services.common.sqlite's WAL + synchronous=NORMAL (durability unchanged):
+# a batch of 2,000 versions dirties index pages all over the event-id index, so
+# * a 32 MiB page cache (the default is 2 MiB) keeps those pages in memory;
+# * a checkpoint every ~40 MB of WAL (10,000 pages; the default is 1,000, i.e. nearly
+#   every batch's COMMIT also copied its pages back and fsynced) writes a page updated by
+#   many batches once; the WAL is truncated back to 64 MiB after a checkpoint.
+# Store calls alone, 60 batches of 2,000 (machine shared, 3 interleaved runs each):
+# 4,920-6,136 rows/s with the defaults, 10,290-16,964 with these.
+_INGEST_PRAGMAS = ("cache_size=-32768", "wal_autocheckpoint=10000",
+                   "journal_size_limit=67108864")
 
 T = TypeVar("T")
 
@@ -99,6 +109,8 @@ class SqliteStore(HistoryStore):
         # uncommitted Kafka offsets anyway.
         db = sqlite.connect(self.path)
         try:
+            for pragma in _INGEST_PRAGMAS:
+                db.execute(f"PRAGMA {pragma}")
             self._migrate(db)
         except BaseException:
             db.close()
