@@ -69,6 +69,9 @@ HandleBatch = Callable[[list[ConsumedEvent]], Awaitable[None]]
 # how often the lag gauge is refreshed while nothing arrives.
 POLL_TIMEOUT_MS = 250
 COMMIT_TIMEOUT_S = 10.0
+# Records parsed between two looks at the event loop while a batch is in the handler
+# (~10-20 ms of parsing).
+_PARSE_SLICE = 200
 # The longest we wait for Kafka before (re)trying to connect.
 MAX_RECONNECT_DELAY_S = 5.0
 
@@ -330,7 +333,7 @@ class EventConsumer:
                 max_records=self._batch_size)
             owned = consumer.assignment()
             records = [r for tp, rs in batch.items() if tp in owned for r in rs]
-            parsed = self._parse(records)
+            parsed = await self._parse_beside(records)
             async with self._batch_lock:
                 await self._finish_in_flight(consumer)
                 # A rebalance since getmany() may have taken partitions away.
@@ -443,6 +446,20 @@ class EventConsumer:
                 parsed.append((record, parse_event(record), ""))
             except InvalidEvent as exc:
                 parsed.append((record, None, f"invalid event: {exc}"))
+        return parsed
+
+    async def _parse_beside(self, records: list[ConsumerRecord]
+                            ) -> list[tuple[ConsumerRecord, ConsumedEvent | None, str]]:
+        """``_parse``, giving the loop back every ``_PARSE_SLICE`` records while a batch
+        is in the handler: its database answers (an asyncpg round trip, the SQLite
+        thread's result) are taken as they come, not after the whole batch is parsed."""
+        if self._in_flight is None or len(records) <= _PARSE_SLICE:
+            return self._parse(records)
+        parsed = []
+        for start in range(0, len(records), _PARSE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            parsed.extend(self._parse(records[start:start + _PARSE_SLICE]))
         return parsed
 
     async def _settle(self, parsed: list[tuple[ConsumerRecord, ConsumedEvent | None, str]]) -> int:
