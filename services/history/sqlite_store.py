@@ -26,10 +26,14 @@ _COLUMNS = ("seq, entity, entity_id, context, event_id, observed_at_us, change, 
             "digest, previous_digest, changed_paths, document")
 _KEY = "entity = ? AND entity_id = ? AND context = ?"
 _NEWEST_FIRST = "ORDER BY observed_at_us DESC, seq DESC"
+# The batch's rows as ONE JSON array bound to one statement: SQLite inserts them all in
+# one step with the GIL released, where executemany takes the GIL back for every row
+# (and waits for the event loop's thread to hand it over each time).
 _INSERT = ("INSERT INTO history_versions (entity, entity_id, context, event_id, "
            "observed_at_us, change, detected_by, digest, previous_digest, "
            "changed_paths, document, recorded_at_us) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING")
+           "SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(11)) + ", ? "
+           "FROM json_each(?) WHERE true ORDER BY key ON CONFLICT (event_id) DO NOTHING")
 # The latest version of many entities in one query: each key's newest seq comes from the
 # (entity, entity_id, context, observed_at_us, seq) index, read backwards.
 _LATEST_OF_KEYS = (
@@ -199,11 +203,11 @@ def _record(db: sqlite3.Connection, versions: list[Version], now_us: int) -> lis
                                                    if v.event_id not in seen)))
         stored = versions_to_record(versions, seen, latest)
         if stored:
-            db.executemany(_INSERT, [
+            db.execute(_INSERT, (now_us, orjson.dumps([
                 (v.key.entity, v.key.entity_id, v.key.context, v.event_id, _us(v.observed_at),
                  v.change, v.detected_by, v.digest, v.previous_digest,
-                 orjson.dumps(list(v.changed_paths)).decode(), v.document, now_us)
-                for v in stored])
+                 orjson.dumps(list(v.changed_paths)).decode(), v.document)
+                for v in stored])))
     return stored
 
 
