@@ -37,8 +37,10 @@ mode writes rows publishable, exactly as before.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -199,6 +201,9 @@ class Claims(Protocol):
 
 # --- the detector --------------------------------------------------------------------------
 
+_DOCUMENT_CACHE = 1024  # recent documents kept as bytes (~6 KB a passport: ~6 MB)
+_NOTHING = object()
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS change_seen (
     entity   TEXT NOT NULL,             -- passport | price
@@ -247,6 +252,12 @@ class ChangeDetector:
         # (entity, context, key) -> last digest ('' = tombstone). Only this detector writes
         # these rows, so memory and file agree once loaded.
         self._seen: dict[tuple[str, str, str], str] = {}
+        # The last document of an entity as orjson bytes (None: deleted): detections not yet
+        # committed (group commit), then a bounded cache of recent ones, so the next diff
+        # of a busy entity reads no row and inflates nothing.
+        self._unsettled: dict[tuple[str, str, str], bytes | None] = {}
+        self._documents: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
+        self._last_commit: asyncio.Future[Any] | None = None
         with outbox.transaction() as conn:
             _create_schema(conn)
             for entity, context, key, dig in conn.execute(
@@ -366,30 +377,47 @@ class ChangeDetector:
         if not pending:
             return 0
         seen_at = rfc3339(now)
-        with self._outbox.transaction() as conn:
-            for obs, new, record, _, last in pending:
-                claim = None
-                if self._claims is not None:
-                    claim = ClaimSpec(shared_entity(entity, context, obs.key), last, new,
-                                      (record.header("ce_id") or b"").decode(),
-                                      always=detected_by is Detection.WRITE)
-                self._outbox.add(conn, record, claim)
-                document = (zlib.compress(orjson.dumps(obs.document), 1)
-                            if obs.document is not None else None)
+        rows = []
+        for obs, new, record, _, last in pending:
+            claim = None
+            if self._claims is not None:
+                claim = ClaimSpec(shared_entity(entity, context, obs.key), last, new,
+                                  (record.header("ce_id") or b"").decode(),
+                                  always=detected_by is Detection.WRITE)
+            document = orjson.dumps(obs.document) if obs.document is not None else None
+            rows.append(((entity, context, obs.key), new, last, record, claim, document))
+        outbox = self._outbox
+
+        def commit(conn: sqlite3.Connection) -> None:  # the writer thread (or inline)
+            for (_, _, key), new, _, record, claim, document in rows:
+                outbox.add(conn, record, claim)
                 conn.execute("INSERT OR REPLACE INTO change_seen "
                              "(entity, context, key, digest, document, seen_at) "
                              "VALUES (?, ?, ?, ?, ?, ?)",
-                             (entity, context, obs.key, new, document, seen_at))
-        # Committed: now memory may follow (a failed transaction leaves it as it was).
-        for obs, new, _, _, _ in pending:
-            self._seen[(entity, context, obs.key)] = new
+                             (entity, context, key, new,
+                              zlib.compress(document, 1) if document is not None else None,
+                              seen_at))
+
+        committed = outbox.write(commit)
+        # Memory follows now: with group commit the next detection (of the same entity too)
+        # must compare with this one. Should the commit fail, _unsettle puts it back.
+        for ident, new, _, _, _, document in rows:
+            self._seen[ident] = new
+            self._unsettled[ident] = document
+        if committed is None:
+            self._settled(rows)
+        else:
+            self._last_commit = committed
+            committed.add_done_callback(lambda f: self._settle(f, rows))
         if self._on_change is not None:
+            # Eviction does not wait for the commit: evicting early is harmless, and a
+            # failed commit fails the write that waits for it (settled()).
             for obs, new, record, kind, _ in pending:
                 try:
                     self._on_change(entity, context, obs.key, kind.value,
                                     (record.header("ce_id") or b"").decode(), new,
                                     detected_by.value)
-                except Exception:  # the event is committed; a failed eviction is logged
+                except Exception:  # the event is queued; a failed eviction is logged
                     log.exception("change_eviction_failed", entity=entity)
         self._metrics.changes_detected.labels(entity=entity,
                                               detected_by=detected_by.label).inc(len(pending))
@@ -397,13 +425,56 @@ class ChangeDetector:
                   count=len(pending))
         return len(pending)
 
+    async def settled(self) -> None:
+        """Returns once every change detected so far is committed to the outbox (raises
+        if the last commit failed). A write answers only after this (DESIGN.md §7: its
+        event is in the outbox before the client is answered). Without group commit
+        (``Outbox.start_writer``) detections are committed when they return."""
+        commit = self._last_commit
+        if commit is not None:
+            await asyncio.shield(commit)
+
+    def _settle(self, commit: asyncio.Future[Any], rows: list) -> None:
+        if self._last_commit is commit:
+            self._last_commit = None
+        if commit.cancelled() or commit.exception() is None:
+            self._settled(rows)
+            return
+        # Not in the file: forget it here too, so the next sighting announces it again.
+        log.error("change_commit_failed", error=repr(commit.exception())[:300], count=len(rows))
+        for ident, new, last, _, _, document in rows:
+            if self._seen.get(ident) == new:
+                if last is None:
+                    self._seen.pop(ident, None)
+                else:
+                    self._seen[ident] = last
+            if self._unsettled.get(ident, _NOTHING) is document:
+                del self._unsettled[ident]
+            self._documents.pop(ident, None)
+
+    def _settled(self, rows: list) -> None:
+        """Committed: the documents move from the unsettled map to the bounded cache."""
+        for ident, _, _, _, _, document in rows:
+            if self._unsettled.get(ident, _NOTHING) is document:
+                del self._unsettled[ident]
+                self._documents[ident] = document
+                self._documents.move_to_end(ident)
+        while len(self._documents) > _DOCUMENT_CACHE:
+            self._documents.popitem(last=False)
+
     def _document(self, entity: str, context: str, key: str) -> Any | None:
-        row = self._outbox.connection.execute(
-            "SELECT document FROM change_seen WHERE entity = ? AND context = ? AND key = ?",
-            (entity, context, key)).fetchone()
-        if row is None or row[0] is None:
-            return None
-        return orjson.loads(zlib.decompress(row[0]))
+        """The document last seen: from memory (not yet committed, or recently seen), else
+        from the file (committed: the reader connection sees it)."""
+        ident = (entity, context, key)
+        raw = self._unsettled.get(ident, _NOTHING)
+        if raw is _NOTHING:
+            raw = self._documents.get(ident, _NOTHING)
+        if raw is _NOTHING:
+            row = self._outbox.reader.execute(
+                "SELECT document FROM change_seen WHERE entity = ? AND context = ? AND key = ?",
+                (entity, context, key)).fetchone()
+            raw = zlib.decompress(row[0]) if row is not None and row[0] is not None else None
+        return None if raw is None else orjson.loads(raw)
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
