@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import copy
 import json
+import os
 import random
 import secrets
 import shutil
@@ -262,8 +263,21 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "runs": runs}
 
 
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """user + system CPU seconds of each process so far (/proc/<pid>/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            out[name] = 0.0
+    return out
+
+
 async def write_latency(gateway: Child, bootstrap: str, api_key: str,
-                        args: argparse.Namespace) -> dict[str, Any]:
+                        args: argparse.Namespace, procs: dict[str, int]) -> dict[str, Any]:
     tail = TopicTail(bootstrap, PASSPORT_TOPIC)
     await tail.start()
     token = secrets.token_hex(4)
@@ -293,6 +307,7 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
                     log(f"latency: write {i} failed: {exc!r}")
 
             tasks = []
+            cpu_start = _cpu_seconds(procs)
             t_start = time.perf_counter()
             for i in range(n):
                 pid = f"BP-{1 + i % 200:04d}"
@@ -304,6 +319,7 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
                 tasks.append(asyncio.create_task(put(i, pid, doc)))
             await asyncio.gather(*tasks)
             t_end = time.perf_counter()
+            cpu_end = _cpu_seconds(procs)
         ok = statuses.get(200, 0)
         try:
             await tail.wait_for(ok, 15)
@@ -323,7 +339,12 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
         found = await _scan_topic(bootstrap, PASSPORT_TOPIC, token)
         log(f"latency: no event read for writes {missing[:20]}; a scan of the whole topic "
             f"finds {sorted(set(missing) & found)[:20]} of them")
+    # CPU of each process over the write phase, in % of one core: a client near 100 % is
+    # itself the limit (its sends and its topic tail share one event loop).
+    cpu = {name: round(100 * (cpu_end[name] - cpu_start[name]) / (t_end - t_start), 1)
+           for name in procs}
     return {
+        "cpu_percent": cpu,
         "missing_seqs": missing,
         "writes": n, "statuses": statuses, "events_matched": len(lat),
         "target_rate": args.write_rate,
@@ -392,7 +413,10 @@ def main() -> None:
         gateway = start_service("gateway", env)
         started.append(gateway)
         _wait_publisher(gateway)
-        lat = asyncio.run(write_latency(gateway, bootstrap, api_key, args))
+        procs = {"client": os.getpid(), "gateway": gateway.pid, "sandbox": sandbox.pid}
+        if getattr(broker, "pid", None):
+            procs["broker"] = broker.pid
+        lat = asyncio.run(write_latency(gateway, bootstrap, api_key, args, procs))
         log(f"latency: {lat}")
     finally:
         for child in reversed(started):
@@ -446,6 +470,8 @@ def print_report(r: dict[str, Any]) -> None:
          check(lat["p99_ms"], 20, higher_is_better=False)],
         ["writes/s achieved (open loop, target rate)",
          f"{lat['achieved_rate']:,.0f} ({lat['target_rate']:,.0f})", "~1,000", ""],
+        ["CPU % of one core during the writes (client, gateway, sandbox, broker)",
+         ", ".join(f"{k} {v:.0f}" for k, v in lat.get("cpu_percent", {}).items()), "", ""],
         ["writes answered 200 / events missing",
          f"{lat['statuses'].get(200, 0)} / {len(lat['missing_seqs'])}", "0 missing",
          "met" if not lat["missing_seqs"] and lat["statuses"].get(200, 0) == lat["writes"]

@@ -41,7 +41,7 @@ import asyncio
 import sqlite3
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, MutableSequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -50,6 +50,7 @@ import jsonpatch
 import orjson
 import structlog
 
+from services.common import logging as logsetup
 from services.common.events import (
     PASSPORT,
     PASSPORT_CE_TYPE,
@@ -258,6 +259,7 @@ class ChangeDetector:
         self._unsettled: dict[tuple[str, str, str], bytes | None] = {}
         self._documents: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
         self._last_commit: asyncio.Future[Any] | None = None
+        self._counters: dict[tuple[str, Detection], Any] = {}  # labelled children, resolved once
         with outbox.transaction() as conn:
             _create_schema(conn)
             for entity, context, key, dig in conn.execute(
@@ -419,10 +421,14 @@ class ChangeDetector:
                                     detected_by.value)
                 except Exception:  # the event is queued; a failed eviction is logged
                     log.exception("change_eviction_failed", entity=entity)
-        self._metrics.changes_detected.labels(entity=entity,
-                                              detected_by=detected_by.label).inc(len(pending))
-        log.debug("changes_detected", entity=entity, detected_by=detected_by.label,
-                  count=len(pending))
+        counter = self._counters.get((entity, detected_by))
+        if counter is None:
+            counter = self._counters[(entity, detected_by)] = \
+                self._metrics.changes_detected.labels(entity=entity, detected_by=detected_by.label)
+        counter.inc(len(pending))
+        if logsetup.DEBUG_ENABLED:  # a filtered-out call still binds a logger: ~5 % of a change
+            log.debug("changes_detected", entity=entity, detected_by=detected_by.label,
+                      count=len(pending))
         return len(pending)
 
     async def settled(self) -> None:
@@ -514,7 +520,10 @@ def _changed_paths(kind: ChangeKind, previous: Any | None, current: Any | None) 
         return []
     if previous is None or current is None:
         return [""]
-    if isinstance(previous, dict) and isinstance(current, dict):
+    if type(previous) is dict and type(current) is dict:
+        replaced: list[str] = []
+        if _replaced_paths("", previous, current, replaced):
+            return replaced  # the common case, without jsonpatch's copies (~4x cheaper)
         # jsonpatch walks every node of both documents; hand it only the top-level
         # members that differ (by canonical bytes, so 1 vs true vs 1.0 still count).
         differing = [k for k in previous.keys() | current.keys()
@@ -528,6 +537,31 @@ def _changed_paths(kind: ChangeKind, previous: Any | None, current: Any | None) 
             if p is not None and p not in paths:
                 paths.append(p)
     return paths
+
+
+def _replaced_paths(prefix: str, previous: dict, current: dict, out: list[str]) -> bool:
+    """The pointers jsonpatch's diff names when ``current`` differs from ``previous`` only
+    by values replaced under objects with the same members (replace operations, in
+    member order), appended to ``out``. False when a member was added or removed or an
+    array differs: items may have moved, and jsonpatch matches them up."""
+    if len(previous) != len(current):
+        return False
+    for key, old in previous.items():
+        if type(key) is not str or key not in current:
+            return False
+        new = current[key]
+        if old is new or _canonical(old) == _canonical(new):
+            continue
+        pointer = prefix + "/" + key.replace("~", "~0").replace("/", "~1")
+        if type(old) is dict and type(new) is dict:
+            if not _replaced_paths(pointer, old, new, out):
+                return False
+        elif (isinstance(old, MutableSequence) and isinstance(new, MutableSequence)) or \
+                (isinstance(old, MutableMapping) and isinstance(new, MutableMapping)):
+            return False  # arrays (or mappings that are not dicts): jsonpatch's answer
+        else:
+            out.append(pointer)
+    return True
 
 
 def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: Detection,

@@ -2,8 +2,9 @@
 
 A job is a function of the writer connection (inserts, no commit of its own). The event
 loop ``submit``s it and gets a future; the thread takes every job waiting, runs them in
-arrival order inside one ``BEGIN IMMEDIATE ... COMMIT`` (each in a SAVEPOINT, so a job
-that raises fails alone) and only then resolves their futures on the loop. So:
+arrival order inside one ``BEGIN IMMEDIATE ... COMMIT`` and only then resolves their
+futures on the loop (should a job raise, the transaction is rolled back and each job is
+run again in a transaction of its own, so only that job fails). So:
 
 - a future that resolved without an exception means its rows are committed (in the WAL:
   they survive SIGKILL, services.common.sqlite); a caller that must not answer before its
@@ -26,6 +27,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,8 +75,7 @@ class GroupCommitWriter:
     def submit(self, job: Job) -> asyncio.Future[Any]:
         """Queue ``job``; the future resolves (on the loop) once its transaction committed."""
         future = self._loop.create_future()
-        with self._idle:
-            self._submitted += 1
+        self._submitted += 1  # only the loop's thread submits (and asks idle())
         self._queue.put(_Pending(job, future))
         return future
 
@@ -119,31 +120,43 @@ class GroupCommitWriter:
                     pass
 
     def _commit(self, batch: list[_Pending]) -> None:
-        conn = self._conn
         with self._lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for pending in batch:
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        pending.result = pending.job(conn)
-                    except Exception as exc:  # noqa: BLE001 — this job fails alone
-                        conn.execute("ROLLBACK TO job")
-                        pending.error = exc
-                    conn.execute("RELEASE job")
-                conn.execute("COMMIT")
-            except BaseException as exc:  # noqa: BLE001 — BEGIN/COMMIT failed: nothing is in
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                for pending in batch:
-                    pending.error = pending.error or exc
-                log.error("outbox_commit_failed", jobs=len(batch), error=repr(exc)[:300])
-                return
-            self.batches += 1
-            try:
-                self._after_commit()
-            except Exception:  # committed; a failed wake-up is logged only
-                log.exception("outbox_after_commit_failed")
+                self._transaction(batch)
+            except Exception:  # noqa: BLE001 — one job (or the commit) failed: nothing is in
+                if len(batch) == 1:
+                    return
+                for pending in batch:  # each alone, so only the failing job fails
+                    pending.error = None
+                    with suppress(Exception):
+                        self._transaction([pending])
+            finally:
+                try:
+                    self._after_commit()
+                except Exception:  # committed; a failed wake-up is logged only
+                    log.exception("outbox_after_commit_failed")
+
+    def _transaction(self, batch: list[_Pending]) -> None:
+        """Every job of ``batch`` in one transaction; on an exception nothing is in and
+        every job carries it (the failing one its own)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for pending in batch:
+                try:
+                    pending.result = pending.job(conn)
+                except BaseException as exc:
+                    pending.error = exc
+                    raise
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for pending in batch:
+                pending.error = pending.error or exc
+            log.error("outbox_commit_failed", jobs=len(batch), error=repr(exc)[:300])
+            raise
+        self.batches += 1
 
 
 def _settle(batch: list[_Pending]) -> None:
