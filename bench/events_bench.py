@@ -283,6 +283,13 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "runs": runs}
 
 
+async def _loop_lag(out: list[float], every_s: float = 0.005) -> None:
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(every_s)
+        out.append(1000 * (time.perf_counter() - t - every_s))
+
+
 def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """user + system CPU seconds of each process so far (/proc/<pid>/stat)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -327,6 +334,8 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
                     log(f"latency: write {i} failed: {exc!r}")
 
             tasks = []
+            lags: list[float] = []
+            lag_task = asyncio.create_task(_loop_lag(lags))
             cpu_start = _cpu_seconds(procs)
             t_start = time.perf_counter()
             for i in range(n):
@@ -340,6 +349,7 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
             await asyncio.gather(*tasks)
             t_end = time.perf_counter()
             cpu_end = _cpu_seconds(procs)
+            lag_task.cancel()
         ok = statuses.get(200, 0)
         try:
             await tail.wait_for(ok, 15)
@@ -365,6 +375,10 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
            for name in procs}
     return {
         "cpu_percent": cpu,
+        # How late a 5 ms timer fires in the client's loop during the writes: the
+        # resolution of both time stamps (answer, event read) of each write.
+        "client_loop_lag_p50_ms": round(percentile(lags, 50), 2),
+        "client_loop_lag_p99_ms": round(percentile(lags, 99), 2),
         "missing_seqs": missing,
         "writes": n, "statuses": statuses, "events_matched": len(lat),
         "target_rate": args.write_rate,
@@ -494,6 +508,9 @@ def print_report(r: dict[str, Any]) -> None:
          check(lat["p99_ms"], 20, higher_is_better=False)],
         ["writes/s achieved (open loop, target rate)",
          f"{lat['achieved_rate']:,.0f} ({lat['target_rate']:,.0f})", "~1,000", ""],
+        ["client loop lag during the writes, p50 / p99 ms",
+         f"{lat.get('client_loop_lag_p50_ms', 0):.1f} / {lat.get('client_loop_lag_p99_ms', 0):.1f}",
+         "", ""],
         ["CPU % of one core during the writes (client, gateway, sandbox, broker)",
          ", ".join(f"{k} {v:.0f}" for k, v in lat.get("cpu_percent", {}).items()), "", ""],
         ["writes answered 200 / events missing",

@@ -19,12 +19,24 @@ finds, never entities that only a read has seen.
 
 Whatever found it, an announced change is handed to ``on_change(entity, context, key,
 kind, event_id, digest, detected_by)`` (``digest``: the new version's, ``""`` once deleted;
-``detected_by``: the Detection value) once its transaction has committed: the gateway
-evicts there (services.gateway.eviction), so the replica that found a change answers the
-new version at once, without waiting for its own event to come back from Kafka.
+``detected_by``: the Detection value) before the call returns: the gateway evicts there
+(services.gateway.eviction), so the replica that found a change answers the new version at
+once, without waiting for its own event to come back from Kafka.
 
 Calls are synchronous and cheap on the common path: last digests are held in memory
-(loaded once), so an unchanged entity costs one canonical dump and one hash.
+(loaded once), so an unchanged entity costs one canonical dump and one hash; the last
+documents of recently changed entities too (bytes), so a change reads no row.
+
+Group commit (the gateway starts the outbox's writer thread, services.common.outbox.writer):
+a change's transaction is queued, not run, and many share one COMMIT off the loop. Memory
+follows at once (the next detection compares with this one); ``await settled()`` returns
+once everything detected so far is committed, and a write answers only after it, so its
+event is in the outbox before the client is answered. A read or poll does not wait: a
+crash before its commit loses the event and the remembered digest together (one
+transaction), so the next sighting announces it again. Should a commit fail, memory is
+put back to what the file holds, for the same reason; evictions already done stay done
+(evicting early is harmless). Without the writer thread each call commits before it
+returns, as it always did.
 
 Cluster mode (DESIGN.md §12, ``claims`` given): the same transaction writes the event
 UNCLAIMED, with the transition it announces (``shared_entity``, previous, new, event
