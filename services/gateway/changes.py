@@ -30,10 +30,10 @@ documents of recently changed entities too (bytes), so a change reads no row.
 Group commit (the gateway starts the outbox's writer thread, services.common.outbox.writer):
 a change's transaction is queued, not run, and many share one COMMIT off the loop. Memory
 follows at once (the next detection compares with this one); ``await settled()`` returns
-once everything detected so far is committed, and a write answers only after it, so its
-event is in the outbox before the client is answered. A read or poll does not wait: a
-crash before its commit loses the event and the remembered digest together (one
-transaction), so the next sighting announces it again. Should a commit fail, memory is
+once everything detected so far is committed, and a write (or a cache fill that found a
+change) answers only after it, so its event is in the outbox before the client is
+answered. A poll does not wait: a crash before its commit loses the event and the
+remembered digest together (one transaction), so the next sighting announces it again. Should a commit fail, memory is
 put back to what the file holds, for the same reason; evictions already done stay done
 (evicting early is harmless). Without the writer thread each call commits before it
 returns, as it always did.
@@ -271,6 +271,7 @@ class ChangeDetector:
         self._unsettled: dict[tuple[str, str, str], bytes | None] = {}
         self._documents: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
         self._last_commit: asyncio.Future[Any] | None = None
+        self._queued = 0  # transactions handed to the outbox so far
         self._counters: dict[tuple[str, Detection], Any] = {}  # labelled children, resolved once
         with outbox.transaction() as conn:
             _create_schema(conn)
@@ -413,6 +414,7 @@ class ChangeDetector:
                               seen_at))
 
         committed = outbox.write(commit)
+        self._queued += 1
         # Memory follows now: with group commit the next detection (of the same entity too)
         # must compare with this one. Should the commit fail, _unsettle puts it back.
         for ident, new, _, _, _, document in rows:
@@ -442,6 +444,12 @@ class ChangeDetector:
             log.debug("changes_detected", entity=entity, detected_by=detected_by.label,
                       count=len(pending))
         return len(pending)
+
+    @property
+    def queued(self) -> int:
+        """How many change transactions this detector has handed to the outbox: a caller
+        compares it before and after a call to know whether that call has one to await."""
+        return self._queued
 
     async def settled(self) -> None:
         """Returns once every change detected so far is committed to the outbox (raises

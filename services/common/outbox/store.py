@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import orjson
 import structlog
 
 from services.common import sqlite
@@ -116,6 +117,7 @@ class Outbox:
         # One transaction at a time on the writer connection: the loop's or the writer's.
         self._lock = threading.Lock()
         self._writer: GroupCommitWriter | None = None
+        self._forgetting: set[int] = set()  # acknowledged, their DELETE not committed yet
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +299,14 @@ class Outbox:
 
     def pending(self) -> int:
         """Rows waiting: publishable and (cluster mode) not yet claimed."""
+        if not self._forgetting:
+            return self._read.execute(
+                "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_unclaimed)"
+            ).fetchone()[0]
+        # Their DELETE may have committed already (its callback not run yet): count exactly.
         return self._read.execute(
-            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_unclaimed)"
+            "SELECT (SELECT count(*) FROM outbox WHERE id NOT IN (SELECT value FROM json_each(?)))"
+            " + (SELECT count(*) FROM outbox_unclaimed)", (orjson.dumps(sorted(self._forgetting)),)
         ).fetchone()[0]
 
     def oldest_age_s(self) -> float:
@@ -309,10 +317,13 @@ class Outbox:
     def next_batch(self, limit: int, *, after_id: int = 0) -> list[tuple[int, EventRecord]]:
         """Up to ``limit`` waiting events, oldest first (with ids above ``after_id``:
         the publisher reads on while earlier batches await their acks)."""
+        forgetting = self._forgetting
         rows = self._read.execute(
             "SELECT id, topic, key, headers, value FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
+            (after_id, limit + len(forgetting)),
         ).fetchall()
+        if forgetting:
+            rows = [row for row in rows if row[0] not in forgetting][:limit]
         return [
             (row_id, EventRecord(topic=topic, key=key, headers=decode_headers(headers), value=value))
             for row_id, topic, key, headers, value in rows
@@ -332,7 +343,14 @@ class Outbox:
                 conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ordered])
 
         if self._writer is not None:
-            self._writer.submit(forget).add_done_callback(_log_failed_forget)
+            # Until that commit, these rows are hidden from next_batch() and pending().
+            self._forgetting.update(ordered)
+
+            def forgotten(future: asyncio.Future[Any]) -> None:
+                self._forgetting.difference_update(ordered)  # deleted, or back if it failed
+                _log_failed_forget(future)
+
+            self._writer.submit(forget).add_done_callback(forgotten)
             return
         with sqlite.transaction(self._read) as conn:
             forget(conn)

@@ -156,3 +156,14 @@ def test_sigkill_mid_batch_loses_nothing_acknowledged(tmp_path):
         markers = {n for (n,) in conn.execute("SELECT n FROM marker")}
     assert set(acked) <= events
     assert events == markers  # whole jobs, never half of one
+
+
+async def test_acknowledged_rows_are_gone_at_once_while_their_delete_is_queued(outbox):
+    await asyncio.gather(*(outbox.write(adder(outbox, event(n))) for n in range(5)))
+    ids = [i for i, _ in outbox.next_batch(10)]
+    outbox.mark_sent(ids[:3])  # queued to the writer thread
+    assert [r.header("ce_id") for _, r in outbox.next_batch(10)] == [b"e-3", b"e-4"]
+    assert outbox.pending() == 2
+    outbox.writer.idle()
+    assert in_file(outbox.path) == [b"e-3", b"e-4"]
+    assert outbox.pending() == 2

@@ -326,3 +326,25 @@ async def test_a_write_is_answered_once_its_event_is_in_the_outbox(gateway, sand
                        for _, r in box.next_batch(1000))
 
     assert await asyncio.gather(*(write(n) for n in range(10))) == [True] * 10
+
+
+async def test_a_fill_that_finds_a_change_answers_once_its_event_is_in_the_outbox(
+        gateway, sandbox):
+    outbox = gateway.server.app[OUTBOX_KEY]
+    add = outbox.add
+
+    def slow_add(conn, record, claim=None):  # runs in the writer thread
+        time.sleep(0.05)
+        add(conn, record, claim)
+
+    outbox.add = slow_add
+    pid = await some_passport(gateway)
+    await gateway.get(PID_PATH.format(pid), headers=auth())
+    await sandbox.put_passport(pid, {"id": pid, "status": {"state": "changed-upstream"},
+                                     "general_information": {"identification": {"uid": pid}}})
+    fresh = await gateway.get(PID_PATH.format(pid), headers={**auth(), "Cache-Control": "no-cache"})
+    assert fresh.headers["X-Cache"] == "MISS"
+    with Outbox(outbox.path) as box:
+        states = [(orjson.loads(r.value)["passport"].get("status") or {}).get("state")
+                  for _, r in box.next_batch(1000)]
+    assert "changed-upstream" in states
