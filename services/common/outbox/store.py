@@ -244,7 +244,7 @@ class Outbox:
             return
         event.set()
 
-    # -- the claimer's side (writer connection) --
+    # -- the claimer's side (reads: committed rows, the reader; decide: a transaction) --
 
     def unclaimed(self, limit: int, *, after_id: int = 0) -> list[UnclaimedRow]:
         """Up to ``limit`` unclaimed rows, oldest first (committed ones: the reader)."""
