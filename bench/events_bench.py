@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import copy
 import json
+import os
 import random
 import secrets
 import shutil
@@ -54,7 +55,7 @@ from bench.http_bench import gateway_env
 from services.common.events import EVENT_TOPICS, PASSPORT_TOPIC
 from services.common.kafka import ensure_topics
 from services.common.logging import configure_logging
-from services.common.outbox import Outbox, OutboxPublisher
+from services.common.outbox import PUBLISHER_BATCH_BYTES, Outbox, OutboxPublisher
 from services.common.settings import KafkaSettings, LogSettings
 from services.gateway.changes import ChangeDetector, ChangeKind, Detection
 from services.gateway.metrics import GatewayMetrics
@@ -146,13 +147,24 @@ async def pipeline_run(detector: ChangeDetector, tail: TopicTail, docs: list[tup
                        timeout_s: float) -> dict[str, Any]:
     tail.reset()
     detect_s = 0.0
+    previous: asyncio.Future[None] | None = None
     t0 = time.perf_counter()
     for i, (pid, doc) in enumerate(docs):
         d0 = time.perf_counter()
         detector.passport(pid, doc, Detection.WRITE, ChangeKind.UPDATED)
         detect_s += time.perf_counter() - d0
         if i % 50 == 49:
-            await asyncio.sleep(0)  # writes arrive between other work, like requests do
+            # Writes arrive 50 at a time between other work, like requests do, and each
+            # is answered once its event is committed (as the gateway's PUT handler
+            # does): a group waits for the commit of the one before it, so at most 100
+            # writes are in flight (with the commit inline, as before, none are).
+            group = asyncio.ensure_future(detector.settled())
+            if previous is not None:
+                await previous
+            previous = group
+            await asyncio.sleep(0)
+    if previous is not None:
+        await previous
     await tail.wait_for(len(docs), timeout_s)
     elapsed = time.perf_counter() - t0
     return {"events": len(docs), "seconds": round(elapsed, 3),
@@ -160,13 +172,15 @@ async def pipeline_run(detector: ChangeDetector, tail: TopicTail, docs: list[tup
             "detector_ms_per_event": round(1000 * detect_s / len(docs), 3)}
 
 
-async def drain_run(detector: ChangeDetector, tail: TopicTail, docs: list[tuple[str, dict]],
-                    timeout_s: float) -> dict[str, Any]:
+async def drain_run(detector: ChangeDetector, outbox: Outbox, tail: TopicTail,
+                    docs: list[tuple[str, dict]], timeout_s: float) -> dict[str, Any]:
     """outbox -> Kafka alone: the outbox is filled without yielding to the event loop (the
     publisher cannot run meanwhile), then timed until the consumer has read every event."""
     tail.reset()
     for pid, doc in docs:
         detector.passport(pid, doc, Detection.WRITE, ChangeKind.UPDATED)
+    if outbox.writer is not None:  # committed (by the writer thread), still not yielding
+        outbox.writer.idle()
     t0 = time.perf_counter()
     await tail.wait_for(len(docs), timeout_s)
     elapsed = time.perf_counter() - t0
@@ -175,9 +189,9 @@ async def drain_run(detector: ChangeDetector, tail: TopicTail, docs: list[tuple[
 
 
 async def raw_run(bootstrap: str, idempotence: bool, tail: TopicTail,
-                  messages: list[Any], timeout_s: float) -> dict[str, Any]:
+                  messages: list[Any], timeout_s: float, **options: Any) -> dict[str, Any]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=idempotence)
+                                enable_idempotence=idempotence, **options)
     await producer.start()
     try:
         tail.reset()
@@ -201,6 +215,7 @@ async def one_run(bootstrap: str, idempotence: bool, args: argparse.Namespace, r
     await tail.start()
     outbox = Outbox(work / f"gateway-{run}.sqlite3")
     outbox.open()
+    outbox.start_writer()  # as the gateway runs it (services/gateway/app.py)
     detector = ChangeDetector(outbox, GatewayMetrics(CollectorRegistry()))
     publisher = OutboxPublisher(outbox, KafkaSettings(bootstrap_servers=bootstrap,
                                                       enable_idempotence=idempotence),
@@ -218,7 +233,11 @@ async def one_run(bootstrap: str, idempotence: bool, args: argparse.Namespace, r
                                args.timeout)
         messages = [r for _, r in tail.messages]
         r = await raw_run(bootstrap, idempotence, tail, messages, args.timeout)
-        d = await drain_run(detector, tail, documents(args.events, args.passports, 1000 + run),
+        # ... and with the publisher's batch size (its one producer option beyond acks
+        # and idempotence): our code against the client tuned the same way.
+        rb = await raw_run(bootstrap, idempotence, tail, messages, args.timeout,
+                           max_batch_size=PUBLISHER_BATCH_BYTES)
+        d = await drain_run(detector, outbox, tail, documents(args.events, args.passports, 1000 + run),
                             args.timeout)
     finally:
         await publisher.stop()
@@ -226,15 +245,17 @@ async def one_run(bootstrap: str, idempotence: bool, args: argparse.Namespace, r
         await tail.stop()
     log(f"run {run + 1}: pipeline {p['events_per_s']} ev/s "
         f"(detector {p['detector_ms_per_event']} ms/event), outbox drain "
-        f"{d['events_per_s']} ev/s, raw {r['events_per_s']} ev/s")
-    return {"pipeline": p, "raw": r, "drain": d,
+        f"{d['events_per_s']} ev/s, raw {r['events_per_s']} ev/s, raw with the "
+        f"publisher's batch size {rb['events_per_s']} ev/s")
+    return {"pipeline": p, "raw": r, "raw_batched": rb, "drain": d,
             "value_bytes_median": median([len(m.value) for m in messages])}
 
 
 def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """--runs runs, each on a FRESH broker: tansu keeps records in memory and slows down
     as they pile up, which would penalise whatever runs last."""
-    runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "drain": [], "raw": []}
+    runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "drain": [], "raw": [],
+                                             "raw_batched": []}
     value_bytes = 0.0
     for run in range(args.runs):
         bootstrap, broker = start_broker(required=True)
@@ -249,7 +270,12 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pipe = median([r["events_per_s"] for r in runs["pipeline"]])
     raw = median([r["events_per_s"] for r in runs["raw"]])
     drain = median([r["events_per_s"] for r in runs["drain"]])
+    raw_batched = median([r["events_per_s"] for r in runs["raw_batched"]])
     return {"pipeline_events_per_s": pipe, "raw_events_per_s": raw,
+            "raw_batched_events_per_s": raw_batched,
+            "ratio_raw_batched": ratio(pipe, raw_batched),
+            "ratio_per_run": [ratio(p["events_per_s"], r["events_per_s"])
+                              for p, r in zip(runs["pipeline"], runs["raw"], strict=True)],
             "drain_events_per_s": drain, "ratio": ratio(pipe, raw),
             "drain_ratio": ratio(drain, raw), "value_bytes_median": value_bytes,
             "detector_ms_per_event": median([r["detector_ms_per_event"]
@@ -257,8 +283,28 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "runs": runs}
 
 
+async def _loop_lag(out: list[float], every_s: float = 0.005) -> None:
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(every_s)
+        out.append(1000 * (time.perf_counter() - t - every_s))
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """user + system CPU seconds of each process so far (/proc/<pid>/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            out[name] = 0.0
+    return out
+
+
 async def write_latency(gateway: Child, bootstrap: str, api_key: str,
-                        args: argparse.Namespace) -> dict[str, Any]:
+                        args: argparse.Namespace, procs: dict[str, int]) -> dict[str, Any]:
     tail = TopicTail(bootstrap, PASSPORT_TOPIC)
     await tail.start()
     token = secrets.token_hex(4)
@@ -288,6 +334,9 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
                     log(f"latency: write {i} failed: {exc!r}")
 
             tasks = []
+            lags: list[float] = []
+            lag_task = asyncio.create_task(_loop_lag(lags))
+            cpu_start = _cpu_seconds(procs)
             t_start = time.perf_counter()
             for i in range(n):
                 pid = f"BP-{1 + i % 200:04d}"
@@ -299,6 +348,8 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
                 tasks.append(asyncio.create_task(put(i, pid, doc)))
             await asyncio.gather(*tasks)
             t_end = time.perf_counter()
+            cpu_end = _cpu_seconds(procs)
+            lag_task.cancel()
         ok = statuses.get(200, 0)
         try:
             await tail.wait_for(ok, 15)
@@ -318,7 +369,16 @@ async def write_latency(gateway: Child, bootstrap: str, api_key: str,
         found = await _scan_topic(bootstrap, PASSPORT_TOPIC, token)
         log(f"latency: no event read for writes {missing[:20]}; a scan of the whole topic "
             f"finds {sorted(set(missing) & found)[:20]} of them")
+    # CPU of each process over the write phase, in % of one core: a client near 100 % is
+    # itself the limit (its sends and its topic tail share one event loop).
+    cpu = {name: round(100 * (cpu_end[name] - cpu_start[name]) / (t_end - t_start), 1)
+           for name in procs}
     return {
+        "cpu_percent": cpu,
+        # How late a 5 ms timer fires in the client's loop during the writes: the
+        # resolution of both time stamps (answer, event read) of each write.
+        "client_loop_lag_p50_ms": round(percentile(lags, 50), 2),
+        "client_loop_lag_p99_ms": round(percentile(lags, 99), 2),
         "missing_seqs": missing,
         "writes": n, "statuses": statuses, "events_matched": len(lat),
         "target_rate": args.write_rate,
@@ -387,7 +447,10 @@ def main() -> None:
         gateway = start_service("gateway", env)
         started.append(gateway)
         _wait_publisher(gateway)
-        lat = asyncio.run(write_latency(gateway, bootstrap, api_key, args))
+        procs = {"client": os.getpid(), "gateway": gateway.pid, "sandbox": sandbox.pid}
+        if getattr(broker, "pid", None):
+            procs["broker"] = broker.pid
+        lat = asyncio.run(write_latency(gateway, bootstrap, api_key, args, procs))
         log(f"latency: {lat}")
     finally:
         for child in reversed(started):
@@ -431,6 +494,10 @@ def print_report(r: dict[str, Any]) -> None:
          "", ""],
         ["events/s raw aiokafka, same messages (median)", f"{tp['raw_events_per_s']:,.0f}", "", ""],
         ["ratio pipeline / raw", f"{tp['ratio']:.2f}", ">= 0.8", check(tp["ratio"], 0.8)],
+        ["events/s raw aiokafka, the publisher's batch size (median)",
+         f"{tp['raw_batched_events_per_s']:,.0f}", "", ""],
+        ["ratio pipeline / raw with the publisher's batch size",
+         f"{tp['ratio_raw_batched']:.2f}", "", ""],
         ["events/s outbox -> Kafka alone (publisher drain)", f"{tp['drain_events_per_s']:,.0f}",
          "", ""],
         ["ratio publisher drain / raw", f"{tp['drain_ratio']:.2f}", "", ""],
@@ -441,6 +508,11 @@ def print_report(r: dict[str, Any]) -> None:
          check(lat["p99_ms"], 20, higher_is_better=False)],
         ["writes/s achieved (open loop, target rate)",
          f"{lat['achieved_rate']:,.0f} ({lat['target_rate']:,.0f})", "~1,000", ""],
+        ["client loop lag during the writes, p50 / p99 ms",
+         f"{lat.get('client_loop_lag_p50_ms', 0):.1f} / {lat.get('client_loop_lag_p99_ms', 0):.1f}",
+         "", ""],
+        ["CPU % of one core during the writes (client, gateway, sandbox, broker)",
+         ", ".join(f"{k} {v:.0f}" for k, v in lat.get("cpu_percent", {}).items()), "", ""],
         ["writes answered 200 / events missing",
          f"{lat['statuses'].get(200, 0)} / {len(lat['missing_seqs'])}", "0 missing",
          "met" if not lat["missing_seqs"] and lat["statuses"].get(200, 0) == lat["writes"]

@@ -34,6 +34,7 @@ REQUEST_CONTEXT: ContextVar[tuple[str, str] | None] = ContextVar("ampgate_reques
 # Whether info lines are emitted: the per-request line is skipped outright when not, so a
 # cache hit with access logging off pays nothing for it.
 INFO_ENABLED = True
+DEBUG_ENABLED = True  # likewise for debug lines on hot paths (the change detector)
 
 
 def add_request_context(logger: object, method: str, event_dict: dict) -> dict:
@@ -66,8 +67,9 @@ def configure_logging(settings: LogSettings, *, stream=None) -> None:
         ]
         factory = structlog.BytesLoggerFactory(stream.buffer if hasattr(stream, "buffer") else stream)
     level = logging.getLevelNamesMapping()[settings.level.upper()]
-    global INFO_ENABLED
+    global INFO_ENABLED, DEBUG_ENABLED
     INFO_ENABLED = level <= logging.INFO
+    DEBUG_ENABLED = level <= logging.DEBUG
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

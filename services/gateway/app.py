@@ -171,6 +171,7 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(outbox_path(settings.state_dir))
     outbox.open()
+    outbox.start_writer()  # group commit: writes await their commit (changes.settled)
     app[OUTBOX_KEY] = outbox
     cache = app[CACHE_KEY]
     cluster = app[CLUSTER_KEY]

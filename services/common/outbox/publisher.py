@@ -38,6 +38,12 @@ log = structlog.get_logger("ampgate.kafka")
 
 Row = tuple[int, EventRecord]
 
+# Per partition and produce request. aiokafka keeps ONE request in flight per broker and
+# puts one batch per partition in it: with the default 16 KiB, ~6 KB events go two at a
+# time per partition and a loaded loop publishes a few hundred a second. 256 KiB carries
+# ~40 per partition per round trip (a request stays well under brokers' limits).
+PUBLISHER_BATCH_BYTES = 256 * 1024
+
 
 class PublisherMetrics(Protocol):
     """What the publisher updates (the gateway's GatewayMetrics has these)."""
@@ -197,7 +203,8 @@ class OutboxPublisher:
                     timeout,
                 )
                 producer = make_producer(
-                    self._settings, request_timeout_ms=int(timeout * 1000), linger_ms=0
+                    self._settings, request_timeout_ms=int(timeout * 1000), linger_ms=0,
+                    max_batch_size=PUBLISHER_BATCH_BYTES,
                 )
                 try:
                     await asyncio.wait_for(producer.start(), timeout)

@@ -7,11 +7,15 @@ Durability (services.common.sqlite): WAL mode with ``synchronous=NORMAL``. A com
 file before COMMIT returns, so it survives SIGKILL of the process (only an OS crash or
 power loss can drop the last transactions, which FULL would prevent at an fsync each).
 
-Threading: the calls run on the event loop, synchronously. They are sub-millisecond
-local writes without fsync, cheaper than a hop to a thread; in exchange the body of
+Threading: by default the calls run on the event loop, synchronously; the body of
 ``transaction()`` must not ``await`` (no other coroutine can interleave). Two
-connections: the writer for transactions, and one for the publisher, which so reads
-only committed rows.
+connections: the writer for transactions, and the reader (the publisher's, and every
+other read of committed rows on the loop). ``start_writer()`` (the gateway does) adds
+group commit (services.common.outbox.writer): ``write(job)`` hands a job to the writer
+thread and returns a future that resolves once the job is committed; many jobs share
+one transaction. ``transaction()`` still works then: it first waits until the writer
+has committed everything submitted before it, so the order of writes is the order of
+the calls.
 
 Cluster mode (DESIGN.md §12): a row may first be written UNCLAIMED, into the table
 ``outbox_unclaimed`` with the transition it announces (shared-digest entity, previous,
@@ -27,16 +31,23 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
+
+import orjson
+import structlog
 
 from services.common import sqlite
 from services.common.events import EventRecord
+from services.common.outbox.writer import GroupCommitWriter
 from services.common.sqlite import decode_headers, encode_headers
+
+log = structlog.get_logger(__name__)
 
 DB_FILENAME = "gateway.sqlite3"
 
@@ -103,6 +114,10 @@ class Outbox:
         self._added = False
         self._added_unclaimed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # One transaction at a time on the writer connection: the loop's or the writer's.
+        self._lock = threading.Lock()
+        self._writer: GroupCommitWriter | None = None
+        self._forgetting: set[int] = set()  # acknowledged, their DELETE not committed yet
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +130,22 @@ class Outbox:
         except RuntimeError:
             self._loop = None
 
+    def start_writer(self, *, max_batch: int = 1000) -> None:
+        """Group commit from now on (module docstring); call on the loop that awaits the
+        futures, after ``open()``. ``close()`` commits what is queued and stops it."""
+        if self._writer is None:
+            self._loop = asyncio.get_running_loop()
+            self._writer = GroupCommitWriter(self.connection, self._lock, self._loop,
+                                             self._after_writer_commit, max_batch=max_batch)
+
+    @property
+    def writer(self) -> GroupCommitWriter | None:
+        return self._writer
+
     def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         for conn in (self._reader, self._conn):
             if conn is not None:
                 conn.close()
@@ -130,20 +160,51 @@ class Outbox:
 
     @property
     def connection(self) -> sqlite3.Connection:
-        """The writer connection, for reads by the owner of tables in the same file."""
+        """The writer connection, for reads by the owner of tables in the same file. With
+        the writer thread running, this waits until it has committed every job submitted
+        so far: use the connection at once, without awaiting in between."""
         if self._conn is None:
             raise RuntimeError("outbox is not open")
+        if self._writer is not None:
+            self._writer.idle()
         return self._conn
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """The reader connection: committed rows only, never waits for the writer. For
+        reads on the loop's thread."""
+        if self._reader is None:
+            raise RuntimeError("outbox is not open")
+        return self._reader
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception). Do not await inside."""
-        try:
-            with sqlite.transaction(self.connection) as conn:
-                yield conn
-        except BaseException:
-            self._added = self._added_unclaimed = False
-            raise
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception). Do not await inside.
+        After every job submitted to the writer thread before it."""
+        conn = self.connection  # waits for the writer to be idle
+        with self._lock:
+            try:
+                with sqlite.transaction(conn):
+                    yield conn
+            except BaseException:
+                self._added = self._added_unclaimed = False
+                raise
+            self._after_commit_notify()
+
+    def write(self, job: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any] | None:
+        """Run ``job(conn)`` in a transaction. With the writer thread: queued (group
+        commit), returns the future of its commit. Without: committed before this
+        returns (None)."""
+        if self._writer is not None:
+            return self._writer.submit(job)
+        with self.transaction() as conn:
+            job(conn)
+        return None
+
+    def _after_writer_commit(self) -> None:  # the writer thread, under the lock
+        self._after_commit_notify()
+
+    def _after_commit_notify(self) -> None:
         if self._added:
             self._added = False
             self._notify(self.wakeup)
@@ -183,11 +244,11 @@ class Outbox:
             return
         event.set()
 
-    # -- the claimer's side (writer connection) --
+    # -- the claimer's side (reads: committed rows, the reader; decide: a transaction) --
 
     def unclaimed(self, limit: int, *, after_id: int = 0) -> list[UnclaimedRow]:
-        """Up to ``limit`` unclaimed rows, oldest first."""
-        rows = self.connection.execute(
+        """Up to ``limit`` unclaimed rows, oldest first (committed ones: the reader)."""
+        rows = self.reader.execute(
             "SELECT id, topic, key, headers, value, entity, previous, new, event_id, always "
             "FROM outbox_unclaimed WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit),
         ).fetchall()
@@ -200,7 +261,7 @@ class Outbox:
         ]
 
     def unclaimed_count(self) -> int:
-        return self.connection.execute("SELECT count(*) FROM outbox_unclaimed").fetchone()[0]
+        return self.reader.execute("SELECT count(*) FROM outbox_unclaimed").fetchone()[0]
 
     def decide(self, promote: Sequence[int], drop: Sequence[int],
                replace: Sequence[tuple[int, EventRecord, ClaimSpec]] = ()) -> None:
@@ -238,8 +299,14 @@ class Outbox:
 
     def pending(self) -> int:
         """Rows waiting: publishable and (cluster mode) not yet claimed."""
+        if not self._forgetting:
+            return self._read.execute(
+                "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_unclaimed)"
+            ).fetchone()[0]
+        # Their DELETE may have committed already (its callback not run yet): count exactly.
         return self._read.execute(
-            "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM outbox_unclaimed)"
+            "SELECT (SELECT count(*) FROM outbox WHERE id NOT IN (SELECT value FROM json_each(?)))"
+            " + (SELECT count(*) FROM outbox_unclaimed)", (orjson.dumps(sorted(self._forgetting)),)
         ).fetchone()[0]
 
     def oldest_age_s(self) -> float:
@@ -250,22 +317,45 @@ class Outbox:
     def next_batch(self, limit: int, *, after_id: int = 0) -> list[tuple[int, EventRecord]]:
         """Up to ``limit`` waiting events, oldest first (with ids above ``after_id``:
         the publisher reads on while earlier batches await their acks)."""
+        forgetting = self._forgetting
         rows = self._read.execute(
             "SELECT id, topic, key, headers, value FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
+            (after_id, limit + len(forgetting)),
         ).fetchall()
+        if forgetting:
+            rows = [row for row in rows if row[0] not in forgetting][:limit]
         return [
             (row_id, EventRecord(topic=topic, key=key, headers=decode_headers(headers), value=value))
             for row_id, topic, key, headers, value in rows
         ]
 
     def mark_sent(self, ids: Sequence[int]) -> None:
-        """Forget events Kafka has acknowledged."""
+        """Forget events Kafka has acknowledged. With the writer thread: queued with the
+        other writes (a crash before that commit sends them again: duplicates, no gaps)."""
         if not ids:
             return
         ordered = sorted(ids)
-        with sqlite.transaction(self._read) as conn:
+
+        def forget(conn: sqlite3.Connection) -> None:
             if ordered[-1] - ordered[0] + 1 == len(set(ordered)):  # a run: the usual case
                 conn.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (ordered[0], ordered[-1]))
             else:
                 conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ordered])
+
+        if self._writer is not None:
+            # Until that commit, these rows are hidden from next_batch() and pending().
+            self._forgetting.update(ordered)
+
+            def forgotten(future: asyncio.Future[Any]) -> None:
+                self._forgetting.difference_update(ordered)  # deleted, or back if it failed
+                _log_failed_forget(future)
+
+            self._writer.submit(forget).add_done_callback(forgotten)
+            return
+        with sqlite.transaction(self._read) as conn:
+            forget(conn)
+
+
+def _log_failed_forget(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.warning("outbox_mark_sent_failed", error=repr(exc)[:300])  # sent again later

@@ -30,6 +30,13 @@ def _detect(request: web.Request, passport_id: str, doc: Any, how: Detection,
     detector.passport(passport_id, doc, how, change)
 
 
+async def _written(request: web.Request) -> None:
+    """A write answers once its event is committed to the outbox (DESIGN.md §7)."""
+    detector = request.app.get(DETECTOR_KEY)
+    if detector is not None:
+        await detector.settled()
+
+
 def public_key(request: web.Request) -> tuple[str, ...]:
     return ("passport", "public", path_id(request, "passport_id"))
 
@@ -115,6 +122,7 @@ async def create(request: web.Request, query: Any) -> web.Response:
     if pid:
         _detect(request, pid, doc, Detection.WRITE, ChangeKind.CREATED)
     _evict(request, pid)
+    await _written(request)
     return passthrough(resp)
 
 
@@ -126,6 +134,7 @@ async def update(request: web.Request, query: Any) -> web.Response:
         content_type="application/json", **trace(request))
     _detect(request, pid, _written_doc(resp.data, body), Detection.WRITE, ChangeKind.UPDATED)
     _evict(request, pid)
+    await _written(request)
     return passthrough(resp)
 
 
@@ -135,4 +144,5 @@ async def delete(request: web.Request, query: Any) -> web.Response:
         "delete", "DELETE", _paths(request).owned_item.format(id=pid), **trace(request))
     _detect(request, pid, None, Detection.WRITE, ChangeKind.DELETED)
     _evict(request, pid)
+    await _written(request)
     return passthrough(resp)

@@ -10,7 +10,7 @@ from aiohttp import web
 from services.common.http import REQUEST_ID_KEY, TRACEPARENT_KEY
 from services.gateway.cache import CachedResponse, CacheResult, make_response
 from services.gateway.hot_path import etag_matches, sendable, wire_response
-from services.gateway.keys import CACHE_KEY, POLICIES_KEY, SETTINGS_KEY, UPSTREAMS_KEY
+from services.gateway.keys import CACHE_KEY, DETECTOR_KEY, POLICIES_KEY, SETTINGS_KEY, UPSTREAMS_KEY
 from services.gateway.upstream_client import UpstreamClient, UpstreamResponse
 
 X_CACHE = {
@@ -74,7 +74,8 @@ def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: 
     error status, UpstreamBadBody for a body that is not JSON): the cache tells an outage
     (stale-if-error) from an answer (the entry is dropped) by that exception.
 
-    ``inspect`` sees the answer first (change detection; it may raise UpstreamBadBody) and
+    ``inspect`` sees the answer first (change detection; it may raise UpstreamBadBody;
+    a change it announces is committed to the outbox before the fill returns) and
     may return the content digest of the answer (the digest its change events carry),
     stored with the entry (services.gateway.eviction); ``rewrite`` answers the JSON body
     to store instead of the upstream's."""
@@ -82,7 +83,14 @@ def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: 
 
     async def fetch() -> CachedResponse:
         resp = await client.request(operation, "GET", path, params=params, **ids)
-        digest = (inspect(resp) or "") if inspect is not None else ""
+        digest = ""
+        if inspect is not None:
+            detector = request.app.get(DETECTOR_KEY)
+            queued = detector.queued if detector is not None else 0
+            digest = inspect(resp) or ""
+            if detector is not None and detector.queued != queued:
+                # A change this fill found is committed before anyone is answered with it.
+                await detector.settled()
         if rewrite is not None:  # the body stored is not the upstream's: no digest
             return make_response(resp.status, rewrite(resp), "application/json")
         return make_response(resp.status, resp.body, resp.content_type or "application/json",

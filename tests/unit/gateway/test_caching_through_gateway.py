@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 
+from services.common.outbox import Outbox
+from services.gateway.keys import OUTBOX_KEY
 from tests.fixtures.gateway import WRITER_KEY, auth
 
 PID_PATH = "/v1/passports/{}"
@@ -298,3 +301,50 @@ async def test_a_read_that_finds_a_new_tariff_evicts_every_view_of_that_evse(mak
         assert resp.headers["X-Cache"] == "MISS", view
         if rate_name is not None:
             assert rate_name(await resp.json()) == "Night tariff", view
+
+
+async def test_a_write_is_answered_once_its_event_is_in_the_outbox(gateway, sandbox):
+    """Group commit must not answer early: with the outbox's writer thread slowed down,
+    each write still answers only once its event is in the file (DESIGN.md §7)."""
+    outbox = gateway.server.app[OUTBOX_KEY]
+    add = outbox.add
+
+    def slow_add(conn, record, claim=None):  # runs in the writer thread
+        time.sleep(0.05)
+        add(conn, record, claim)
+
+    outbox.add = slow_add
+    pid = await some_passport(gateway)
+    doc = await (await gateway.get(PID_PATH.format(pid), headers=auth())).json()
+
+    async def write(n: int) -> bool:
+        put = await gateway.put(PID_PATH.format(pid), json={**doc, "n": n},
+                                headers=auth(WRITER_KEY))
+        assert put.status == 200, await put.text()
+        with Outbox(outbox.path) as box:  # as a restarted gateway would read the file
+            return any(orjson.loads(r.value)["passport"].get("n") == n
+                       for _, r in box.next_batch(1000))
+
+    assert await asyncio.gather(*(write(n) for n in range(10))) == [True] * 10
+
+
+async def test_a_fill_that_finds_a_change_answers_once_its_event_is_in_the_outbox(
+        gateway, sandbox):
+    outbox = gateway.server.app[OUTBOX_KEY]
+    add = outbox.add
+
+    def slow_add(conn, record, claim=None):  # runs in the writer thread
+        time.sleep(0.05)
+        add(conn, record, claim)
+
+    outbox.add = slow_add
+    pid = await some_passport(gateway)
+    await gateway.get(PID_PATH.format(pid), headers=auth())
+    await sandbox.put_passport(pid, {"id": pid, "status": {"state": "changed-upstream"},
+                                     "general_information": {"identification": {"uid": pid}}})
+    fresh = await gateway.get(PID_PATH.format(pid), headers={**auth(), "Cache-Control": "no-cache"})
+    assert fresh.headers["X-Cache"] == "MISS"
+    with Outbox(outbox.path) as box:
+        states = [(orjson.loads(r.value)["passport"].get("status") or {}).get("state")
+                  for _, r in box.next_batch(1000)]
+    assert "changed-upstream" in states

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, digest_of
@@ -20,6 +24,8 @@ from services.gateway.changes import (
     ChangeKind,
     Detection,
     Observation,
+    _changed_paths,
+    _replaced_paths,
     tariff_comparable,
     tariff_of,
 )
@@ -290,3 +296,101 @@ def test_reads_in_another_currency_or_with_tax_are_not_compared() -> None:
     assert tariff_comparable({"evseId": "DE*EEE*E000001", "tag_id": "x", "consumption": "9"})
     assert not tariff_comparable({"evseId": "DE*EEE*E000001", "tag_id": "x", "currency": "CHF"})
     assert not tariff_comparable({"evseIds": "DE*EEE*E000001", "tag_id": "x", "include_tax": ""})
+
+
+# --- group commit (the gateway starts the outbox's writer thread) ---------------------------
+
+@pytest.fixture
+async def grouped(db: Path, registry: CollectorRegistry):
+    box = Outbox(db)
+    box.open()
+    box.start_writer()
+    yield box, ChangeDetector(box, GatewayMetrics(registry), clock=lambda: T0)
+    box.close()
+
+
+def file_state(db: Path) -> tuple[list[Sent], dict[str, str]]:
+    """Events and last-seen digests as a restarted gateway would find them."""
+    with Outbox(db) as box:
+        events = drain(box)
+        digests = dict(box.connection.execute("SELECT key, digest FROM change_seen"))
+    return events, digests
+
+
+async def test_settled_returns_once_every_detection_is_in_the_file(grouped, db) -> None:
+    _, detector = grouped
+    docs = [{**PASSPORT, "n": n} for n in range(40)]
+    for n, doc in enumerate(docs):  # 40 writes in flight, none awaited yet
+        assert detector.passport(f"BP-{n % 4}", doc, Detection.WRITE, ChangeKind.UPDATED)
+    await detector.settled()
+    events, digests = file_state(db)
+    assert [e.data["passport"]["n"] for e in events] == list(range(40))
+    assert digests == {f"BP-{k}": digest_of(docs[36 + k]) for k in range(4)}
+
+
+async def test_unsettled_changes_diff_against_each_other(grouped, db) -> None:
+    """A → B → C of one passport before any commit: C is compared with B, not with what
+    the file still holds."""
+    _, detector = grouped
+    a, b = PASSPORT, {**PASSPORT, "x": 1}
+    c = {**b, "battery": {**PASSPORT["battery"], "capacity_kwh": 80}}
+    for doc in (a, b, c):
+        assert detector.passport("BP-1", doc, Detection.READ)
+    await detector.settled()
+    events, _ = file_state(db)
+    assert [e.data.get("changed_paths") for e in events] == [None, ["/x"],
+                                                             ["/battery/capacity_kwh"]]
+    assert events[2].data["previous_digest"] == digest_of(b)
+
+
+async def test_a_failed_commit_is_forgotten_and_announced_again(grouped, db, monkeypatch) -> None:
+    box, detector = grouped
+    assert detector.passport("BP-1", PASSPORT, Detection.READ)
+    await detector.settled()
+    changed = {**PASSPORT, "x": 1}
+    add = box.add
+
+    def failing_add(conn, record, claim=None):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(box, "add", failing_add)
+    assert detector.passport("BP-1", changed, Detection.READ)
+    with pytest.raises(sqlite3.OperationalError):
+        await detector.settled()
+    assert detector.last_digest("passport", "BP-1") == digest_of(PASSPORT)  # as in the file
+    monkeypatch.setattr(box, "add", add)
+    assert detector.passport("BP-1", changed, Detection.READ)  # announced again, not lost
+    await detector.settled()
+    events, digests = file_state(db)
+    assert [e.data.get("changed_paths") for e in events] == [None, ["/x"]]
+    assert digests == {"BP-1": digest_of(changed)}
+
+
+# --- changed paths: the fast walk names what jsonpatch names ---------------------------------
+
+_scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False) \
+    | st.sampled_from(["", "a", "b", "~", "/"])
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.sampled_from(["a", "b", "c/d", "e~f"]), inner,
+                                       max_size=3), max_leaves=12)
+_documents = st.dictionaries(st.sampled_from(["a", "b", "c", "x/y"]), _json, max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(previous=_documents, current=_documents, flips=st.lists(st.integers(0, 3), max_size=3))
+def test_changed_paths_match_jsonpatch(previous, current, flips) -> None:
+    """Same members with some values replaced (the fast walk) or anything else (jsonpatch):
+    the pointers are those of jsonpatch's diff, in its order."""
+    keys = sorted(previous)
+    same_shape = {k: current.get(k, previous[k]) for k in keys}  # replaced values only
+    for candidate in (current, same_shape, {**previous, **{keys[i % len(keys)]: True
+                                                           for i in flips}} if keys else {}):
+        expected = []
+        for op in jsonpatch.JsonPatch.from_diff(previous, candidate):
+            for p in (op.get("from"), op["path"]):
+                if p is not None and p not in expected:
+                    expected.append(p)
+        assert sorted(_changed_paths(ChangeKind.UPDATED, previous, candidate)) == sorted(expected)
+        walked: list[str] = []
+        if _replaced_paths("", previous, candidate, walked):
+            assert walked == expected  # in jsonpatch's order too
