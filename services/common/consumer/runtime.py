@@ -427,7 +427,7 @@ class EventConsumer:
             owned = consumer.assignment()
             # Partitions taken away meanwhile: their new owner reads from the last commit.
             held = [r for r in self._held if TopicPartition(r.topic, r.partition) in owned]
-            self._held = []
+            self._held = held  # still reported as retrying while they are applied again
             if held:
                 await self._apply_records(consumer, held)
             elif consumer.paused():
