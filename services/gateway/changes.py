@@ -214,7 +214,10 @@ class Claims(Protocol):
 
 # --- the detector --------------------------------------------------------------------------
 
-_DOCUMENT_CACHE = 1024  # recent documents kept as bytes (~6 KB a passport: ~6 MB)
+# Recent documents kept as bytes, bounded by size: ~170 passports of ~6 KB, the hot set of a
+# busy writer; older ones are read from their row. (A count bound of 1,024 cost 64 MiB of RSS
+# beside the cache's budget with 64 KiB documents: bench/run.sh rss.)
+_DOCUMENT_CACHE_BYTES = 1024 * 1024
 _NOTHING = object()
 
 _SCHEMA = """
@@ -270,6 +273,7 @@ class ChangeDetector:
         # of a busy entity reads no row and inflates nothing.
         self._unsettled: dict[tuple[str, str, str], bytes | None] = {}
         self._documents: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
+        self._documents_bytes = 0
         self._last_commit: asyncio.Future[Any] | None = None
         self._queued = 0  # transactions handed to the outbox so far
         self._counters: dict[tuple[str, Detection], Any] = {}  # labelled children, resolved once
@@ -476,17 +480,23 @@ class ChangeDetector:
                     self._seen[ident] = last
             if self._unsettled.get(ident, _NOTHING) is document:
                 del self._unsettled[ident]
-            self._documents.pop(ident, None)
+            self._forget_document(ident)
 
     def _settled(self, rows: list) -> None:
         """Committed: the documents move from the unsettled map to the bounded cache."""
         for ident, _, _, _, _, document in rows:
             if self._unsettled.get(ident, _NOTHING) is document:
                 del self._unsettled[ident]
+                self._forget_document(ident)
                 self._documents[ident] = document
-                self._documents.move_to_end(ident)
-        while len(self._documents) > _DOCUMENT_CACHE:
-            self._documents.popitem(last=False)
+                self._documents_bytes += len(document or b"")
+        while self._documents_bytes > _DOCUMENT_CACHE_BYTES:
+            _, dropped = self._documents.popitem(last=False)
+            self._documents_bytes -= len(dropped or b"")
+
+    def _forget_document(self, ident: tuple[str, str, str]) -> None:
+        dropped = self._documents.pop(ident, None)
+        self._documents_bytes -= len(dropped or b"")
 
     def _document(self, entity: str, context: str, key: str) -> Any | None:
         """The document last seen: from memory (not yet committed, or recently seen), else
