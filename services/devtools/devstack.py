@@ -87,16 +87,24 @@ async def _start(name: str, port: int, env: dict[str, str], logs: Path, *,
         sys.executable, "-m", "services", command or name, env=child_env, stdout=fd, stderr=fd)
     os.close(fd)
     child = Child(name, f"http://127.0.0.1:{port}", proc, log)
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if proc.returncode is not None:
-                raise RuntimeError(f"{name} exited: see {log}\n{log.read_text()[-2000:]}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(child.url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return child
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{name} did not start: see {log}")
+    timeout = aiohttp.ClientTimeout(total=2)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for _ in range(300):
+                if proc.returncode is not None:
+                    raise RuntimeError(f"{name} exited: see {log}\n{log.read_text()[-2000:]}")
+                with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    async with session.get(child.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return child
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{name} did not start: see {log}")
+    except BaseException:
+        # not handed to the caller yet, so nobody else would stop it
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
 
 
 async def _receiver(port: int) -> web.AppRunner:

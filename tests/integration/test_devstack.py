@@ -119,32 +119,3 @@ def test_dev_stack_shows_a_change_end_to_end(tmp_path):
     finally:
         returncode = stack.stop()
     assert returncode == 0, stack.output()
-
-
-def test_dev_stack_with_two_replicas_acts_as_one_gateway(tmp_path):
-    """``ampgate dev --replicas 2``: one poller (a lease), one event per change, both replicas
-    answer the new tariff at once."""
-    stack = DevStack(tmp_path, "--replicas", "2")
-    try:
-        replicas = [stack.wait_for(rf"replica {n}\s+(http://127\.0\.0\.1:\d+)", 120).group(1)
-                    for n in (1, 2)]
-        sandbox = stack.wait_for(r"sandbox\s+(http://127\.0\.0\.1:\d+)", 5).group(1)
-        key = stack.wait_for(r"API key\s+(\S+)", 5).group(1)
-        auth = {"Authorization": f"Bearer {key}"}
-        for url in replicas:  # both warm: the old tariff is cached on each
-            status, body = _get(url + PRICE, auth)
-            assert status == 200 and b"Night tariff" not in body
-        stack.wait_for(r"initial snapshots: 1 so far", 60)
-        _change_tariff(sandbox, "Night tariff")
-        stack.wait_for(UPDATED, 60)
-        time.sleep(3)  # three more poll intervals: a second poller would have announced it too
-        assert stack.count(UPDATED) == 1, stack.output()
-        # and one replica polls the pricing upstream, the other waits for the lease
-        held = [_lease_held(url, "poller:prices") for url in replicas]
-        assert sorted(held) == [0.0, 1.0], held
-        for url in replicas:
-            status, body = _get(url + PRICE, auth)
-            assert status == 200 and b"Night tariff" in body, (url, body[:300])
-    finally:
-        returncode = stack.stop()
-    assert returncode == 0, stack.output()
