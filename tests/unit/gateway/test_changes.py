@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -244,6 +245,33 @@ def test_event_and_memory_are_one_transaction(db, outbox, registry) -> None:
         (seen,) = conn.execute("SELECT digest FROM change_seen WHERE key = 'BP-1'").fetchone()
     assert seen == digest_of(PASSPORT)
     assert outbox.pending() == 1
+
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_recent_documents_are_bounded_by_bytes_and_diffs_still_read_the_file(
+        detector, outbox) -> None:
+    """Big documents: what the detector keeps in memory stays near its 1 MiB bound (it once
+    kept its last 1,024 documents: 64 MiB of them with 64 KiB passports; here 20 MiB grew the
+    RSS by ~60 MiB, bounded by ~5), and a passport no longer in memory is still diffed
+    against its last version, read from the file."""
+    pad = "x" * 64 * 1024
+    docs = {f"BP-{n}": {**PASSPORT, "pad": pad, "n": n} for n in range(320)}  # 20 MiB
+    gc.collect()
+    before = _rss_mib()
+    for pid, doc in docs.items():
+        assert detector.passport(pid, doc, Detection.READ)
+    gc.collect()
+    grown = _rss_mib() - before
+    assert grown < 24, f"RSS grew {grown:.0f} MiB for 320 documents of 64 KiB"
+    drain(outbox)
+    assert detector.passport("BP-0", {**docs["BP-0"], "n": -1}, Detection.READ)
+    (event,) = drain(outbox)
+    assert event.data["changed_paths"] == ["/n"]
 
 
 # --- prices ----------------------------------------------------------------------------------
