@@ -75,7 +75,8 @@ def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: 
     (stale-if-error) from an answer (the entry is dropped) by that exception.
 
     ``inspect`` sees the answer first (change detection; it may raise UpstreamBadBody;
-    a change it announces is committed to the outbox before the fill returns) and
+    a change it announces is committed to the outbox before the fill returns, a first
+    sighting need not be: ``ChangeDetector.awaited``) and
     may return the content digest of the answer (the digest its change events carry),
     stored with the entry (services.gateway.eviction); ``rewrite`` answers the JSON body
     to store instead of the upstream's."""
@@ -86,9 +87,9 @@ def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: 
         digest = ""
         if inspect is not None:
             detector = request.app.get(DETECTOR_KEY)
-            queued = detector.queued if detector is not None else 0
+            awaited = detector.awaited if detector is not None else 0
             digest = inspect(resp) or ""
-            if detector is not None and detector.queued != queued:
+            if detector is not None and detector.awaited != awaited:
                 # A change this fill found is committed before anyone is answered with it.
                 await detector.settled()
         if rewrite is not None:  # the body stored is not the upstream's: no digest

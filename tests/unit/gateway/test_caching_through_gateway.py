@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import orjson
@@ -348,3 +349,30 @@ async def test_a_fill_that_finds_a_change_answers_once_its_event_is_in_the_outbo
         states = [(orjson.loads(r.value)["passport"].get("status") or {}).get("state")
                   for _, r in box.next_batch(1000)]
     assert "changed-upstream" in states
+
+
+async def test_a_first_read_answers_before_its_snapshot_is_committed(gateway, sandbox):
+    """A first sighting is no change a client could act on (changes.py): the fill does not
+    wait for the group commit (a crash before it records the snapshot again at the next
+    sighting, as for a poll). The event still reaches the outbox."""
+    outbox = gateway.server.app[OUTBOX_KEY]
+    add = outbox.add
+    release = threading.Event()
+
+    def held_add(conn, record, claim=None):  # runs in the writer thread
+        release.wait(10)
+        add(conn, record, claim)
+
+    pids = [p["id"] for p in await (await gateway.get("/v1/passports", headers=auth())).json()]
+    outbox.add = held_add
+    try:
+        first = await asyncio.wait_for(
+            gateway.get(PID_PATH.format(pids[2]), headers=auth()), 5)
+        assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+    finally:
+        release.set()
+    outbox.writer.idle()
+    with Outbox(outbox.path) as box:
+        events = [orjson.loads(r.value) for _, r in box.next_batch(1000)]
+    assert [(e["passport_id"], e["change"]) for e in events][-1:] == [
+        (pids[2], "CHANGE_KIND_SNAPSHOT")]
