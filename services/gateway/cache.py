@@ -5,7 +5,10 @@ stale-while-revalidate, stale-if-error, an LRU bounded by bytes, tag invalidatio
 - A miss starts ONE fill task per key. The fill belongs to no caller: a caller that
   is cancelled or gives up (its own ``wait_timeout_s``) leaves the fill running for
   the others, and every waiter is released the moment it completes (they await the
-  same task; nobody polls, unlike nginx's 500 ms lock).
+  same task; nobody polls, unlike nginx's 500 ms lock). A caller may pass ``on_fill``:
+  it is called with the answer the moment the fill completes, before any waiter is
+  resumed, so a caller with ready-to-send bytes answers there instead of in its turn
+  on the loop (services.gateway.handlers.respond: a cold burst's 200 waiters).
 - Invalidation (writes, change events, purge) detaches in-flight fills of the
   invalidated keys: their callers still get the answer, but it is not stored, and
   new callers start a fresh fill. The one exception is the fill that evicts: its own
@@ -123,6 +126,18 @@ class _Fill:
     outdated: bool = False  # invalidated while in flight: do not store
     # cluster mode: the shared evictions this fill's own answer caused (a change it found)
     own_evictions: list[asyncio.Future[object]] = field(default_factory=list)
+    # the callers' ``on_fill`` and their own result (MISS or COALESCED), called as it completes
+    listeners: list[tuple[Callable[[CachedResponse, CacheResult], None], CacheResult]] = field(
+        default_factory=list)
+
+
+def _final(result: CacheResult, source: CacheResult | None) -> CacheResult:
+    """What a caller that waited for a fill (``result``: MISS or COALESCED) reports, given
+    where the fill's answer came from (``source``)."""
+    if source is CacheResult.STALE or (source is CacheResult.SHARED_HIT
+                                       and result is CacheResult.MISS):
+        return source
+    return result
 
 
 class ResponseCache:
@@ -167,10 +182,15 @@ class ResponseCache:
         revalidate: bool = False,
         tags: Collection[Hashable] = (),
         wait_timeout_s: float | None = None,
+        on_fill: Callable[[CachedResponse, CacheResult], None] | None = None,
     ) -> tuple[CachedResponse, CacheResult]:
         """The cached response for ``key``, or the one ``fetch`` produces (once for all
         concurrent callers). Raises what ``fetch`` raised when there is nothing stale
-        to serve instead, or UpstreamTimeout when this caller's wait runs out."""
+        to serve instead, or UpstreamTimeout when this caller's wait runs out.
+
+        ``on_fill``: when this call waits for a fill, called with the response and the
+        result this call returns the moment the fill succeeds, before this caller (or
+        any other waiter) is resumed; not called when this call gives up first."""
         if policy.ttl_s <= 0:
             self._count(route, CacheResult.BYPASS)
             return await fetch(), CacheResult.BYPASS
@@ -198,6 +218,10 @@ class ResponseCache:
         elif revalidate:
             result = CacheResult.MISS  # the client asked for a fresh answer: this is one
 
+        listener = None
+        if on_fill is not None:
+            listener = (on_fill, result)
+            fill.listeners.append(listener)
         try:
             # shield: this caller's cancellation or deadline must not cancel the fill
             if wait_timeout_s is None:
@@ -214,9 +238,10 @@ class ResponseCache:
         except Exception:
             self._count(route, result)  # the lookup happened, even if the fill failed
             raise
-        if source is CacheResult.STALE or (source is CacheResult.SHARED_HIT
-                                           and result is CacheResult.MISS):
-            result = source
+        finally:
+            if listener is not None and not fill.task.done():
+                fill.listeners.remove(listener)  # gave up: it must not answer later
+        result = _final(result, source)
         self._count(route, result)
         return response, result
 
@@ -438,9 +463,20 @@ class ResponseCache:
         self._all_fills.discard(task)
         if self._fills.get(key) is fill:
             del self._fills[key]
-        if not task.cancelled() and (exc := task.exception()) is not None:
+        listeners, fill.listeners = fill.listeners, []
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:
             # retrieved here: a background refresh has nobody else to look at it
             log.info("cache_fill_failed", error=type(exc).__name__)
+            return
+        # The task's first done callback: the waiters themselves resume after it.
+        response, source = task.result()
+        for on_fill, result in listeners:
+            try:
+                on_fill(response, _final(result, source))
+            except Exception:  # that caller still answers when it resumes
+                log.exception("cache_fill_listener_failed")
 
     async def _run_fill(self, key: Hashable, fetch: Callable[[], Awaitable[CachedResponse]],
                         policy: CachePolicy, tags: tuple[Hashable, ...],

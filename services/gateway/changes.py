@@ -33,7 +33,13 @@ follows at once (the next detection compares with this one); ``await settled()``
 once everything detected so far is committed, and a write (or a cache fill that found a
 change) answers only after it, so its event is in the outbox before the client is
 answered. A poll does not wait: a crash before its commit loses the event and the
-remembered digest together (one transaction), so the next sighting announces it again. Should a commit fail, memory is
+remembered digest together (one transaction), so the next sighting announces it again.
+Nor does a read that only saw entities for the first time (SNAPSHOT, single-replica
+mode; ``awaited``): a first sighting is no change a client could act on — nothing here
+held another version, and a crash takes the memory tier with it — so the same holds as
+for a poll (the next sighting records it again). In cluster mode a local first sighting
+may be a change cluster-wide (another replica or Redis holds an older version): those
+reads wait, like any change. Should a commit fail, memory is
 put back to what the file holds, for the same reason; evictions already done stay done
 (evicting early is harmless). Without the writer thread each call commits before it
 returns, as it always did.
@@ -276,6 +282,7 @@ class ChangeDetector:
         self._documents_bytes = 0
         self._last_commit: asyncio.Future[Any] | None = None
         self._queued = 0  # transactions handed to the outbox so far
+        self._awaited = 0  # of those, the ones a read must await (not only first sightings)
         self._counters: dict[tuple[str, Detection], Any] = {}  # labelled children, resolved once
         with outbox.transaction() as conn:
             _create_schema(conn)
@@ -419,6 +426,8 @@ class ChangeDetector:
 
         committed = outbox.write(commit)
         self._queued += 1
+        if self._claims is not None or any(k is not ChangeKind.SNAPSHOT for _, _, _, k, _ in pending):
+            self._awaited += 1
         # Memory follows now: with group commit the next detection (of the same entity too)
         # must compare with this one. Should the commit fail, _unsettle puts it back.
         for ident, new, _, _, _, document in rows:
@@ -454,6 +463,13 @@ class ChangeDetector:
         """How many change transactions this detector has handed to the outbox: a caller
         compares it before and after a call to know whether that call has one to await."""
         return self._queued
+
+    @property
+    def awaited(self) -> int:
+        """Like ``queued``, counting only the transactions a read that made them answers
+        after (``settled()``): all but those that only announce first sightings (SNAPSHOT)
+        in single-replica mode (see the module docstring)."""
+        return self._awaited
 
     async def settled(self) -> None:
         """Returns once every change detected so far is committed to the outbox (raises

@@ -65,6 +65,17 @@ class WireResponse:
     async def write_eof(self, data: bytes = b"") -> None:
         return None
 
+    def send_now(self, request: web.BaseRequest) -> bool:
+        """Write the bytes at once, ahead of aiohttp's turn for this request (a waiter
+        answered as its fill completes: respond.py); ``prepare`` then writes nothing.
+        False (nothing written) when the connection is going away."""
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(self._data)
+        self._data = b""
+        return True
+
 
 def etag_matches(header: str, etag: str) -> bool:
     if header.strip() == "*":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 import time
 
 import orjson
 import pytest
 
 from services.common.outbox import Outbox
+from services.gateway.hot_path import WireResponse
 from services.gateway.keys import OUTBOX_KEY
 from tests.fixtures.gateway import WRITER_KEY, auth
 
@@ -348,3 +351,114 @@ async def test_a_fill_that_finds_a_change_answers_once_its_event_is_in_the_outbo
         states = [(orjson.loads(r.value)["passport"].get("status") or {}).get("state")
                   for _, r in box.next_batch(1000)]
     assert "changed-upstream" in states
+
+
+
+async def test_a_first_read_answers_before_its_snapshot_is_committed(gateway, sandbox):
+    """A first sighting is no change a client could act on (changes.py): the fill does not
+    wait for the group commit (a crash before it records the snapshot again at the next
+    sighting, as for a poll). The event still reaches the outbox."""
+    outbox = gateway.server.app[OUTBOX_KEY]
+    add = outbox.add
+    release = threading.Event()
+
+    def held_add(conn, record, claim=None):  # runs in the writer thread
+        release.wait(10)
+        add(conn, record, claim)
+
+    pids = [p["id"] for p in await (await gateway.get("/v1/passports", headers=auth())).json()]
+    outbox.add = held_add
+    try:
+        first = await asyncio.wait_for(
+            gateway.get(PID_PATH.format(pids[2]), headers=auth()), 5)
+        assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+    finally:
+        release.set()
+    outbox.writer.idle()
+    with Outbox(outbox.path) as box:
+        events = [orjson.loads(r.value) for _, r in box.next_batch(1000)]
+    assert [(e["passport_id"], e["change"]) for e in events][-1:] == [
+        (pids[2], "CHANGE_KIND_SNAPSHOT")]
+
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)", head)
+    return head + (await reader.readexactly(int(length.group(1))) if length else b"")
+
+
+def _same_but(raw: bytes) -> bytes:
+    """A response with what differs per request blanked: X-Cache, X-Request-ID, Age, Date."""
+    return re.sub(rb"\r\n(X-Cache|X-Request-ID|Age|Date): [^\r]*", rb"\r\n\1: -", raw)
+
+
+async def test_cold_burst_waiters_get_a_hits_bytes_each_with_its_own_request_id(
+        gateway, sandbox, monkeypatch):
+    """The waiters of a fill are answered as it completes, with the prebuilt bytes a hit
+    sends (respond._Early): each its own request id, exactly one answer per request
+    (the next request on the same connection gets its own), a conditional waiter a 304,
+    an HTTP/1.0 waiter aiohttp's general answer, one upstream call."""
+    sent_early: list[int] = []
+    send_now = WireResponse.send_now
+
+    def counted(self, request):
+        sent_early.append(self.status)
+        return send_now(self, request)
+
+    monkeypatch.setattr(WireResponse, "send_now", counted)
+    pid = (await (await gateway.get("/v1/passports", headers=auth())).json())[1]["id"]
+    sent_early.clear()  # that list was a fill too
+    path = PID_PATH.format(pid)
+    port = gateway.server.port
+    await sandbox.fault("passport.public", "latency", latency_ms=200)
+    before = (await sandbox.calls())["passport.public"]
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+
+    def request(i: int, version: str = "1.1", **headers: str) -> bytes:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in {**auth(), **headers}.items())
+        return (f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\nX-Request-ID: burst-{i}\r\n"
+                f"{extra}\r\n").encode()
+
+    for i, (_, writer) in enumerate(conns[:18]):
+        writer.write(request(i))
+    conns[18][1].write(request(18, **{"If-None-Match": "*"}))
+    conns[19][1].write(request(19, version="1.0"))
+    answers = await asyncio.gather(*(_read_response(r) for r, _ in conns))
+    await sandbox.clear_faults()
+    assert (await sandbox.calls())["passport.public"] - before == 1
+    assert sorted(sent_early) == [200] * 18 + [304]  # all but HTTP/1.0, as the fill completed
+    hit = await _read_response_of(port, request(99))
+    assert b"\r\nX-Cache: HIT\r\n" in hit
+    for i, raw in enumerate(answers[:18]):
+        assert b"\r\nX-Cache: MISS\r\n" in raw and f"\r\nX-Request-ID: burst-{i}\r\n".encode() in raw
+        assert _same_but(raw) == _same_but(hit)
+    assert answers[18].startswith(b"HTTP/1.1 304 Not Modified\r\n")
+    assert b"\r\nX-Request-ID: burst-18\r\n" in answers[18]
+    assert answers[19].startswith(b"HTTP/1.0 200 OK\r\n") and answers[19].endswith(
+        hit.split(b"\r\n\r\n", 1)[1])
+    # one answer per request: the next one on each keep-alive connection is its own hit
+    for i, (reader, writer) in enumerate(conns[:18]):
+        writer.write(request(100 + i))
+        again = await _read_response(reader)
+        assert b"\r\nX-Cache: HIT\r\n" in again and f"burst-{100 + i}".encode() in again
+        writer.close()
+    for _, writer in conns[18:]:
+        writer.close()
+
+    def value(name: str, **labels: str) -> float:
+        return gateway.registry.get_sample_value(name, labels) or 0.0
+
+    # counted as before: one miss, 19 coalesced, a 200 or 304 per request
+    assert value("ampgate_cache_lookups_total", route="passport_public", result="miss") == 1
+    assert value("ampgate_cache_lookups_total", route="passport_public",
+                 result="coalesced") == 19
+    assert value("ampgate_http_requests_total", route="passport_public", method="GET",
+                 status="304", client="reader") == 1
+
+
+async def _read_response_of(port: int, raw_request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw_request)
+    try:
+        return await _read_response(reader)
+    finally:
+        writer.close()

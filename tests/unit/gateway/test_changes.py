@@ -394,6 +394,39 @@ async def test_a_failed_commit_is_forgotten_and_announced_again(grouped, db, mon
     assert digests == {"BP-1": digest_of(changed)}
 
 
+def test_a_read_awaits_every_change_but_a_first_sighting(detector, outbox, registry) -> None:
+    """``awaited`` counts the transactions a read answers after (respond.fetcher): not a
+    first sighting (SNAPSHOT) in single-replica mode, which a crash before its commit
+    loses together with the remembered digest (announced again, as for a poll)."""
+    assert detector.passport("BP-1", PASSPORT, Detection.READ)  # snapshot
+    assert (detector.queued, detector.awaited) == (1, 0)
+    assert detector.tariff("DE*EEE*E000001", "public", {"currency": "EUR"}, Detection.READ)
+    assert (detector.queued, detector.awaited) == (2, 0)
+    assert detector.passport("BP-1", {**PASSPORT, "x": 1}, Detection.READ)  # updated
+    assert (detector.queued, detector.awaited) == (3, 1)
+    assert detector.passport("BP-1", None, Detection.READ)  # deleted
+    assert detector.passport("BP-1", PASSPORT, Detection.READ)  # created (tombstone)
+    assert (detector.queued, detector.awaited) == (5, 3)
+    assert detector.passport("BP-2", PASSPORT, Detection.WRITE)  # writes always await
+    assert (detector.queued, detector.awaited) == (6, 4)
+    assert not detector.passport("BP-1", PASSPORT, Detection.READ)  # nothing new
+    assert (detector.queued, detector.awaited) == (6, 4)
+
+
+def test_in_cluster_mode_a_first_sighting_is_awaited_too(outbox, registry) -> None:
+    """Another replica (or Redis) may hold an older version: a local first sighting can
+    be a change cluster-wide (the claim decides after the commit)."""
+
+    class Seeds:
+        def seed(self, items):
+            pass
+
+    detector = ChangeDetector(outbox, GatewayMetrics(registry), clock=lambda: T0,
+                              claims=Seeds())
+    assert detector.passport("BP-1", PASSPORT, Detection.READ)
+    assert (detector.queued, detector.awaited) == (1, 1)
+
+
 # --- changed paths: the fast walk names what jsonpatch names ---------------------------------
 
 _scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False) \

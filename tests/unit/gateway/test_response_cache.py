@@ -341,3 +341,53 @@ async def test_close_cancels_background_refreshes(metrics, clock):
     started = time.perf_counter()
     await cache.close()
     assert time.perf_counter() - started < 1  # the refresh would take 10 s
+
+
+async def test_on_fill_answers_every_waiter_before_any_is_resumed(cache, registry):
+    fetch = Fetcher(delay=0.05)
+    events: list[tuple[str, int, CacheResult]] = []
+
+    async def caller(i: int) -> tuple[CachedResponse, CacheResult]:
+        r = await cache.get_or_fetch(
+            "k", fetch, POLICY, route="r",
+            on_fill=lambda response, result: events.append(("on_fill", i, result)))
+        events.append(("resumed", i, r[1]))
+        return r
+
+    results = await asyncio.gather(*(caller(i) for i in range(50)))
+    assert fetch.calls == 1
+    # every caller's on_fill first (with the result it then returns), then the callers
+    assert [e[0] for e in events] == ["on_fill"] * 50 + ["resumed"] * 50
+    assert {i: res for kind, i, res in events if kind == "on_fill"} == \
+        {i: res for i, (_, res) in enumerate(results)}
+    assert [res for _, res in results].count(CacheResult.MISS) == 1
+    assert lookups(registry, "r", "coalesced") == 49  # still counted once, when resumed
+    # a hit waits for no fill: nothing to call
+    _, res = await cache.get_or_fetch("k", fetch, POLICY, route="r",
+                                      on_fill=lambda *_: events.append(("hit", -1, res)))
+    assert res is CacheResult.HIT and len(events) == 100
+
+
+async def test_on_fill_is_not_called_for_a_caller_that_gave_up_or_a_failed_fill(cache):
+    fetch = Fetcher(delay=0.1)
+    called: list[str] = []
+    gave_up = asyncio.create_task(cache.get_or_fetch(
+        "k", fetch, POLICY, route="r", wait_timeout_s=0.01,
+        on_fill=lambda *_: called.append("timed out")))
+    cancelled = asyncio.create_task(cache.get_or_fetch(
+        "k", fetch, POLICY, route="r", on_fill=lambda *_: called.append("cancelled")))
+    stayed = asyncio.create_task(cache.get_or_fetch(
+        "k", fetch, POLICY, route="r", on_fill=lambda *_: called.append("stayed")))
+    await asyncio.sleep(0.03)
+    cancelled.cancel()
+    with pytest.raises(UpstreamTimeout):
+        await gave_up
+    await stayed
+    assert cancelled.cancelled() and called == ["stayed"]
+
+    fetch = Fetcher()
+    fetch.error = UpstreamBadBody("passport", "not JSON", 200)
+    with pytest.raises(UpstreamBadBody):
+        await cache.get_or_fetch("other", fetch, POLICY, route="r",
+                                 on_fill=lambda *_: called.append("failed"))
+    assert called == ["stayed"]
