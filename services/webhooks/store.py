@@ -14,16 +14,23 @@ Effect-once rules (DESIGN.md §7), enforced in ``enqueue``:
   (same previous_digest and digest: another gateway replica saw the same change)
   is skipped; a value flipping back and forth (A→B→A→B) is queued every time.
 
-All calls are short synchronous transactions on the event-loop thread: the file is
-local, WAL keeps readers and the writer apart, and there is no concurrent writer.
+All calls are short synchronous transactions on the event-loop thread (the file is
+local, WAL keeps readers and the writer apart), except the consumer's ``enqueue_beside``:
+the batch's durable transaction (inserts and an fsync'd COMMIT, ~a quarter of the
+worker's time during a backlog) runs on a thread with its own connection, so deliveries
+go on meanwhile. While it runs, ``ingesting`` is true: a writer on the loop would wait
+for its lock (SQLite's busy wait blocks the loop), so the workers hold their writes
+until it is done (the engine wakes them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +145,9 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._ingest_db: sqlite3.Connection | None = None  # used only on _ingest_thread
+        self._ingest_thread: ThreadPoolExecutor | None = None
+        self._ingesting = 0
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,11 +157,24 @@ class JobStore:
         db = sqlite.connect(self.path)
         db.executescript(_SCHEMA)
         self._db = db
+        self._ingest_db = sqlite.connect(self.path)
+        self._ingest_thread = ThreadPoolExecutor(1, thread_name_prefix="webhooks-enqueue")
 
     def close(self) -> None:
+        if self._ingest_thread is not None:
+            self._ingest_thread.shutdown(wait=True)  # an enqueue under way finishes first
+            self._ingest_thread = None
+        if self._ingest_db is not None:
+            self._ingest_db.close()
+            self._ingest_db = None
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    @property
+    def ingesting(self) -> bool:
+        """An ``enqueue_beside`` holds (or is about to take) the write lock."""
+        return self._ingesting > 0
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -161,6 +184,22 @@ class JobStore:
 
     # -- ingest ---------------------------------------------------------------------------
 
+    async def enqueue_beside(self, jobs: Iterable[NewJob]) -> EnqueueResult:
+        """``enqueue`` on the store's own thread and connection (the event loop goes on)."""
+        if self._ingest_thread is None or self._ingest_db is None:
+            raise RuntimeError("JobStore is not open")
+        loop = asyncio.get_running_loop()
+        jobs = list(jobs)
+        self._ingesting += 1
+        done = self._ingest_thread.submit(self._enqueue_on, self._ingest_db, jobs, time.time())
+        # Counted down when the thread is done, not when the awaiting task is (a
+        # cancelled batch still finishes its transaction).
+        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._ingest_done))
+        return await asyncio.wrap_future(done)
+
+    def _ingest_done(self) -> None:
+        self._ingesting -= 1
+
     def enqueue(self, jobs: Iterable[NewJob], *, now: float | None = None) -> EnqueueResult:
         """Queue a batch in ONE durable transaction (all or nothing): the consumer
         commits its offsets right after, so from then on the queue is the only copy.
@@ -168,10 +207,12 @@ class JobStore:
         The rules are applied job by job, in order, to what the file holds plus what
         the batch queued before (read with one query per subscription and table, then
         written with one statement each)."""
-        now = time.time() if now is None else now
-        jobs = list(jobs)
+        return self._enqueue_on(self.db, list(jobs), time.time() if now is None else now)
+
+    @staticmethod
+    def _enqueue_on(conn: sqlite3.Connection, jobs: list[NewJob], now: float) -> EnqueueResult:
         result = EnqueueResult()
-        with sqlite.transaction(self.db, durable=True) as db:
+        with sqlite.transaction(conn, durable=True) as db:
             states = _known_states(db, jobs)
             latest = _latest_transitions(db, jobs)
             revive: list[tuple[float, str, str]] = []
@@ -306,6 +347,14 @@ class JobStore:
                 "UPDATE jobs SET state = 'dead_letter', dlq_reason = 'subscription_disabled' "
                 "WHERE subscription = ? AND state = 'pending'", (subscription,))
             return cur.rowcount
+
+    def dead_letter_pending(self, subscription: str) -> int:
+        """Move a disabled subscription's pending jobs to the dead letter (those an
+        enqueue wrote after its ``disable``); returns how many were moved."""
+        cur = self.db.execute(
+            "UPDATE jobs SET state = 'dead_letter', dlq_reason = 'subscription_disabled' "
+            "WHERE subscription = ? AND state = 'pending'", (subscription,))
+        return cur.rowcount
 
     def is_disabled(self, subscription: str, url: str) -> bool:
         """Disabled for this URL? A disabling recorded for another URL is forgotten."""
