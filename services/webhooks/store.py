@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from services.common import sqlite
 from services.common.sqlite import decode_headers, encode_headers
 
@@ -251,11 +253,7 @@ class JobStore:
                     "finished_at = NULL, last_error = NULL, dlq_reason = NULL "
                     "WHERE subscription = ? AND event_id = ? AND state = 'dead'", revive)
             if insert:
-                db.executemany(
-                    "INSERT OR IGNORE INTO jobs (subscription, event_id, entity, ce_type, "
-                    "source_topic, source_partition, source_offset, body, event_headers, "
-                    "event_value, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    insert)
+                _insert_jobs(db, insert)
             if transitions:
                 db.executemany(
                     "INSERT INTO latest_transition VALUES (?,?,?,?) "
@@ -383,8 +381,23 @@ class JobStore:
         return cur.rowcount
 
 
-# Well under SQLite's bound-parameter limit (32,766; 999 on old builds).
-_CHUNK = 500
+_INSERT_COLUMNS = ("subscription, event_id, entity, ce_type, source_topic, source_partition, "
+                   "source_offset, body, event_headers, event_value, next_attempt_at, created_at")
+# The batch's rows in a few multi-row INSERTs (ROWS_PER_INSERT rows each, 12 parameters a
+# row: well under SQLite's limit of 32,766): each statement is one step with the GIL
+# released, where executemany takes the GIL back for every row, and on the store's
+# thread waits each time for the event loop's thread to hand it over. Rows go in in the
+# batch's order (the ids give the per-entity order of deliveries).
+ROWS_PER_INSERT = 100
+_ROW = "(" + ",".join("?" * 12) + ")"
+
+
+def _insert_jobs(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start:start + ROWS_PER_INSERT]
+        db.execute(f"INSERT OR IGNORE INTO jobs ({_INSERT_COLUMNS}) VALUES "
+                   + ",".join([_ROW] * len(chunk)),
+                   [v for row in chunk for v in row])
 
 
 def _by_subscription(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -394,16 +407,22 @@ def _by_subscription(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return {sub: list(dict.fromkeys(names)) for sub, names in out.items()}
 
 
+# One statement and ONE result row per lookup (the rows as a JSON array): fetching row by
+# row takes the GIL back for every row, and the store's thread would wait for the event
+# loop's thread each time.
+_STATES = ("SELECT json_group_array(json_array(event_id, state)) FROM jobs "
+           "WHERE subscription = ? AND event_id IN (SELECT value FROM json_each(?))")
+_LATEST = ("SELECT json_group_array(json_array(transition_key, previous_digest, digest)) "
+           "FROM latest_transition WHERE subscription = ? "
+           "AND transition_key IN (SELECT value FROM json_each(?))")
+
+
 def _known_states(db: sqlite3.Connection, jobs: Sequence[NewJob]) -> dict[tuple[str, str], str]:
     """The state of each (subscription, event id) of ``jobs`` already queued."""
     states: dict[tuple[str, str], str] = {}
     for sub, ids in _by_subscription((j.subscription, j.event_id) for j in jobs).items():
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            rows = db.execute(
-                f"SELECT event_id, state FROM jobs WHERE subscription = ? "
-                f"AND event_id IN ({','.join('?' * len(chunk))})", (sub, *chunk))
-            states.update(((sub, event_id), state) for event_id, state in rows)
+        (found,), = db.execute(_STATES, (sub, orjson.dumps(ids)))
+        states.update(((sub, event_id), state) for event_id, state in orjson.loads(found))
     return states
 
 
@@ -413,11 +432,6 @@ def _latest_transitions(db: sqlite3.Connection,
     latest: dict[tuple[str, str], tuple[str, str]] = {}
     pairs = ((j.subscription, j.transition[0]) for j in jobs if j.transition is not None)
     for sub, keys in _by_subscription(pairs).items():
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start:start + _CHUNK]
-            rows = db.execute(
-                f"SELECT transition_key, previous_digest, digest FROM latest_transition "
-                f"WHERE subscription = ? AND transition_key IN ({','.join('?' * len(chunk))})",
-                (sub, *chunk))
-            latest.update(((sub, key), (prev, dig)) for key, prev, dig in rows)
+        (found,), = db.execute(_LATEST, (sub, orjson.dumps(keys)))
+        latest.update(((sub, key), (prev, dig)) for key, prev, dig in orjson.loads(found))
     return latest
