@@ -1,7 +1,8 @@
 """One HTTP attempt to one endpoint, classified; and when to try again.
 
-Each subscription has its own ``Sender`` with its own connection pool, so a slow or
-dead endpoint can exhaust only its own connections. Redirects are not followed (a
+Each subscription has its own ``Sender`` with its own connection pool (``http1.Origin``:
+keep-alive HTTP/1.1, a fraction of aiohttp's cost per request), so a slow or dead
+endpoint can exhaust only its own connections. Redirects are not followed (a
 redirected webhook is a misconfiguration, and following it would leak the body
 elsewhere): a 3xx counts as a failed attempt.
 """
@@ -14,9 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import aiohttp
-
 from services.common.settings import WebhookSubscription
+from services.webhooks.http1 import ConnectError, HttpError, Origin
 from services.webhooks.signing import Signer
 
 USER_AGENT = "ampgate-webhooks/1"
@@ -73,35 +73,32 @@ class Sender:
     def __init__(self, subscription: WebhookSubscription, *, timeout_s: float) -> None:
         self.url = str(subscription.url)
         self._signer = Signer(subscription.secret)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5.0))
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
+        self._origin: Origin | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=self._timeout, headers={"User-Agent": USER_AGENT},
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+        self._origin = Origin(self.url, timeout_s=self._timeout_s,
+                              connect_s=min(self._timeout_s, 5.0),
+                              headers={"User-Agent": USER_AGENT})
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._origin is not None:
+            await self._origin.close()
+            self._origin = None
 
     async def send(self, msg_id: str, body: bytes) -> Attempt:
-        assert self._session is not None, "Sender.start() first"
+        assert self._origin is not None, "Sender.start() first"
         headers = self._signer.headers(msg_id, body)
         try:
-            async with self._session.post(self.url, data=body, headers=headers,
-                                          allow_redirects=False) as resp:
-                # Drain a little so the connection can be reused; the body is not ours to keep.
-                await resp.content.read(64 * 1024)
-                retry_after = None
-                if resp.status == 429 or resp.status >= 500:
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                error = "" if 200 <= resp.status < 300 else f"http_{resp.status}"
-                return Attempt(resp.status, error, retry_after)
+            resp = await self._origin.post(body, headers)
         except TimeoutError:
             return Attempt(None, "timeout")
-        except aiohttp.ClientConnectorError:
+        except ConnectError:
             return Attempt(None, "connect_error")
-        except aiohttp.ClientError as exc:
+        except HttpError as exc:
             return Attempt(None, type(exc).__name__)
+        retry_after = None
+        if resp.status == 429 or resp.status >= 500:
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+        error = "" if 200 <= resp.status < 300 else f"http_{resp.status}"
+        return Attempt(resp.status, error, retry_after)

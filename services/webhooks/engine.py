@@ -1,7 +1,7 @@
 """The delivery engine: what the consumer hands events to, and the workers behind it.
 
-``handle_batch`` only writes jobs to the local queue (one SQLite transaction) and
-wakes the workers; it never waits for an endpoint, so the consumer commits its
+``handle_batch`` only writes jobs to the local queue (one SQLite transaction, on the
+store's thread so deliveries go on meanwhile) and wakes the workers; it never waits for an endpoint, so the consumer commits its
 offsets at once and a slow endpoint cannot stall consumption. Events for a disabled
 subscription are not queued (counted as ``disabled``).
 """
@@ -122,18 +122,27 @@ class WebhookEngine:
         if not jobs:
             return
         try:
-            result = self._store.enqueue(jobs)
+            result = await self._store.enqueue_beside(jobs)
         except (sqlite3.DataError, sqlite3.IntegrityError):
             raise  # about the value: it can never be queued as it is
         except sqlite3.Error as exc:  # locked, disk full, I/O: retried until it passes
             raise TransientError(f"webhook queue: {exc}") from exc
+        finally:
+            # Every worker, also those that held their writes while the batch was written.
+            for w in self.workers:
+                w.wake()
         if result.duplicate_event or result.duplicate_transition:
             log.info("webhook_duplicates_skipped", same_event=result.duplicate_event,
                      same_transition=result.duplicate_transition)
         if result.revived:
             log.info("webhook_dead_letters_requeued", jobs=result.revived)
         for w in woken:
-            w.wake()
+            if w.disabled:  # disabled (410) while the batch was being written: not delivered
+                moved = self._store.dead_letter_pending(w.name)
+                if moved:
+                    log.warning("webhook_disabled_jobs_dead_lettered", subscription=w.name,
+                                dead_lettered=moved)
+                    self.dead_letters.wake()
 
     async def _prune(self) -> None:
         while True:

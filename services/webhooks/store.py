@@ -14,18 +14,27 @@ Effect-once rules (DESIGN.md §7), enforced in ``enqueue``:
   (same previous_digest and digest: another gateway replica saw the same change)
   is skipped; a value flipping back and forth (A→B→A→B) is queued every time.
 
-All calls are short synchronous transactions on the event-loop thread: the file is
-local, WAL keeps readers and the writer apart, and there is no concurrent writer.
+All calls are short synchronous transactions on the event-loop thread (the file is
+local, WAL keeps readers and the writer apart), except the consumer's ``enqueue_beside``:
+the batch's durable transaction (inserts and an fsync'd COMMIT, ~a quarter of the
+worker's time during a backlog) runs on a thread with its own connection, so deliveries
+go on meanwhile. While it runs, ``ingesting`` is true: a writer on the loop would wait
+for its lock (SQLite's busy wait blocks the loop), so the workers hold their writes
+until it is done (the engine wakes them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from services.common import sqlite
 from services.common.sqlite import decode_headers, encode_headers
@@ -138,6 +147,9 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._ingest_db: sqlite3.Connection | None = None  # used only on _ingest_thread
+        self._ingest_thread: ThreadPoolExecutor | None = None
+        self._ingesting = 0
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,11 +159,24 @@ class JobStore:
         db = sqlite.connect(self.path)
         db.executescript(_SCHEMA)
         self._db = db
+        self._ingest_db = sqlite.connect(self.path)
+        self._ingest_thread = ThreadPoolExecutor(1, thread_name_prefix="webhooks-enqueue")
 
     def close(self) -> None:
+        if self._ingest_thread is not None:
+            self._ingest_thread.shutdown(wait=True)  # an enqueue under way finishes first
+            self._ingest_thread = None
+        if self._ingest_db is not None:
+            self._ingest_db.close()
+            self._ingest_db = None
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    @property
+    def ingesting(self) -> bool:
+        """An ``enqueue_beside`` holds (or is about to take) the write lock."""
+        return self._ingesting > 0
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -161,6 +186,22 @@ class JobStore:
 
     # -- ingest ---------------------------------------------------------------------------
 
+    async def enqueue_beside(self, jobs: Iterable[NewJob]) -> EnqueueResult:
+        """``enqueue`` on the store's own thread and connection (the event loop goes on)."""
+        if self._ingest_thread is None or self._ingest_db is None:
+            raise RuntimeError("JobStore is not open")
+        loop = asyncio.get_running_loop()
+        jobs = list(jobs)
+        self._ingesting += 1
+        done = self._ingest_thread.submit(self._enqueue_on, self._ingest_db, jobs, time.time())
+        # Counted down when the thread is done, not when the awaiting task is (a
+        # cancelled batch still finishes its transaction).
+        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._ingest_done))
+        return await asyncio.wrap_future(done)
+
+    def _ingest_done(self) -> None:
+        self._ingesting -= 1
+
     def enqueue(self, jobs: Iterable[NewJob], *, now: float | None = None) -> EnqueueResult:
         """Queue a batch in ONE durable transaction (all or nothing): the consumer
         commits its offsets right after, so from then on the queue is the only copy.
@@ -168,10 +209,12 @@ class JobStore:
         The rules are applied job by job, in order, to what the file holds plus what
         the batch queued before (read with one query per subscription and table, then
         written with one statement each)."""
-        now = time.time() if now is None else now
-        jobs = list(jobs)
+        return self._enqueue_on(self.db, list(jobs), time.time() if now is None else now)
+
+    @staticmethod
+    def _enqueue_on(conn: sqlite3.Connection, jobs: list[NewJob], now: float) -> EnqueueResult:
         result = EnqueueResult()
-        with sqlite.transaction(self.db, durable=True) as db:
+        with sqlite.transaction(conn, durable=True) as db:
             states = _known_states(db, jobs)
             latest = _latest_transitions(db, jobs)
             revive: list[tuple[float, str, str]] = []
@@ -210,11 +253,7 @@ class JobStore:
                     "finished_at = NULL, last_error = NULL, dlq_reason = NULL "
                     "WHERE subscription = ? AND event_id = ? AND state = 'dead'", revive)
             if insert:
-                db.executemany(
-                    "INSERT OR IGNORE INTO jobs (subscription, event_id, entity, ce_type, "
-                    "source_topic, source_partition, source_offset, body, event_headers, "
-                    "event_value, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    insert)
+                _insert_jobs(db, insert)
             if transitions:
                 db.executemany(
                     "INSERT INTO latest_transition VALUES (?,?,?,?) "
@@ -307,6 +346,14 @@ class JobStore:
                 "WHERE subscription = ? AND state = 'pending'", (subscription,))
             return cur.rowcount
 
+    def dead_letter_pending(self, subscription: str) -> int:
+        """Move a disabled subscription's pending jobs to the dead letter (those an
+        enqueue wrote after its ``disable``); returns how many were moved."""
+        cur = self.db.execute(
+            "UPDATE jobs SET state = 'dead_letter', dlq_reason = 'subscription_disabled' "
+            "WHERE subscription = ? AND state = 'pending'", (subscription,))
+        return cur.rowcount
+
     def is_disabled(self, subscription: str, url: str) -> bool:
         """Disabled for this URL? A disabling recorded for another URL is forgotten."""
         row = self.db.execute(
@@ -334,8 +381,23 @@ class JobStore:
         return cur.rowcount
 
 
-# Well under SQLite's bound-parameter limit (32,766; 999 on old builds).
-_CHUNK = 500
+_INSERT_COLUMNS = ("subscription, event_id, entity, ce_type, source_topic, source_partition, "
+                   "source_offset, body, event_headers, event_value, next_attempt_at, created_at")
+# The batch's rows in a few multi-row INSERTs (ROWS_PER_INSERT rows each, 12 parameters a
+# row: well under SQLite's limit of 32,766): each statement is one step with the GIL
+# released, where executemany takes the GIL back for every row, and on the store's
+# thread waits each time for the event loop's thread to hand it over. Rows go in in the
+# batch's order (the ids give the per-entity order of deliveries).
+ROWS_PER_INSERT = 100
+_ROW = "(" + ",".join("?" * 12) + ")"
+
+
+def _insert_jobs(db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start:start + ROWS_PER_INSERT]
+        db.execute(f"INSERT OR IGNORE INTO jobs ({_INSERT_COLUMNS}) VALUES "
+                   + ",".join([_ROW] * len(chunk)),
+                   [v for row in chunk for v in row])
 
 
 def _by_subscription(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -345,16 +407,22 @@ def _by_subscription(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return {sub: list(dict.fromkeys(names)) for sub, names in out.items()}
 
 
+# One statement and ONE result row per lookup (the rows as a JSON array): fetching row by
+# row takes the GIL back for every row, and the store's thread would wait for the event
+# loop's thread each time.
+_STATES = ("SELECT json_group_array(json_array(event_id, state)) FROM jobs "
+           "WHERE subscription = ? AND event_id IN (SELECT value FROM json_each(?))")
+_LATEST = ("SELECT json_group_array(json_array(transition_key, previous_digest, digest)) "
+           "FROM latest_transition WHERE subscription = ? "
+           "AND transition_key IN (SELECT value FROM json_each(?))")
+
+
 def _known_states(db: sqlite3.Connection, jobs: Sequence[NewJob]) -> dict[tuple[str, str], str]:
     """The state of each (subscription, event id) of ``jobs`` already queued."""
     states: dict[tuple[str, str], str] = {}
     for sub, ids in _by_subscription((j.subscription, j.event_id) for j in jobs).items():
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            rows = db.execute(
-                f"SELECT event_id, state FROM jobs WHERE subscription = ? "
-                f"AND event_id IN ({','.join('?' * len(chunk))})", (sub, *chunk))
-            states.update(((sub, event_id), state) for event_id, state in rows)
+        (found,), = db.execute(_STATES, (sub, orjson.dumps(ids)))
+        states.update(((sub, event_id), state) for event_id, state in orjson.loads(found))
     return states
 
 
@@ -364,11 +432,6 @@ def _latest_transitions(db: sqlite3.Connection,
     latest: dict[tuple[str, str], tuple[str, str]] = {}
     pairs = ((j.subscription, j.transition[0]) for j in jobs if j.transition is not None)
     for sub, keys in _by_subscription(pairs).items():
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start:start + _CHUNK]
-            rows = db.execute(
-                f"SELECT transition_key, previous_digest, digest FROM latest_transition "
-                f"WHERE subscription = ? AND transition_key IN ({','.join('?' * len(chunk))})",
-                (sub, *chunk))
-            latest.update(((sub, key), (prev, dig)) for key, prev, dig in rows)
+        (found,), = db.execute(_LATEST, (sub, orjson.dumps(keys)))
+        latest.update(((sub, key), (prev, dig)) for key, prev, dig in orjson.loads(found))
     return latest

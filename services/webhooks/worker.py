@@ -24,6 +24,8 @@ in the file, so a crash in between repeats that delivery (same ``webhook-id``), 
 loses one; the worker itself never re-sends it, since it always writes before it
 reads. Delivered-but-unwritten and in-flight together never exceed ``concurrency``
 (a slot is only reused after that write), which bounds the repeats after a crash.
+While the consumer's batch is being written (on the store's thread), that write and
+the read after it wait for the batch: the loop would otherwise block on its lock.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from services.webhooks.subscriptions import safe_endpoint
 
 log = structlog.get_logger("ampgate.webhooks")
 
+HOLD_WRITE_S = 0.05
+
 
 class SubscriptionWorker:
     def __init__(self, subscription: WebhookSubscription, store: JobStore, sender: Sender,
@@ -65,6 +69,7 @@ class SubscriptionWorker:
         self._rng = rng or random.Random()
         self._endpoint = safe_endpoint(str(subscription.url))
         self._success = metrics.deliveries.labels("success")
+        self._duration = metrics.duration.labels(self.name)
         self._wake = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}  # entity -> its delivery
         self._delivered: list[tuple[int, int, float]] = []  # (job id, attempts, at), unwritten
@@ -162,6 +167,10 @@ class SubscriptionWorker:
             # A finishing delivery wakes us: the queue is written and read once for
             # several free slots, not once per delivery.
             return None
+        if self._delivered and self._store.ingesting:
+            # Our write would wait for the enqueue's lock with the loop blocked. The
+            # engine wakes us when it is done; the timeout is a backstop.
+            return HOLD_WRITE_S
         self._flush()
         next_due: float | None = None
         for job in self._store.heads(self.name, free + len(self._in_flight)):
@@ -183,7 +192,7 @@ class SubscriptionWorker:
         try:
             started = time.perf_counter()
             attempt = await self._sender.send(job.event_id, job.body)
-            self._metrics.duration.labels(self.name).observe(time.perf_counter() - started)
+            self._duration.observe(time.perf_counter() - started)
             self._record(job, attempt)
         except asyncio.CancelledError:
             raise

@@ -137,6 +137,28 @@ async def test_gone_disables_the_subscription_persistently(harness, receiver):
     assert engine.status()[1]["disabled"] == []
 
 
+async def test_disabled_while_a_batch_is_written_its_jobs_go_to_dead_letter(harness, receiver):
+    # The batch is written on the store's thread: a 410 can disable the subscription
+    # after the batch was matched and before its jobs are in the file.
+    gone = await receiver(always(410))
+    engine = await harness.engine([subscription("old", gone.url)])
+    store = harness.engines[-1][1]
+    write = store.enqueue_beside
+
+    async def disabled_meanwhile(jobs):
+        worker = engine.workers[0]
+        worker.disabled = True
+        store.disable(worker.name, gone.url, "http_410")
+        return await write(jobs)
+
+    store.enqueue_beside = disabled_meanwhile
+    await engine.handle_batch([passport_event("BP-1", "", "sha256:a")])
+    assert store.pending_count("old") == 0
+    await eventually(lambda: len(harness.dead_letters) == 1)
+    assert harness.dead_letters.headers(0)["dlq_reason"] == "subscription_disabled"
+    assert gone.requests == []
+
+
 async def test_slow_endpoint_does_not_delay_a_fast_one(harness, receiver):
     slow = await receiver(always(200), delay_s=2.0)
     fast = await receiver(always(200))

@@ -127,3 +127,28 @@ def test_batched_enqueue_decides_as_the_rules_read_job_by_job(tmp_path):
     assert list(batched.db.execute(query)) == list(reference.db.execute(query))
     batched.close()
     reference.close()
+
+
+async def test_jobs_come_back_byte_for_byte_in_batch_order(tmp_path):
+    # The batch is inserted in multi-row statements (on the store's thread): bodies,
+    # headers and values come back as the same bytes, ids in the batch's order.
+    store = JobStore(tmp_path / "q.sqlite3")
+    store.open()
+    body = '{"a":"Zoë ✓ \\u0000 \\"q\\"","n":1.5}'.encode()
+    headers = [("ce_id", b"x\x00\xff\n"), ("ce_time", "é".encode())]
+    jobs = [NewJob("s", str(i), f"E{i}", "t", "topic", 2, 10 + i, body, headers, b'{"v":[1]}')
+            for i in range(250)]  # more than one statement's worth of rows
+    assert (await store.enqueue_beside(jobs)).queued == 250
+    heads = store.heads("s", 300)
+    assert [j.event_id for j in heads] == [str(i) for i in range(250)]
+    assert [j.id for j in heads] == sorted(j.id for j in heads)
+    assert all(j.body == body and isinstance(j.body, bytes) for j in heads)
+    assert heads[0].source_partition == 2 and heads[3].source_offset == 13
+    store.mark_failed(heads[0].id, 1, "x", reason="max_attempts")
+    dead = store.dead_letters(10)[0]
+    assert dead.event_headers == headers and dead.event_value == b'{"v":[1]}'
+    # Any bytes, not only UTF-8 JSON.
+    raw = NewJob("s", "raw", "R", "t", "topic", 0, 1, b"\xff\xfe", headers, b"\x80")
+    assert store.enqueue([raw]).queued == 1
+    assert next(j for j in store.heads("s", 300) if j.event_id == "raw").body == b"\xff\xfe"
+    store.close()

@@ -1,0 +1,174 @@
+"""The webhook HTTP/1.1 client against a scripted raw server: keep-alive, answer framing
+(Content-Length, chunked, 1xx, close), stale connections, timeouts, header injection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from services.webhooks.http1 import (
+    BadResponseError,
+    ConnectError,
+    Origin,
+    ServerDisconnectedError,
+)
+
+Script = Callable[[int, bytes], bytes | None]  # (request number, request) -> answer; None: hang up
+
+
+class RawServer:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hook?x=1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                answer = self.script(len(self.requests), request)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if b"connection: close" in answer.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+async def serve():
+    servers: list[RawServer] = []
+    origins: list[Origin] = []
+
+    async def start(script: Script, timeout_s: float = 2.0) -> tuple[RawServer, Origin]:
+        server = RawServer(script)
+        url = await server.start()
+        origin = Origin(url, timeout_s=timeout_s, connect_s=1.0, headers={"User-Agent": "t/1"})
+        servers.append(server)
+        origins.append(origin)
+        return server, origin
+
+    yield start
+    for origin in origins:
+        await origin.close()
+    for server in servers:
+        await server.stop()
+
+
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
+HEADERS = {"webhook-id": "msg_1", "content-type": "application/json"}
+
+
+async def test_keeps_the_connection_and_sends_the_request_as_given(serve):
+    server, origin = await serve(lambda n, req: NO_CONTENT)
+    for _ in range(3):
+        assert (await origin.post(b'{"a":1}', HEADERS)).status == 204
+    assert server.connections == 1
+    head, body = server.requests[0].split(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /hook?x=1 HTTP/1.1"
+    assert b"webhook-id: msg_1" in lines and b"User-Agent: t/1" in lines
+    assert any(line.startswith(b"Host: 127.0.0.1:") for line in lines)
+    assert b"Content-Length: 7" in lines and body == b'{"a":1}'
+
+
+async def test_answer_framings_keep_the_connection_in_step(serve):
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+        (b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n"
+         b"4;ext=1\r\nbusy\r\n3\r\n!!!\r\n0\r\nX-Trailer: 1\r\n\r\n"),
+        NO_CONTENT,
+    ]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    got = [await origin.post(b"{}", HEADERS) for _ in answers]
+    assert [r.status for r in got] == [200, 202, 503, 204]
+    assert got[2].headers["retry-after"] == "7"
+    assert server.connections == 1
+
+
+async def test_close_and_unframed_answers_are_not_reused(serve):
+    answers = [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+               b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\n\r\nxx",
+               NO_CONTENT]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    assert [(await origin.post(b"{}", HEADERS)).status for _ in answers] == [200] * 3 + [204]
+    assert server.connections == 4
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(serve):
+    # The server answers, then hangs up on the next request before answering.
+    server, origin = await serve(lambda n, req: NO_CONTENT if n % 2 else None)
+    assert (await origin.post(b"{}", HEADERS)).status == 204
+    await asyncio.sleep(0.05)
+    # Request 2 on the kept connection: the server hangs up without a byte; the client
+    # tries once more on a fresh connection (request 3: answered).
+    assert (await origin.post(b"{}", HEADERS)).status == 204
+    assert server.connections == 2
+
+
+async def test_a_fresh_connection_closed_without_an_answer_is_an_error(serve):
+    server, origin = await serve(lambda n, req: None)
+    with pytest.raises(ServerDisconnectedError):
+        await origin.post(b"{}", HEADERS)
+    assert len(server.requests) == 1  # not sent twice on a fresh connection
+
+
+async def test_timeout_closes_the_connection(serve):
+    answers = {1: NO_CONTENT}
+
+    def script(n: int, req: bytes) -> bytes | None:
+        return answers.get(n, b"")  # request 2: no answer at all
+
+    server, origin = await serve(script, timeout_s=0.3)
+    assert (await origin.post(b"{}", HEADERS)).status == 204
+    with pytest.raises(TimeoutError):
+        await origin.post(b"{}", HEADERS)
+    answers[3] = NO_CONTENT
+    assert (await origin.post(b"{}", HEADERS)).status == 204
+    assert server.connections == 2  # the timed-out connection was not reused
+
+
+async def test_malformed_answer(serve):
+    _, origin = await serve(lambda n, req: b"SMTP ready\r\n\r\n")
+    with pytest.raises(BadResponseError):
+        await origin.post(b"{}", HEADERS)
+
+
+async def test_refused_connection_is_a_connect_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    origin = Origin(f"http://127.0.0.1:{port}/", timeout_s=2, connect_s=1, headers={})
+    with pytest.raises(ConnectError):
+        await origin.post(b"{}", HEADERS)
+
+
+async def test_header_values_with_line_breaks_are_refused(serve):
+    server, origin = await serve(lambda n, req: NO_CONTENT)
+    with pytest.raises(ValueError):
+        await origin.post(b"{}", {"webhook-id": "x\r\nX-Injected: 1"})
+    assert server.requests == []
