@@ -374,6 +374,7 @@ class ChangeDetector:
         unchanged: list[tuple[str, str]] = []
         seeding = self._claims is not None and detected_by is Detection.POLL
         now = self._clock()
+        stamp = rfc3339(now)  # observed_at, ce_time and seen_at: one moment, formatted once
         if len({o.key for o in observations}) != len(observations):
             observations = list({o.key: o for o in observations}.values())  # last one wins
         for obs in observations:
@@ -391,7 +392,7 @@ class ChangeDetector:
             kind = _kind(detected_by, change, obs.document, last)
             try:
                 record = _build(entity, context, obs.key, kind, detected_by, last or "", new,
-                                previous, obs.document, now)
+                                previous, obs.document, now, stamp)
             except ValueError as exc:
                 # Not representable in the contract (build_event checks): skip it, and do
                 # not remember it either, rather than fail the request that saw it.
@@ -402,7 +403,7 @@ class ChangeDetector:
             self._claims.seed(unchanged)  # type: ignore[union-attr]
         if not pending:
             return 0
-        seen_at = rfc3339(now)
+        seen_at = stamp
         rows = []
         for obs, new, record, _, last in pending:
             claim = None
@@ -612,7 +613,7 @@ def _replaced_paths(prefix: str, previous: dict, current: dict, out: list[str]) 
 
 def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: Detection,
            previous_digest: str, new_digest: str, previous: Any | None,
-           current: Mapping[str, Any] | None, now: datetime) -> EventRecord:
+           current: Mapping[str, Any] | None, now: datetime, stamp: str) -> EventRecord:
     """The event, in proto3 JSON: defaults (empty strings, empty lists) omitted."""
     paths = _changed_paths(kind, previous, current)
     data: dict[str, Any] = {
@@ -638,11 +639,12 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
         if current is not None:
             data["current"] = current
         topic, ce_type = PRICE_TOPIC, PRICE_CE_TYPE
-    data["observed_at"] = rfc3339(now)
+    data["observed_at"] = stamp  # rfc3339(now)
     # A passport is any JSON object inside a Struct, and the rest are our own strings:
     # nothing to catch there, at a third of the event's cost. Tariffs carry typed fields
     # taken from upstream, so they are still checked.
-    return build_event(topic, ce_type, key, data, time=now, validate=entity == PRICE)
+    return build_event(topic, ce_type, key, data, time=now, time_text=stamp,
+                       validate=entity == PRICE)
 
 
 __all__ = ["PASSPORT", "PRICE", "ChangeDetector", "ChangeKind", "Claims", "Detection",

@@ -196,6 +196,11 @@ class InvalidationConsumer:
                 self._positions[tp] = await consumer.position(tp)
 
     async def _handle(self, record: Any) -> None:
+        # This replica's own announcement, evicted for already (see below): not even
+        # parsed, which spares ~6 KB of JSON and a proto check for every write made here.
+        if record.topic != self._cache_topic and self._announced_here(record):
+            self.events_seen += 1
+            return
         try:
             topic, key, data, event_id = self._parse(record)
         except InvalidEvent as exc:
@@ -212,6 +217,15 @@ class InvalidationConsumer:
         except Exception:  # one bad eviction must not stop invalidation
             log.exception("invalidation_failed", topic=record.topic, partition=record.partition,
                           offset=record.offset)
+
+    def _announced_here(self, record: Any) -> bool:
+        for name, value in record.headers or ():
+            if name == "ce_id":
+                try:
+                    return value is not None and value.decode() in self._evicted_here
+                except UnicodeDecodeError:
+                    return False
+        return False
 
     def _parse(self, record: Any) -> tuple[str, str, dict[str, Any], str | None]:
         if record.topic != self._cache_topic:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -22,8 +23,10 @@ from services.common.events import (
     InvalidEvent,
     build_event,
     digest_of,
+    envelope,
     parse_event,
 )
+from services.common.events.envelope import new_event_id
 from services.common.events.schemas import PassportChanged, PriceChanged
 from tests.unit.common.event_samples import passport_data, price_data
 
@@ -177,3 +180,31 @@ def test_digest_is_sha256_of_canonical_json_independent_of_key_order():
     b = digest_of({"a": {"x": [1, 2], "y": 2}, "b": 1})
     assert a == b and a.startswith("sha256:") and len(a) == 7 + 64
     assert digest_of({"a": [2, 1]}) != digest_of({"a": [1, 2]})
+
+
+@pytest.mark.parametrize("size", [100, 2046, 2047, 2048, 4094, 4095, 20_000])
+def test_digest_of_a_large_document_is_the_sha256_of_all_of_it(size):
+    """digest_of hashes in pieces below 2 KiB (so hashlib keeps the GIL): still one digest of
+    the whole canonical text, at every piece boundary."""
+    doc = {"pad": "x" * size}
+    canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    assert digest_of(doc) == "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+def test_event_ids_are_uuid4_text_unique_and_drawn_afresh_after_a_fork(monkeypatch):
+    ids = [new_event_id() for _ in range(1000)]  # several refills of the pool
+    assert len(set(ids)) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    drawn: list[int] = []
+    urandom = envelope.os.urandom
+    monkeypatch.setattr(envelope.os, "urandom", lambda n: drawn.append(n) or urandom(n))
+    new_event_id()
+    new_event_id()
+    assert len(drawn) <= 1  # from the pool (one refill at most, at its end)
+    drawn.clear()
+    pid = envelope.os.getpid()
+    monkeypatch.setattr(envelope.os, "getpid", lambda: pid + 1)  # as in a forked child
+    new_event_id()
+    assert len(drawn) == 1  # the parent's pool is never used again

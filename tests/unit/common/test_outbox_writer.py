@@ -69,6 +69,15 @@ async def test_rows_commit_in_submission_order_and_wake_the_publisher(outbox):
     assert in_file(outbox.path) == [f"e-{n}".encode() for n in range(50)]
 
 
+async def test_jobs_submitted_in_one_pass_of_the_loop_share_one_transaction(outbox):
+    """They reach the writer thread together at the end of the pass: one hand-over, one
+    wake-up of the thread, one COMMIT (not a first transaction of one job, then the rest)."""
+    futures = [outbox.write(adder(outbox, event(n))) for n in range(50)]
+    await asyncio.gather(*futures)
+    assert outbox.writer is not None and outbox.writer.batches == 1
+    assert in_file(outbox.path) == [f"e-{n}".encode() for n in range(50)]
+
+
 async def test_a_failing_job_fails_alone(outbox):
     def broken(conn: sqlite3.Connection) -> None:
         outbox.add(conn, event(99))
