@@ -125,8 +125,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     client = request.get(CLIENT_NAME_KEY, "anonymous")
     if metrics is not None:
         label = route_label(request)
-        metrics.requests_child(label, request.method, str(response.status), client).inc()
-        metrics.duration_child(label, request.method).observe(elapsed)
+        metrics.observe(label, request.method, str(response.status), client, elapsed)
     if logsetup.INFO_ENABLED:
         log.info(
             "request",

@@ -241,8 +241,7 @@ def _hit(request: web.BaseRequest, routes: HitRoutes, auth: Authenticator,
     response = wire_response(entry, "HIT", request_id, headers.get("If-None-Match"))
     status = response.status
     elapsed = time.perf_counter() - started
-    metrics.requests_child(name, "GET", str(status), client.name).inc()
-    metrics.duration_child(name, "GET").observe(elapsed)
+    metrics.observe(name, "GET", str(status), client.name, elapsed)
     if logsetup.INFO_ENABLED:
         logsetup.REQUEST_CONTEXT.set((request_id, traceparent_of(headers)))
         log.info("request", method="GET", route=route.path, status=status,
