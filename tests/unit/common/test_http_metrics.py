@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from services.common.metrics import LATENCY_BUCKETS, HttpMetrics
+from services.common.metrics import LATENCY_BUCKETS, HttpMetrics, PlainCounter, zero
 
 # (route, method, status, client, seconds): on bucket bounds, between, below, above all
 REQUESTS = [
@@ -61,3 +62,23 @@ def test_created_series_follow_prometheus_client_switch():
         assert "_created" not in exposition(ours)
     finally:
         enable_created_metrics()
+
+
+def test_a_plain_counter_exposes_what_a_counter_does():
+    reference, ours = CollectorRegistry(), CollectorRegistry()
+    counter = Counter("ampgate_cache_lookups_total", "Cache lookups.", ["route", "result"],
+                      registry=reference)
+    plain = PlainCounter("ampgate_cache_lookups_total", "Cache lookups.", ["route", "result"],
+                         ours)
+    for metric in (counter, plain):
+        zero(metric, ["prices", "passport_public"], ["hit", "miss"])
+        metric.labels("passport_public", "hit").inc()
+        metric.labels("passport_public", "hit").inc(2)
+        metric.labels("other", 404).inc()  # label values become strings, as in a Counter
+    assert exposition(ours) == exposition(reference)
+    assert ours.get_sample_value("ampgate_cache_lookups_total",
+                                 {"route": "passport_public", "result": "hit"}) == 3
+    with pytest.raises(ValueError):
+        plain.labels("only-one")
+    with pytest.raises(ValueError):
+        plain.labels("prices", "hit").inc(-1)
