@@ -35,7 +35,13 @@ def path_id(request: web.Request, name: str, pattern: re.Pattern[str] = PASSPORT
             *, upper: bool = False) -> str:
     """A path id, checked against a safe charset. aiohttp has already percent-decoded it,
     so an encoded slash or control character shows up here and is rejected."""
-    raw = request.match_info[name]
+    return checked_path_id(request.match_info[name], name, pattern, upper=upper)
+
+
+def checked_path_id(raw: str, name: str, pattern: re.Pattern[str] = PASSPORT_ID_RE,
+                    *, upper: bool = False) -> str:
+    """``path_id`` of a value already taken from the path (the gateway's hit path matches
+    paths itself, before aiohttp's router)."""
     if len(raw) > 128:
         raise param_error(name, "at most 128 characters")
     if ".." in raw or not pattern.match(raw):

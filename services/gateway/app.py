@@ -16,6 +16,7 @@ from services.common.events import EVENT_TOPICS
 from services.common.http import READINESS_KEY, REGISTRY_KEY, base_app
 from services.common.outbox import Outbox, OutboxPublisher, outbox_path
 from services.common.redis_security import redis_options
+from services.common.runner import FRONT_HANDLER_KEY
 from services.common.settings import Settings
 from services.gateway.auth import Authenticator
 from services.gateway.cache import ResponseCache
@@ -32,7 +33,7 @@ from services.gateway.cluster import shared_cache as shared_cache_module
 from services.gateway.cluster import tokens as shared_tokens_module
 from services.gateway.docs import add_docs_routes
 from services.gateway.eviction import CACHE_TOPIC, EvictedHere, evict_change, evict_event
-from services.gateway.hot_path import hot_path
+from services.gateway.hot_path import front_handler
 from services.gateway.invalidation import InvalidationConsumer
 from services.gateway.keys import (
     AUTH_KEY,
@@ -41,7 +42,7 @@ from services.gateway.keys import (
     CONTEXTS_KEY,
     DETECTOR_KEY,
     EVICTED_HERE_KEY,
-    HIT_KEYS_KEY,
+    HIT_ROUTES_KEY,
     INVALIDATION_KEY,
     METRICS_KEY,
     OUTBOX_KEY,
@@ -53,7 +54,7 @@ from services.gateway.keys import (
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import openapi_handler
 from services.gateway.pollers import PassportPoller, PricePoller, SharedMembers, run_leased
-from services.gateway.routes import ROUTES, hit_keys, register
+from services.gateway.routes import ROUTES, hit_routes, register
 from services.gateway.upstreams import http_session_ctx, upstreams_ctx
 
 log = structlog.get_logger("ampgate.gateway")
@@ -72,8 +73,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         next(iter(c.upstream_params().items())): c.name for c in settings.tariff_contexts
     }
     app[CLUSTER_KEY] = None
-    app[HIT_KEYS_KEY] = hit_keys()
-    app.middlewares.insert(0, hot_path)  # before request_middleware: a fresh hit ends there
+    app[HIT_ROUTES_KEY] = hit_routes(app[POLICIES_KEY])
+    # In front of aiohttp's router and middleware: a fresh hit ends there (hot_path.py).
+    app[FRONT_HANDLER_KEY] = front_handler
     if settings.cluster.redis_url:
         app.middlewares.append(settle_evictions)
     app.cleanup_ctx.extend([

@@ -1,32 +1,36 @@
 """The fused cache-hit path: a fresh memory-tier hit answered with prebuilt bytes.
 
-``hot_path`` is the gateway's outermost middleware. For a request it can answer it does
-exactly what a hit must: the API key (hash lookup), the route's scope, the cache key, the
-fresh entry, If-None-Match (→ 304), one write of the entry's prebuilt header block and body
-with the only per-request headers (``Age``, ``X-Request-ID``; ``Date`` once a second), one
+``front_handler`` is what the gateway's HTTP server calls for every request
+(``services.common.runner.FRONT_HANDLER_KEY``), in front of ``Application._handle``. For a
+request it can answer it does exactly what a hit must: its own match of the path to a hit
+route (``HitRoutes``), the API key (hash lookup), the route's scope, the fresh entry,
+If-None-Match (→ 304), one write of the entry's prebuilt header block and body with the only
+per-request headers (``Age``, ``X-Request-ID``; ``Date`` once a second), one
 ``ampgate_http_requests_total`` increment, one duration observation (plus the cache's own
 ``cache_lookups_total{result="hit"}``), and the access line when info is on. Every other
-request goes on to ``handler``: the general chain (``request_middleware``, the route's
-endpoint, ``cached_get``) exactly as before.
+request goes on to the general handler unchanged: aiohttp's router, ``request_middleware``,
+the route's endpoint, ``cached_get``, exactly as before.
 
 What it skips, and why that is safe:
-- aiohttp's middleware chain and its innermost ``_fix_request_current_app`` (aiohttp adds
-  it to every app that has a middleware): nothing on this path reads ``current_app``.
+- aiohttp's router, middleware chain and its innermost ``_fix_request_current_app``: nothing
+  on this path reads ``request.match_info``, ``request.app`` or ``current_app`` (the route
+  and its path parameter come from ``HitRoutes``, the app from the closure).
 - ``web.Response`` (a CIMultiDict per request, header serialisation): the bytes are those
   aiohttp writes for the same answer (tests/unit/gateway/test_hot_path.py compares them).
 - A traceparent: a hit calls nothing downstream; one is made only for the access line.
 - The query model: only routes whose answer depends on the path alone (``Route.hit_key``)
   and requests without a query string come here.
-Anything else — no or unknown key, missing scope (401/403 problem+json), a bad path id
-(400), a miss, a stale entry, ``Cache-Control`` from the client, a query string, HEAD,
-HTTP/1.0 or ``Connection: close`` — falls through to the general path, which answers it
-as it always has. Cluster mode: a memory hit makes no Redis call here either.
+Anything else — a path ``HitRoutes`` does not match exactly (percent-encoded, a bad id,
+another route), no or unknown key, missing scope (401/403 problem+json), a miss, a stale
+entry, ``Cache-Control`` or ``Expect`` from the client, HEAD, HTTP/1.0 or
+``Connection: close`` — falls through to the general path, which answers it as it always
+has. Cluster mode: a memory hit makes no Redis call here either.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from email.utils import formatdate
 
 from aiohttp import web
@@ -35,8 +39,10 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from services.common import logging as logsetup
 from services.common.errors import Problem
 from services.common.http import HTTP_METRICS_KEY, log, request_id_of, traceparent_of
-from services.gateway.cache import CachedResponse
-from services.gateway.keys import AUTH_KEY, CACHE_KEY, HIT_KEYS_KEY, POLICIES_KEY
+from services.common.metrics import HttpMetrics
+from services.gateway.auth import Authenticator
+from services.gateway.cache import CachedResponse, ResponseCache
+from services.gateway.keys import AUTH_KEY, CACHE_KEY, HIT_ROUTES_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,42 +145,116 @@ def _tail(now: float) -> bytes:
     return _date_tail
 
 
-@web.middleware
-async def hot_path(request: web.Request, handler: Handler) -> web.StreamResponse:
+class HitRoute:
+    """A route whose fresh hits the front handler answers (``Route.hit_key`` set, TTL > 0)."""
+
+    __slots__ = ("key_of", "name", "param", "path", "prefix", "scope", "suffix")
+
+    def __init__(self, name: str, path: str, scope: str,
+                 key_of: Callable[[Mapping[str, str]], Hashable]) -> None:
+        self.name, self.path, self.scope, self.key_of = name, path, scope, key_of
+        # "/v1/passports/{passport_id}/owned" -> prefix, param, suffix; no "{": param ""
+        head, brace, rest = path.partition("{")
+        param, _, suffix = rest.partition("}")
+        if "{" in suffix or (brace and not param):
+            raise ValueError(f"a hit route has at most one path parameter: {path}")
+        self.prefix, self.param, self.suffix = head, param, suffix
+
+
+class HitRoutes:
+    """The request path -> (hit route, cache key), matched without aiohttp's router: the
+    same answer as the router for every path it accepts (tests/unit/gateway/test_hot_path.py
+    checks that against the app's router), None for anything it is not sure of — a query
+    string, a percent-encoded character (the router matches the decoded path), a parameter
+    with a '/', a bad id (the general path answers its 400) — which then goes to the router.
+    Valid paths are remembered (bounded: only paths of valid ids enter, 4,096 at most)."""
+
+    _RECENT_MAX = 4096
+
+    def __init__(self, routes: Iterable[HitRoute]) -> None:
+        self._exact: dict[str, HitRoute] = {}
+        self._templated: list[HitRoute] = []
+        for route in routes:
+            if route.param:
+                self._templated.append(route)
+            else:
+                self._exact[route.path] = route
+        self._recent: dict[str, tuple[HitRoute, Hashable]] = {}
+
+    def match(self, raw_path: str) -> tuple[HitRoute, Hashable] | None:
+        found = self._recent.get(raw_path)
+        if found is None:
+            found = self._resolve(raw_path)
+            if found is not None and len(self._recent) < self._RECENT_MAX:
+                self._recent[raw_path] = found
+        return found
+
+    def _resolve(self, raw_path: str) -> tuple[HitRoute, Hashable] | None:
+        if "?" in raw_path or "%" in raw_path:
+            return None
+        route = self._exact.get(raw_path)
+        params: dict[str, str] = {}
+        if route is None:
+            for candidate in self._templated:
+                prefix, suffix = candidate.prefix, candidate.suffix
+                if (len(raw_path) > len(prefix) + len(suffix) and raw_path.startswith(prefix)
+                        and raw_path.endswith(suffix)):
+                    value = raw_path[len(prefix):len(raw_path) - len(suffix)]
+                    if "/" not in value:
+                        route, params = candidate, {candidate.param: value}
+                        break
+            if route is None:
+                return None
+        try:
+            return route, route.key_of(params)
+        except Problem:
+            return None
+
+
+def front_handler(app: web.Application, general: Handler) -> Handler:
+    """The handler the gateway's server calls for each request: a fresh hit answered here,
+    everything else by ``general`` (``Application._handle``). Built once the app has
+    started (its cache exists)."""
+    routes, auth, cache = app[HIT_ROUTES_KEY], app[AUTH_KEY], app[CACHE_KEY]
+    metrics = app[HTTP_METRICS_KEY]
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        response = _hit(request, routes, auth, cache, metrics)
+        if response is None:
+            return await general(request)  # type: ignore[arg-type]
+        return response
+
+    return handle
+
+
+def _hit(request: web.BaseRequest, routes: HitRoutes, auth: Authenticator,
+         cache: ResponseCache, metrics: HttpMetrics) -> WireResponse | None:
     started = time.perf_counter()
-    route = request.match_info.route
-    hit = request.app[HIT_KEYS_KEY].get(route.name)
-    if (hit is None or request.method != "GET" or request.query_string
-            or request.version != HttpVersion11 or not request.keep_alive):
-        return await handler(request)
+    if (request.method != "GET" or request.version != HttpVersion11
+            or not request.keep_alive):
+        return None
+    matched = routes.match(request.raw_path)
+    if matched is None:
+        return None
     headers = request.headers
-    if "Cache-Control" in headers:
-        return await handler(request)
-    app = request.app
-    scope, key_of = hit
-    client = app[AUTH_KEY].client_for(request)
-    if client is None or scope not in client.scopes:
-        return await handler(request)
+    if "Cache-Control" in headers or "Expect" in headers:
+        return None
+    route, key = matched
+    client = auth.client_for(request)  # type: ignore[arg-type]
+    if client is None or route.scope not in client.scopes:
+        return None
     name = route.name
-    if app[POLICIES_KEY][name].ttl_s <= 0:
-        return await handler(request)
-    try:
-        key = key_of(request)
-    except Problem:
-        return await handler(request)
-    entry = app[CACHE_KEY].fresh(key, name)
+    entry = cache.fresh(key, name)
     if entry is None:
-        return await handler(request)
+        return None
 
     request_id = request_id_of(headers)
     response = wire_response(entry, "HIT", request_id, headers.get("If-None-Match"))
     status = response.status
     elapsed = time.perf_counter() - started
-    metrics = app[HTTP_METRICS_KEY]
-    metrics.requests_child(name, "GET", str(status), client.name).inc()
-    metrics.duration_child(name, "GET").observe(elapsed)
+    metrics.observe(name, "GET", str(status), client.name, elapsed)
     if logsetup.INFO_ENABLED:
         logsetup.REQUEST_CONTEXT.set((request_id, traceparent_of(headers)))
-        log.info("request", method="GET", route=route.resource.canonical, status=status,
+        log.info("request", method="GET", route=route.path, status=status,
                  client=client.name, duration_ms=round(elapsed * 1000, 2), cache="HIT")
     return response

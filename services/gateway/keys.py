@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from services.gateway.metrics import GatewayMetrics
 
 if TYPE_CHECKING:
     from services.gateway.cluster import Channels, ClusterMetrics, ClusterStore
+    from services.gateway.hot_path import HitRoutes  # it imports these keys
     from services.gateway.upstreams import Upstreams  # it imports these keys
 
 
@@ -53,7 +53,6 @@ CONTEXTS_KEY: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("tariff_contex
 POLICIES_KEY: web.AppKey[dict[str, CachePolicy]] = web.AppKey("cache_policies")
 # Cluster (above) in cluster mode, None in single-replica mode (settings.cluster.redis_url unset).
 CLUSTER_KEY: web.AppKey[Cluster | None] = web.AppKey("cluster")
-# route name -> (its scope, its cache key from the request) for the routes whose cached
-# answer depends on the path alone: what the fused hit path (hot_path.py) may answer.
-HIT_KEYS_KEY: web.AppKey[dict[str, tuple[str, Callable[[web.Request], Hashable]]]] = web.AppKey(
-    "hit_keys")
+# The routes whose cached answer depends on the path alone, matched from the raw path:
+# what the fused hit path (hot_path.py, in front of aiohttp's router) may answer.
+HIT_ROUTES_KEY: web.AppKey[HitRoutes] = web.AppKey("hit_routes")

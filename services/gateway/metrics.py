@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.events import DETECTIONS, ENTITIES, EVENT_TOPICS
-from services.common.metrics import LATENCY_BUCKETS, zero
+from services.common.metrics import LATENCY_BUCKETS, PlainCounter, zero
 
 CACHE_RESULTS = ("hit", "miss", "stale", "coalesced", "bypass", "shared_hit")
 EVICTION_REASONS = ("lru", "invalidated", "purged")
@@ -32,11 +32,12 @@ class GatewayMetrics:
             "ampgate_upstream_request_duration_seconds",
             "Upstream request latency, by upstream and operation.",
             ["upstream", "operation"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.cache_lookups = Counter(
+        # Counted on every cache hit: plain numbers (PlainCounter), not a locked Counter.
+        self.cache_lookups = PlainCounter(
             "ampgate_cache_lookups_total",
             "Cache lookups by route and result (hit, miss, stale, coalesced, bypass, "
             "shared_hit = answered from the cluster's shared tier).",
-            ["route", "result"], registry=registry)
+            ["route", "result"], registry)
         self.cache_entries = Gauge(
             "ampgate_cache_entries", "Entries held in the response cache.", registry=registry)
         self.cache_bytes = Gauge(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +10,10 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from services.common.query import HistoryQuery, PriceHistoryQuery, Query, parse_query
+from services.common.settings import CachePolicy
 from services.gateway import schemas
 from services.gateway.handlers import admin, history, passports, prices, stations, users
+from services.gateway.hot_path import HitRoute, HitRoutes
 from services.gateway.keys import AUTH_KEY
 from services.gateway.validation import (
     EVSE_ID_SCHEMA,
@@ -54,9 +56,9 @@ class Route:
     media: tuple[tuple[str, type[BaseModel]], ...] = ()
     # Keys into vendor_examples.json: the vendor docs' samples of the success answer.
     examples: tuple[str, ...] = ()
-    # A cached GET whose key depends on the path alone: the key from the request (raises
-    # Problem for a bad path id). Such a route's fresh hits take the fused path (hot_path.py).
-    hit_key: Callable[[web.Request], Hashable] | None = None
+    # A cached GET whose key depends on the path alone: the key from the path's parameters
+    # (raises Problem for a bad path id). Its fresh hits take the fused path (hot_path.py).
+    hit_key: Callable[[Mapping[str, str]], Hashable] | None = None
 
 
 ROUTES: tuple[Route, ...] = (
@@ -138,9 +140,11 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
     return endpoint
 
 
-def hit_keys() -> dict[str, tuple[str, Callable[[web.Request], Hashable]]]:
-    """What the fused hit path may answer: route name -> (scope, cache key)."""
-    return {r.name: (r.scope, r.hit_key) for r in ROUTES if r.hit_key is not None}
+def hit_routes(policies: Mapping[str, CachePolicy]) -> HitRoutes:
+    """What the fused hit path may answer: the routes with a ``hit_key`` whose policy
+    caches at all (TTL > 0)."""
+    return HitRoutes(HitRoute(r.name, r.path, r.scope, r.hit_key) for r in ROUTES
+                     if r.hit_key is not None and policies[r.name].ttl_s > 0)
 
 
 def register(app: web.Application) -> None:

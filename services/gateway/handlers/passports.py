@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from services.common.events import ChangeKind, Detection
-from services.common.ids import path_id
+from services.common.ids import checked_path_id, path_id
 from services.gateway.changes import passport_digest
 from services.gateway.errors import UpstreamBadBody
 from services.gateway.eviction import OWNED_LIST_TAG, passport_tag
@@ -37,20 +38,22 @@ async def _written(request: web.Request) -> None:
         await detector.settled()
 
 
-def public_key(request: web.Request) -> tuple[str, ...]:
-    return ("passport", "public", path_id(request, "passport_id"))
+# Cache keys from the path's parameters (``request.match_info``, or the hit path's own
+# match): a bad id raises Problem (400).
+def public_key(params: Mapping[str, str]) -> tuple[str, ...]:
+    return ("passport", "public", checked_path_id(params["passport_id"], "passport_id"))
 
 
-def owned_list_key(request: web.Request) -> tuple[str, ...]:
+def owned_list_key(params: Mapping[str, str]) -> tuple[str, ...]:
     return ("passport", "owned_list")
 
 
-def owned_key(request: web.Request) -> tuple[str, ...]:
-    return ("passport", "owned", path_id(request, "passport_id"))
+def owned_key(params: Mapping[str, str]) -> tuple[str, ...]:
+    return ("passport", "owned", checked_path_id(params["passport_id"], "passport_id"))
 
 
 async def get_public(request: web.Request, query: Any) -> web.StreamResponse:
-    key = public_key(request)
+    key = public_key(request.match_info)
     pid = key[2]
 
     client = upstreams(request).passport
@@ -72,12 +75,12 @@ async def get_public(request: web.Request, query: Any) -> web.StreamResponse:
 
 async def list_owned(request: web.Request, query: Any) -> web.StreamResponse:
     fetch = fetcher(request, upstreams(request).passport, "owned_list", _paths(request).owned_list)
-    return await cached_get(request, "passport_owned_list", owned_list_key(request), fetch,
+    return await cached_get(request, "passport_owned_list", owned_list_key(request.match_info), fetch,
                             tags=[OWNED_LIST_TAG])
 
 
 async def get_owned(request: web.Request, query: Any) -> web.StreamResponse:
-    key = owned_key(request)
+    key = owned_key(request.match_info)
     pid = key[2]
     fetch = fetcher(request, upstreams(request).passport, "owned_get",
                     _paths(request).owned_item.format(id=pid))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -12,14 +13,14 @@ from services.gateway.keys import CACHE_KEY, OUTBOX_KEY, SETTINGS_KEY
 from services.gateway.validation import NewUser, User, read_json_body
 
 
-def me_key(request: web.Request) -> tuple[str, ...]:
+def me_key(params: Mapping[str, str]) -> tuple[str, ...]:
     return ("users", "me")
 
 
 async def get_me(request: web.Request, query: Any) -> web.StreamResponse:
     fetch = fetcher(request, upstreams(request).passport, "users_me",
                     request.app[SETTINGS_KEY].passport.paths.users_me)
-    return await cached_get(request, "users_me", me_key(request), fetch, tags=[ME_TAG])
+    return await cached_get(request, "users_me", me_key(request.match_info), fetch, tags=[ME_TAG])
 
 
 async def update_me(request: web.Request, query: Any) -> web.StreamResponse:

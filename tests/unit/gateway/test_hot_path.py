@@ -8,10 +8,17 @@ import asyncio
 import re
 
 import orjson
+import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from prometheus_client import CollectorRegistry
 
 from services.common.logging import configure_logging
-from services.common.settings import LogSettings
+from services.common.runner import install_front_handler
+from services.common.settings import CachePolicy, LogSettings
+from services.gateway.app import create_app
+from services.gateway.keys import HIT_ROUTES_KEY
+from services.gateway.routes import ROUTES, hit_routes
 from tests.fixtures.gateway import NOSCOPE_KEY, READER_KEY
 
 PASSPORT = "/v1/passports/{}"
@@ -195,3 +202,62 @@ async def test_pages_rewritten_per_host_keep_their_own_etag(gateway):
     other = await gateway.get("/v1/charging-stations",
                               headers=key(Host="b.example", **{"If-None-Match": etag_a}))
     assert other.status == 200
+
+
+async def test_a_hit_never_enters_the_router_or_the_middleware(aiohttp_client, gateway_settings):
+    """The fused path runs in front of ``Application._handle`` (FRONT_HANDLER_KEY): a
+    middleware that counts calls sees every miss and error, and no hit."""
+    seen: list[str] = []
+
+    @web.middleware
+    async def counted(request: web.Request, handler):
+        seen.append(request.headers.get("X-Request-ID", ""))
+        return await handler(request)
+
+    app = create_app(gateway_settings(), registry=CollectorRegistry())
+    app.middlewares.insert(0, counted)
+    client = await aiohttp_client(app)
+    install_front_handler(client.server.runner)
+    pid = await warm_pid(client)  # two misses through the general path
+    for n in range(5):
+        hit = await client.get(PASSPORT.format(pid), headers=key(**{"X-Request-ID": f"h{n}"}))
+        assert hit.headers["X-Cache"] == "HIT"
+    noscope = await client.get(PASSPORT.format(pid),
+                               headers=key(NOSCOPE_KEY, **{"X-Request-ID": "e1"}))
+    assert noscope.status == 403
+    assert seen == ["", "", "e1"]
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/passports", "/v1/passports/", "/v1/passports/BP-0001", "/v1/passports/BP-0001/",
+    "/v1/passports/BP-0001/owned", "/v1/passports/BP-0001/owned/", "/v1/passports/BP-0001/history",
+    "/v1/passports/BP.1:a~b_c-d", "/v1/passports/a..b", "/v1/passports/.", "/v1/passports/..",
+    "/v1/passports/-x", "/v1/passports/owned", "/v1/passports/owned/owned",
+    "/v1/passports/BP%2D0001", "/v1/passports/BP%2F0001", "/v1/passports/BP-0001?x=1",
+    "/v1/passports//BP-0001", "//v1/passports/BP-0001", "/v1/x/../passports/BP-0001",
+    "/v1/passports/./BP-0001", "/v1/users/me", "/v1/users/me/", "/v1/users/m",
+    "/V1/passports/BP-0001", "/v1/passports/" + "a" * 129, "/v1/passports/BP-0001/owned/x",
+    "/v1/charging-stations", "/v1/prices", "/healthz", "/docs/x",
+])
+async def test_hit_routes_match_as_aiohttp_router_does(gateway, path):
+    """Whatever path ``HitRoutes`` accepts, aiohttp's router resolves to the same route and
+    the same cache key; what it is not sure of it leaves to the router."""
+    app = gateway.server.app
+    matched = app[HIT_ROUTES_KEY].match(path)
+    if matched is None:
+        return
+    route, cache_key = matched
+    info = await app.router.resolve(make_mocked_request("GET", path, app=app))
+    assert info.http_exception is None and info.route.name == route.name
+    assert next(r for r in ROUTES if r.name == route.name).hit_key(info) == cache_key
+
+
+def test_the_usual_paths_are_matched():
+    routes = hit_routes({r.name: CachePolicy(ttl_s=60, stale_while_revalidate_s=0, stale_if_error_s=0) for r in ROUTES if r.cached})
+    assert routes.match("/v1/passports/BP-0001")[1] == ("passport", "public", "BP-0001")
+    assert routes.match("/v1/passports/BP-0001/owned")[1] == ("passport", "owned", "BP-0001")
+    assert routes.match("/v1/passports")[1] == ("passport", "owned_list")
+    assert routes.match("/v1/users/me")[1] == ("users", "me")
+    assert routes.match("/v1/passports/a..b") is None
+    uncached = hit_routes({r.name: CachePolicy(ttl_s=0, stale_while_revalidate_s=0, stale_if_error_s=0) for r in ROUTES if r.cached})
+    assert uncached.match("/v1/passports/BP-0001") is None  # TTL 0: the general path
