@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from services.common.outbox import Outbox
 from services.common.settings import Settings
 from services.gateway.changes import ChangeDetector
-from services.gateway.keys import OUTBOX_KEY
+from services.gateway.keys import DETECTOR_KEY, OUTBOX_KEY
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.pollers import PassportPoller, PollResult, PricePoller
 from services.gateway.tokens import StaticToken, TokenManager, siemensid_fetcher
@@ -408,6 +408,7 @@ async def test_price_reads_of_two_contexts_keep_their_own_tariff(make_gateway, s
             resp = await gw.get(url.format(tag), headers=auth())
             assert resp.status == 200 and resp.headers["X-Cache"] == cache
             assert (await resp.json())["costId"] == cost_id
+    await gw.app[DETECTOR_KEY].settled()  # first sightings answer before their commit
     read = by_context(drain(outbox))
     assert {c: d[EVSE]["current"]["cost_id"] for c, d in read.items()} == {
         "fleet": 12206, "guest": 22206}
