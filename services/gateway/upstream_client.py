@@ -191,6 +191,14 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def _given_up(last: _Retryable) -> UpstreamResponse:
+    """The last retryable failure, once no attempt is left: its response, or its error."""
+    if last.response is not None:
+        return last.response
+    assert last.error is not None
+    raise last.error from None
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -321,8 +329,19 @@ class UpstreamClient:
 
     async def _attempts(self, operation: str, method: str, url: URL, body: bytes | None,
                         headers: dict[str, str], deadline: float) -> UpstreamResponse:
-        """One attempt, or several with backoff for idempotent methods, within the deadline."""
+        """One attempt, or several with backoff for idempotent methods, within the deadline.
+
+        The first attempt runs bare: most succeed, and building the retrier costs about as
+        much as the rest of the attempt's own Python. Only a retryable failure builds it,
+        and hands it that failure as its attempt 1, so the waits, stops and logs are the
+        ones a retrier running from the start would have made."""
         attempts = 1 + (self.settings.retries if method in IDEMPOTENT else 0)
+        try:
+            return await self._attempt(operation, method, url, body, headers, deadline)
+        except _Retryable as first:
+            if attempts == 1:  # what the retrier does then: stop at once, reraise
+                return _given_up(first)
+            failed: _Retryable | None = first
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -348,12 +367,12 @@ class UpstreamClient:
         try:
             async for attempt in retrying:
                 with attempt:
+                    if failed is not None:  # attempt 1, run above
+                        replay, failed = failed, None
+                        raise replay
                     return await self._attempt(operation, method, url, body, headers, deadline)
         except _Retryable as last:
-            if last.response is not None:
-                return last.response
-            assert last.error is not None
-            raise last.error from None
+            return _given_up(last)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, operation: str, method: str, url: URL, body: bytes | None,

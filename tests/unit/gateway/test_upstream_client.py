@@ -418,3 +418,49 @@ async def test_which_statuses_are_an_answer_and_which_an_outage(upstream, sessio
         await client.request("public_get", "GET", "/v1/passports/public/p1")
     assert (err.value.status, err.value.unavailable) == (client_status, unavailable)
     assert err.value.upstream_status == status
+
+
+async def test_the_retrier_is_built_only_for_a_retry(upstream, session, metrics, monkeypatch):
+    # The first attempt runs bare (it is most of a write's client CPU otherwise): only a
+    # retryable failure of an idempotent request builds the tenacity retrier.
+    from services.gateway import upstream_client
+
+    built = []
+    real = upstream_client.AsyncRetrying
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(upstream_client, "AsyncRetrying", counting)
+    client = UpstreamClient("passport", settings(upstream.url, retries=2), session, None, metrics)
+    assert (await client.request("get", "GET", "/x")).status == 200
+    assert (await client.request("update", "PUT", "/x", body=b"{}")).status == 200
+    upstream.script = [(503, b"", {})]
+    with pytest.raises(UpstreamStatus):
+        await client.request("update", "PUT", "/x", body=b"{}")  # a write: never retried
+    assert built == [] and len(upstream.calls) == 3
+
+    upstream.calls.clear()
+    upstream.script = [(503, b"", {}), (200, b"{}", {})]
+    assert (await client.request("get", "GET", "/x")).status == 200
+    assert built == [1] and len(upstream.calls) == 2
+
+
+async def test_the_first_failure_counts_as_the_retriers_attempt_one(upstream, session, metrics):
+    # Its Retry-After hint sets the first wait, and the attempts are numbered as before.
+    upstream.script = [(429, b"", {"Retry-After": "0.05"}), (503, b"", {"Retry-After": "0.01"}),
+                       (200, b"{}", {})]
+    client = UpstreamClient("pricing", settings(upstream.url, retries=2), session, None, metrics)
+    with structlog.testing.capture_logs() as logs:
+        assert (await client.request("single", "GET", "/x")).status == 200
+    retries = [(e["attempt"], e["reason"], e["wait_s"]) for e in logs
+               if e["event"] == "upstream_retry"]
+    assert retries == [(1, 429, 0.05), (2, 503, 0.01)]
+    assert len(upstream.calls) == 3
+
+    upstream.calls.clear()
+    upstream.script = [(503, b"", {})]
+    with pytest.raises(UpstreamStatus):
+        await client.request("single", "GET", "/x")
+    assert len(upstream.calls) == 3  # 1 + retries, not one more
