@@ -201,7 +201,8 @@ async def test_chunked_trailers_are_read_but_not_taken_as_headers(serve):
 
 async def test_long_chunked_body_and_extra_bytes_close_the_connection(serve):
     chunk = b"%x\r\n%s\r\n" % (40_000, b"x" * 40_000)
-    answers = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2,  # > 64 KiB, no end
+    # Over 64 KiB of chunks and no last chunk: only the drain limit ends this answer.
+    answers = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2,
                NO_CONTENT + NO_CONTENT,  # one answer too many
                NO_CONTENT]
     server, origin = await serve(lambda n, req: answers[n - 1])
