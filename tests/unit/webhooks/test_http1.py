@@ -172,3 +172,48 @@ async def test_header_values_with_line_breaks_are_refused(serve):
     with pytest.raises(ValueError):
         await origin.post(b"{}", {"webhook-id": "x\r\nX-Injected: 1"})
     assert server.requests == []
+
+
+async def test_interim_1xx_answers_are_skipped_with_their_headers(serve):
+    # llhttp completes each 1xx as a message of its own; the client waits for the real one.
+    answers = [(b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                b"HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n"),
+               NO_CONTENT]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    first = await origin.post(b"{}", HEADERS)
+    assert first.status == 429
+    assert first.headers == {"retry-after": "3", "content-length": "0"}  # no "link"
+    assert (await origin.post(b"{}", HEADERS)).status == 204
+    assert server.connections == 1
+
+
+async def test_chunked_trailers_are_read_but_not_taken_as_headers(serve):
+    answers = [(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nX-Sum: abc\r\nX-More: 1\r\n\r\n"),
+               NO_CONTENT]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    first = await origin.post(b"{}", HEADERS)
+    assert first.status == 200 and "x-sum" not in first.headers
+    assert (await origin.post(b"{}", HEADERS)).status == 204
+    assert server.connections == 1  # the trailers were consumed: the connection is in step
+
+
+async def test_long_chunked_body_and_extra_bytes_close_the_connection(serve):
+    chunk = b"%x\r\n%s\r\n" % (40_000, b"x" * 40_000)
+    # Over 64 KiB of chunks and no last chunk: only the drain limit ends this answer.
+    answers = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2,
+               NO_CONTENT + NO_CONTENT,  # one answer too many
+               NO_CONTENT]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    assert [(await origin.post(b"{}", HEADERS)).status for _ in answers] == [200, 204, 204]
+    assert server.connections == 3
+
+
+async def test_upgrade_and_oversized_head_are_bad_answers(serve):
+    answers = [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000]  # no end in sight
+    _, origin = await serve(lambda n, req: answers[(n - 1) % 2])
+    for _ in answers:
+        with pytest.raises(BadResponseError):
+            await origin.post(b"{}", HEADERS)
