@@ -48,8 +48,9 @@ def validate(message_type: type[Message], data: Mapping[str, Any], *,
     valid in a Struct (no lone surrogates, no NaN or infinity, numbers in double
     range); fewer brackets than the fast path's depth bound then means nothing inside
     a Struct needs a look."""
-    shallow = json is not None and json.count(b"{") + json.count(b"[") < _MAX_DEPTH
-    if not _message_check(message_type.DESCRIPTOR, shallow)(data):
+    from_json = json is not None
+    shallow = from_json and json.count(b"{") + json.count(b"[") < _MAX_DEPTH
+    if not _message_check(message_type.DESCRIPTOR, shallow, from_json)(data):
         check(message_type, data)
 
 
@@ -112,18 +113,23 @@ def _timestamp(value: object) -> bool:
     return True
 
 
-def _field_check(field: Any, shallow: bool) -> Callable[[object], bool] | None:
-    """The check of one field's JSON value, or None: leave that field to ParseDict."""
+def _field_check(field: Any, shallow: bool, from_json: bool
+                 ) -> type | Callable[[object], bool] | None:
+    """The check of one field's JSON value, or None: leave that field to ParseDict. A
+    type (not a function): the value must be of exactly that type, nothing more to see.
+    ``from_json``: strings came from orjson, which refuses lone surrogates itself."""
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         return None
     if field.is_repeated:
         if field.type != _FD.TYPE_STRING:
             return None
+        if from_json:
+            return lambda v: type(v) is list and all(type(x) is str for x in v)
         return lambda v: type(v) is list and all(_plain_text(x) for x in v)
     if field.type == _FD.TYPE_STRING:
-        return _plain_text
+        return str if from_json else _plain_text
     if field.type == _FD.TYPE_BOOL:
-        return lambda v: type(v) is bool
+        return bool
     if field.type == _FD.TYPE_ENUM:
         names = frozenset(field.enum_type.values_by_name)
         return lambda v: type(v) is str and v in names
@@ -135,7 +141,7 @@ def _field_check(field: Any, shallow: bool) -> Callable[[object], bool] | None:
     if field.type == _FD.TYPE_MESSAGE:
         name = field.message_type.full_name
         if name == "google.protobuf.Struct":
-            return (lambda v: type(v) is dict) if shallow else (lambda v: _json_struct(v, 0))
+            return dict if shallow else (lambda v: _json_struct(v, 0))
         if name == "google.protobuf.Value":
             return (lambda v: v is not None) if shallow else (
                 lambda v: v is not None and _json_value(v, 0))
@@ -143,22 +149,35 @@ def _field_check(field: Any, shallow: bool) -> Callable[[object], bool] | None:
             return _timestamp
         if name.startswith("google.protobuf."):
             return None
-        return _message_check(field.message_type, shallow)
+        return _message_check(field.message_type, shallow, from_json)
     return None
 
 
 @functools.cache
-def _message_check(descriptor: Any, shallow: bool) -> Callable[[object], bool]:
+def _message_check(descriptor: Any, shallow: bool, from_json: bool = False
+                   ) -> Callable[[object], bool]:
+    # Fields whose check is "exactly this type" are compared inline: a call per field
+    # was most of the check's cost (the event loop's, in every consumer).
+    exact_types: dict[str, type] = {}
     checks: dict[str, Callable[[object], bool] | None] = {}
     for field in descriptor.fields:
         if field.containing_oneof is not None and len(field.containing_oneof.fields) > 1:
             return lambda v: False  # a real oneof: two of its fields set is an error
-        checks[field.name] = _field_check(field, shallow)
+        check = _field_check(field, shallow, from_json)
+        if isinstance(check, type):
+            exact_types[field.name] = check
+        else:
+            checks[field.name] = check
 
     def accepts(value: object) -> bool:
         if type(value) is not dict:
             return False
         for name, item in value.items():
+            exact = exact_types.get(name)
+            if exact is not None:
+                if type(item) is not exact:
+                    return False
+                continue
             check = checks.get(name)  # proto field names only: a json_name goes the slow way
             if check is None or not check(item):
                 return False

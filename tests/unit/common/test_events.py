@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -208,3 +209,45 @@ def test_event_ids_are_uuid4_text_unique_and_drawn_afresh_after_a_fork(monkeypat
     monkeypatch.setattr(envelope.os, "getpid", lambda: pid + 1)  # as in a forked child
     new_event_id()
     assert len(drawn) == 1  # the parent's pool is never used again
+
+
+# parse_event's short cuts (headers read at once, key compared as bytes, the plain content
+# type) must leave the general path's verdicts and reasons exactly as they were.
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda r: {"headers": _replace(r, "ce_specversion", None)},
+         "unsupported ce_specversion ''"),
+        (lambda r: {"headers": [*r.headers, ("ce_id", None)]}, "duplicate header ce_id"),
+        (lambda r: {"headers": [("x-a", b"1"), ("x-a", None), *r.headers]},
+         "duplicate header x-a"),
+        (lambda r: {"headers": _replace(r, "ce_source", b"\xff")}, "ce_* header is not UTF-8"),
+        (lambda r: {"headers": [(k, v) for k, v in _replace(r, "ce_id", b"\xff")
+                                if k != "ce_time"]},
+         "ce_* header is not UTF-8"),  # the first problem in header order is named
+        (lambda r: {"headers": _without(r, "ce_time")}, "missing header ce_time"),
+        (lambda r: {"key": b"\xff"}, "key is not UTF-8"),
+        (lambda r: {"headers": _replace(r, "content-type", None)},
+         "content-type '' is not application/json"),
+        (lambda r: {"headers": _replace(r, "content-type", b"application/json\xff")},
+         "content-type 'application/json\ufffd' is not application/json"),
+    ],
+)
+def test_parse_event_reasons_of_the_general_path(mangle, reason):
+    record = build_event(PASSPORT_TOPIC, PASSPORT_CE_TYPE, "BP-000123", passport_data())
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(as_consumed(record, **mangle(record)))
+    assert caught.value.reason == reason
+
+
+def test_parse_event_key_equal_to_a_non_ascii_subject_and_odd_content_types():
+    subject = "BP-äöü-1"
+    record = build_event(PASSPORT_TOPIC, PASSPORT_CE_TYPE, subject, passport_data(subject))
+    for content_type in (b"application/json", b" Application/JSON ; charset=utf-8"):
+        headers = _replace(record, "content-type", content_type)
+        event = parse_event(as_consumed(record, headers=headers))
+        assert event.key == event.subject == subject
+        assert event.headers == dict(headers)
+        assert event.time.tzinfo is UTC
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.key = "other"  # type: ignore[misc]
