@@ -28,7 +28,6 @@ Prints one table and writes bench/results/cluster.json (bench.all turns it into 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import math
 import secrets
@@ -40,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench._burst import cold_burst
 from bench._support import (
     Child,
     WrkResult,
@@ -61,7 +61,7 @@ from bench._support import (
     warn_if_busy,
     write_results,
 )
-from bench.http_bench import _one_request, gateway_env
+from bench.http_bench import gateway_env
 
 WARM_ID = "BP-0001"
 SHARED_FIRST = 2      # BP-0002 ... : the shared-tier keys
@@ -201,47 +201,13 @@ def shared_tier(a: Child, b: Child, sandbox: Child, auth: dict[str, str],
 # ---------------------------------------------------------------- 3. cold burst, 3 replicas
 
 
-async def cold_burst_spread(ports: list[int], path: str, n: int,
-                            headers: dict[str, str]) -> dict[str, Any]:
-    """n connections opened first, round-robin over the ports, then one request written on
-    each in a tight loop; latency of each = its last body byte - the burst start."""
-    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    for i in range(0, n, 50):
-        conns += await asyncio.gather(*(asyncio.open_connection("127.0.0.1",
-                                                                ports[(i + j) % len(ports)])
-                                        for j in range(min(50, n - i))))
-    await asyncio.sleep(0.3)  # every connection accepted before the burst
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    raws = [f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n{extra}\r\n".encode() for p in ports]
-    done_at = [0.0] * n
-    results: list[tuple[int, int]] = [(0, 0)] * n
-
-    async def read(i: int, reader: asyncio.StreamReader) -> None:
-        results[i] = await _one_request(reader)
-        done_at[i] = time.perf_counter()
-
-    readers = [asyncio.ensure_future(read(i, r)) for i, (r, _) in enumerate(conns)]
-    t0 = time.perf_counter()
-    for i, (_, writer) in enumerate(conns):
-        writer.write(raws[i % len(ports)])
-    await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
-    for _, writer in conns:
-        writer.close()
-    latencies = sorted((t - t0) * 1000 for t in done_at)
-    return {"requests": n, "statuses": dict(Counter(s for s, _ in results)),
-            "body_sizes": sorted({b for _, b in results}),
-            "fastest_ms": round(latencies[0], 1), "p50_ms": round(latencies[len(latencies) // 2], 1),
-            "slowest_ms": round(latencies[-1], 1)}
-
-
 def burst(replicas: list[Child], sandbox: Child, auth: dict[str, str], pid: str, n: int,
           latency_ms: float) -> dict[str, Any]:
     http_json("POST", sandbox.url + "/_control/faults",
               {"endpoint": "passport.public", "kind": "latency", "latency_ms": latency_ms})
     before = upstream_calls(sandbox)
     try:
-        result = asyncio.run(cold_burst_spread([port_of(r) for r in replicas],
-                                               f"/v1/passports/{pid}", n, auth))
+        result = cold_burst([port_of(r) for r in replicas], f"/v1/passports/{pid}", n, auth)
     finally:
         http_json("DELETE", sandbox.url + "/_control/faults")
     result["upstream_calls"] = upstream_calls(sandbox) - before

@@ -13,7 +13,6 @@ under load. Prints one table and writes bench/results/http.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import math
@@ -27,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench._burst import cold_burst
 from bench._nginx import start_nginx, worker_pids
 from bench._support import (
     PYTHON,
@@ -102,69 +102,13 @@ def gateway_env(sandbox_url: str, api_key: str, state_dir: Path, *, kafka: str,
 # ---------------------------------------------------------------- the cold burst
 
 
-async def _one_request(reader: asyncio.StreamReader) -> tuple[int, int]:
-    """Read one HTTP/1.1 response (Content-Length or chunked); (status, body bytes)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-        return status, len(body)
-    size = 0
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            n = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(n + 2)
-            size += n
-            if n == 0:
-                return status, size
-    return status, len(await reader.read())
-
-
-async def cold_burst(port: int, path: str, n: int, headers: dict[str, str]) -> dict[str, Any]:
-    """n connections opened first (no accept-backlog effects), then one request written on
-    each in a tight loop; latency of each = its last body byte - the burst start.
-    A raw client, so the client itself adds next to nothing to the slowest response."""
-    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    for i in range(0, n, 50):
-        conns += await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port)
-                                        for _ in range(min(50, n - i))))
-    await asyncio.sleep(0.3)  # let the server accept every connection before the burst
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    raw = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode()
-    done_at: list[float] = [0.0] * n
-    results: list[tuple[int, int]] = [(0, 0)] * n
-
-    async def read(i: int, reader: asyncio.StreamReader) -> None:
-        results[i] = await _one_request(reader)
-        done_at[i] = time.perf_counter()
-
-    readers = [asyncio.ensure_future(read(i, r)) for i, (r, _) in enumerate(conns)]
-    t0 = time.perf_counter()
-    for _, writer in conns:
-        writer.write(raw)
-    await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
-    for _, writer in conns:
-        writer.close()
-    latencies = sorted((t - t0) * 1000 for t in done_at)
-    return {
-        "requests": n,
-        "statuses": dict(Counter(s for s, _ in results)),
-        "body_sizes": sorted({b for _, b in results}),
-        "fastest_ms": round(latencies[0], 1),
-        "p50_ms": round(latencies[len(latencies) // 2], 1),
-        "slowest_ms": round(latencies[-1], 1),
-    }
-
-
 def burst_against(name: str, port: int, pid: str, sandbox_url: str, headers: dict[str, str],
                   n: int, latency_ms: float) -> dict[str, Any]:
     http_json("POST", sandbox_url + "/_control/faults",
               {"endpoint": "passport.public", "kind": "latency", "latency_ms": latency_ms})
     before = http_json("GET", sandbox_url + "/_control/calls")[1]["counts"]["passport.public"]
     try:
-        result = asyncio.run(cold_burst(port, f"/v1/passports/{pid}", n, headers))
+        result = cold_burst([port], f"/v1/passports/{pid}", n, headers)
     finally:
         http_json("DELETE", sandbox_url + "/_control/faults")
     after = http_json("GET", sandbox_url + "/_control/calls")[1]["counts"]["passport.public"]

@@ -245,6 +245,12 @@ class ResponseCache:
         self._count(route, result)
         return response, result
 
+    def joinable(self, key: Hashable) -> bool:
+        """Would a plain lookup of ``key`` wait for a fill in flight (COALESCED)? True when
+        one is in flight and nothing at all is stored for the key (a stale or error entry
+        is ``get_or_fetch``'s to weigh). Lets the front handler join it (hot_path.py)."""
+        return key in self._fills and key not in self._entries
+
     def fresh(self, key: Hashable, route: str) -> CachedResponse | None:
         """The fresh entry for ``key`` (a hit, counted as one), else None and nothing
         counted: the caller goes on to ``get_or_fetch``."""

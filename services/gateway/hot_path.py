@@ -25,6 +25,11 @@ another route), no or unknown key, missing scope (401/403 problem+json), a miss,
 entry, ``Cache-Control`` or ``Expect`` from the client, HEAD, HTTP/1.0 or
 ``Connection: close`` — falls through to the general path, which answers it as it always
 has. Cluster mode: a memory hit makes no Redis call here either.
+
+One more case is answered here: a request for a key with nothing stored while its fill
+is in flight (a cold burst's waiters) joins that fill as ``cached_get`` would, and is
+answered with the fill's bytes as it completes (``_join``); a failed fill's waiters go
+on to the general path with the fill's outcome, so they get the answer they always got.
 """
 
 from __future__ import annotations
@@ -41,10 +46,20 @@ from services.common.errors import Problem
 from services.common.http import HTTP_METRICS_KEY, log, request_id_of, traceparent_of
 from services.common.metrics import HttpMetrics
 from services.gateway.auth import Authenticator
-from services.gateway.cache import CachedResponse, ResponseCache
-from services.gateway.keys import AUTH_KEY, CACHE_KEY, HIT_ROUTES_KEY
+from services.gateway.cache import CachedResponse, CachePolicy, CacheResult, ResponseCache
+from services.gateway.keys import AUTH_KEY, CACHE_KEY, HIT_ROUTES_KEY, POLICIES_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+X_CACHE = {
+    CacheResult.HIT: "HIT",
+    CacheResult.MISS: "MISS",
+    CacheResult.COALESCED: "MISS",
+    CacheResult.STALE: "STALE",
+    CacheResult.BYPASS: "BYPASS",
+    CacheResult.SHARED_HIT: "HIT",  # cluster mode: from the shared tier, no upstream call
+}
 
 
 class WireResponse:
@@ -213,22 +228,35 @@ class HitRoutes:
 
 def front_handler(app: web.Application, general: Handler) -> Handler:
     """The handler the gateway's server calls for each request: a fresh hit answered here,
-    everything else by ``general`` (``Application._handle``). Built once the app has
+    a request for a key whose fill is in flight joins that fill here (``_join``),
+    everything else goes to ``general`` (``Application._handle``). Built once the app has
     started (its cache exists)."""
     routes, auth, cache = app[HIT_ROUTES_KEY], app[AUTH_KEY], app[CACHE_KEY]
-    metrics = app[HTTP_METRICS_KEY]
+    metrics, policies = app[HTTP_METRICS_KEY], app[POLICIES_KEY]
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         response = _hit(request, routes, auth, cache, metrics)
         if response is None:
             return await general(request)  # type: ignore[arg-type]
+        if isinstance(response, _Join):
+            return await _join(request, response, general, cache, policies[response.route.name],
+                               metrics)
         return response
 
     return handle
 
 
+class _Join:
+    """A request ``_hit`` found no entry for while a fill of its key is in flight."""
+
+    __slots__ = ("client", "key", "route", "started")
+
+    def __init__(self, route: HitRoute, key: Hashable, client: str, started: float) -> None:
+        self.route, self.key, self.client, self.started = route, key, client, started
+
+
 def _hit(request: web.BaseRequest, routes: HitRoutes, auth: Authenticator,
-         cache: ResponseCache, metrics: HttpMetrics) -> WireResponse | None:
+         cache: ResponseCache, metrics: HttpMetrics) -> WireResponse | _Join | None:
     started = time.perf_counter()
     if (request.method != "GET" or request.version != HttpVersion11
             or not request.keep_alive):
@@ -246,7 +274,7 @@ def _hit(request: web.BaseRequest, routes: HitRoutes, auth: Authenticator,
     name = route.name
     entry = cache.fresh(key, name)
     if entry is None:
-        return None
+        return _Join(route, key, client.name, started) if cache.joinable(key) else None
 
     request_id = request_id_of(headers)
     response = wire_response(entry, "HIT", request_id, headers.get("If-None-Match"))
@@ -258,3 +286,56 @@ def _hit(request: web.BaseRequest, routes: HitRoutes, auth: Authenticator,
         log.info("request", method="GET", route=route.path, status=status,
                  client=client.name, duration_ms=round(elapsed * 1000, 2), cache="HIT")
     return response
+
+
+# A request that joined a fill here and is answered by the general path after all (the
+# fill failed, or its answer is not a 200): what the fill gave it, for ``cached_get``.
+JOINED_KEY: web.RequestKey[tuple[CachedResponse, CacheResult] | BaseException] = (
+    web.RequestKey("joined_fill"))
+
+
+async def _join(request: web.BaseRequest, join: _Join, general: Handler, cache: ResponseCache,
+                policy: CachePolicy, metrics: HttpMetrics) -> web.StreamResponse:
+    """Wait for the fill in flight like a coalesced caller of ``cached_get`` (the same
+    ``get_or_fetch`` call, counted the same), answered with the fill's prebuilt bytes the
+    moment it completes. Why here: a cold burst's waiters each cost the router, middleware
+    and endpoint before they wait, and the fill's upstream call is sent only after all of
+    them (200 waiters: ~10 ms before the leader's request leaves). A failed fill, or one
+    whose answer is not a 200, is answered by the general path from what the fill gave
+    (``JOINED_KEY``): the same problem+json, headers, metrics and log line as ever, and no
+    second upstream call."""
+    headers = request.headers
+    request_id = request_id_of(headers)
+    sent: list[tuple[WireResponse, str]] = []
+
+    def on_fill(entry: CachedResponse, result: CacheResult) -> None:
+        if entry.status != 200:
+            return
+        x_cache = X_CACHE[result]
+        response = wire_response(entry, x_cache, request_id, headers.get("If-None-Match"))
+        if response.send_now(request):
+            sent.append((response, x_cache))
+
+    name = join.route.name
+    try:
+        outcome: tuple[CachedResponse, CacheResult] | BaseException = await cache.get_or_fetch(
+            join.key, _joined_only, policy, route=name, on_fill=on_fill)
+    except Exception as exc:  # noqa: BLE001 — rendered by the general path, below
+        outcome = exc
+    if not sent:
+        request[JOINED_KEY] = outcome
+        return await general(request)  # type: ignore[arg-type]
+    response, x_cache = sent[0]
+    status = response.status
+    elapsed = time.perf_counter() - join.started
+    metrics.observe(name, "GET", str(status), join.client, elapsed)
+    if logsetup.INFO_ENABLED:
+        logsetup.REQUEST_CONTEXT.set((request_id, traceparent_of(headers)))
+        log.info("request", method="GET", route=join.route.path, status=status,
+                 client=join.client, duration_ms=round(elapsed * 1000, 2), cache=x_cache)
+    return response
+
+
+async def _joined_only() -> CachedResponse:
+    # ``cache.joinable(key)`` was true in the same step: get_or_fetch coalesces, never fetches
+    raise RuntimeError("a joined request started a fill")

@@ -9,18 +9,9 @@ from aiohttp import web
 
 from services.common.http import REQUEST_ID_KEY, TRACEPARENT_KEY
 from services.gateway.cache import CachedResponse, CacheResult, make_response
-from services.gateway.hot_path import etag_matches, sendable, wire_response
+from services.gateway.hot_path import JOINED_KEY, X_CACHE, etag_matches, sendable, wire_response
 from services.gateway.keys import CACHE_KEY, DETECTOR_KEY, POLICIES_KEY, SETTINGS_KEY, UPSTREAMS_KEY
 from services.gateway.upstream_client import UpstreamClient, UpstreamResponse
-
-X_CACHE = {
-    CacheResult.HIT: "HIT",
-    CacheResult.MISS: "MISS",
-    CacheResult.COALESCED: "MISS",
-    CacheResult.STALE: "STALE",
-    CacheResult.BYPASS: "BYPASS",
-    CacheResult.SHARED_HIT: "HIT",  # cluster mode: from the shared tier, no upstream call
-}
 
 
 def trace(request: web.Request) -> dict[str, str]:
@@ -52,6 +43,13 @@ async def cached_get(
     """The cached answer for ``key`` (filled by ``fetch``); ``outbound`` adapts it to this
     request on the way out (for what must not enter the key, e.g. the caller's Host)."""
     app = request.app
+    joined = request.get(JOINED_KEY)
+    if joined is not None:  # this request already waited for a fill (hot_path._join)
+        if isinstance(joined, BaseException):
+            raise joined
+        entry, result = joined
+        return send(request, outbound(entry) if outbound is not None else entry,
+                    X_CACHE[result])
     policy = app[POLICIES_KEY].get(route) or app[SETTINGS_KEY].cache.policy(route)
     cache_control = request.headers.get("Cache-Control")
     revalidate = bool(cache_control) and ("no-cache" in cache_control.lower()

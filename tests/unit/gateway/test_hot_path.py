@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import CollectorRegistry
 
+from services.common.http import REGISTRY_KEY
 from services.common.logging import configure_logging
 from services.common.runner import install_front_handler
 from services.common.settings import CachePolicy, LogSettings
@@ -226,6 +227,88 @@ async def test_a_hit_never_enters_the_router_or_the_middleware(aiohttp_client, g
                                headers=key(NOSCOPE_KEY, **{"X-Request-ID": "e1"}))
     assert noscope.status == 403
     assert seen == ["", "", "e1"]
+
+
+def counted_gateway(gateway_settings, seen: list[str], **overrides) -> web.Application:
+    """The gateway with a middleware that records the X-Request-ID of every request that
+    reaches ``Application._handle``."""
+    @web.middleware
+    async def counted(request: web.Request, handler):
+        seen.append(request.headers.get("X-Request-ID", ""))
+        return await handler(request)
+
+    app = create_app(gateway_settings(**overrides), registry=CollectorRegistry())
+    app.middlewares.insert(0, counted)
+    return app
+
+
+async def test_waiters_join_a_fill_in_flight_before_the_router(aiohttp_client, gateway_settings,
+                                                               sandbox):
+    """A cold key: the first request starts the fill through the general path, the others
+    wait for it in the front handler (a cold burst's waiters used to cost the router and
+    middleware each, before the fill's upstream call left) and get its bytes, with their
+    own request ids, counted as before."""
+    seen: list[str] = []
+    client = await aiohttp_client(counted_gateway(gateway_settings, seen))
+    install_front_handler(client.server.runner)
+    pid = (await (await client.get("/v1/passports", headers=key())).json())[1]["id"]
+    seen.clear()
+    before = (await sandbox.calls()).get("passport.public", 0)
+    await sandbox.fault("passport.public", "latency", latency_ms=300)
+    path = PASSPORT.format(pid)
+    leader = asyncio.ensure_future(client.get(path, headers=key(**{"X-Request-ID": "lead"})))
+    while not seen:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the leader's fill is in flight
+    waiters = await asyncio.gather(*(client.get(path, headers=key(**{"X-Request-ID": f"w{n}"}))
+                                     for n in range(10)))
+    first = await leader
+    await sandbox.clear_faults()
+    body = await first.read()
+    assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+    for n, waiter in enumerate(waiters):
+        assert waiter.status == 200 and waiter.headers["X-Cache"] == "MISS"
+        assert waiter.headers["X-Request-ID"] == f"w{n}" and await waiter.read() == body
+    assert seen == ["lead"]  # the waiters never entered Application._handle
+    assert (await sandbox.calls())["passport.public"] - before == 1
+    registry = client.app[REGISTRY_KEY]
+    assert registry.get_sample_value("ampgate_cache_lookups_total", {
+        "route": "passport_public", "result": "coalesced"}) == 10
+    assert registry.get_sample_value("ampgate_http_requests_total", {
+        "route": "passport_public", "method": "GET", "status": "200", "client": "reader",
+    }) == 11
+
+
+async def test_waiters_of_a_failed_fill_get_the_general_answer_without_a_second_call(
+        aiohttp_client, gateway_settings, sandbox):
+    """The fill fails (an upstream timeout): the joined waiters are answered by the general
+    path from the fill's failure — the same 504 problem+json a lone request gets — and the
+    upstream sees one call, not one more for the waiters."""
+    seen: list[str] = []
+    client = await aiohttp_client(counted_gateway(
+        gateway_settings, seen, passport={"retries": 0, "timeout_s": 0.4}))
+    install_front_handler(client.server.runner)
+    pid = (await (await client.get("/v1/passports", headers=key())).json())[1]["id"]
+    seen.clear()
+    before = (await sandbox.calls()).get("passport.public", 0)
+    await sandbox.fault("passport.public", "timeout")
+    path = PASSPORT.format(pid)
+    leader = asyncio.ensure_future(client.get(path, headers=key(**{"X-Request-ID": "lead"})))
+    while not seen:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    waiters = await asyncio.gather(*(client.get(path, headers=key(**{"X-Request-ID": f"w{n}"}))
+                                     for n in range(5)))
+    first = await leader
+    await sandbox.clear_faults()
+    problem = await first.json(content_type=None)
+    assert first.status == 504 and first.content_type == "application/problem+json"
+    for n, waiter in enumerate(waiters):
+        assert waiter.status == 504 and waiter.content_type == "application/problem+json"
+        assert waiter.headers["X-Request-ID"] == f"w{n}"
+        assert (await waiter.json(content_type=None))["title"] == problem["title"]
+    assert sorted(seen) == ["lead", "w0", "w1", "w2", "w3", "w4"]
+    assert (await sandbox.calls())["passport.public"] - before == 1
 
 
 @pytest.mark.parametrize("path", [
