@@ -455,27 +455,3 @@ def test_changed_paths_match_jsonpatch(previous, current, flips) -> None:
         walked: list[str] = []
         if _replaced_paths("", previous, candidate, walked):
             assert walked == expected  # in jsonpatch's order too
-
-
-def test_a_passport_event_embeds_the_stored_serialisation_byte_for_byte(outbox, registry) -> None:
-    # One orjson dump of the document serves the stored copy and the event value: the value
-    # is exactly what dumping the event's data (the document itself inside) gives, and the
-    # event id handed to on_change is the record's ce_id.
-    import zlib
-
-    changes: list[tuple] = []
-    detector = ChangeDetector(outbox, GatewayMetrics(registry), clock=lambda: T0,
-                              on_change=lambda *args: changes.append(args))
-    doc = {**PASSPORT, "id": "BP-1", "f": 0.1 + 0.2, "u": "é\u2028", "n": [1, None, True]}
-    assert detector.passport("BP-1", doc, Detection.WRITE, ChangeKind.UPDATED)
-    ((_, record),) = outbox.next_batch(10)
-    data = orjson.loads(record.value)
-    expected = {k: v for k, v in doc.items() if k != "id"}
-    assert data["passport"] == expected
-    assert orjson.dumps(data) == record.value
-    (stored,) = outbox.connection.execute(
-        "SELECT document FROM change_seen WHERE key = 'BP-1'").fetchone()
-    assert zlib.decompress(stored) == orjson.dumps(expected)
-    assert orjson.dumps(expected) in record.value
-    ((_, _, key, _, event_id, _, _),) = changes
-    assert key == "BP-1" and event_id == record.header("ce_id").decode()
