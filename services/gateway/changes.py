@@ -224,6 +224,13 @@ class Claims(Protocol):
 # busy writer; older ones are read from their row. (A count bound of 1,024 cost 64 MiB of RSS
 # beside the cache's budget with 64 KiB documents: bench/run.sh rss.)
 _DOCUMENT_CACHE_BYTES = 1024 * 1024
+# Documents detected but not yet committed, beyond which a first sighting waits for the
+# commit like any change (``behind``): without it a stream of reads of new entities outruns
+# the writer thread (the loop holds the GIL), each waiting row holding its document and its
+# event (bench/run.sh rss: 946 MiB for a 256 MiB cache; a 4 MiB bound still 390, 256 KiB
+# 370, as when every read waited). ~40 uncommitted passports of ~6 KB: a cold burst's one
+# first sighting still answers before its commit.
+_UNSETTLED_BYTES_MAX = 256 * 1024
 _NOTHING = object()
 
 _SCHEMA = """
@@ -278,6 +285,7 @@ class ChangeDetector:
         # committed (group commit), then a bounded cache of recent ones, so the next diff
         # of a busy entity reads no row and inflates nothing.
         self._unsettled: dict[tuple[str, str, str], bytes | None] = {}
+        self._unsettled_bytes = 0
         self._documents: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
         self._documents_bytes = 0
         self._last_commit: asyncio.Future[Any] | None = None
@@ -433,7 +441,7 @@ class ChangeDetector:
         # must compare with this one. Should the commit fail, _unsettle puts it back.
         for ident, new, _, _, _, document in rows:
             self._seen[ident] = new
-            self._unsettled[ident] = document
+            self._unsettle_put(ident, document)
         if committed is None:
             self._settled(rows)
         else:
@@ -472,6 +480,12 @@ class ChangeDetector:
         in single-replica mode (see the module docstring)."""
         return self._awaited
 
+    @property
+    def behind(self) -> bool:
+        """More detected than committed than a read should run ahead of: then a read awaits
+        ``settled()`` even for first sightings (backpressure on the writer thread)."""
+        return self._unsettled_bytes > _UNSETTLED_BYTES_MAX
+
     async def settled(self) -> None:
         """Returns once every change detected so far is committed to the outbox (raises
         if the last commit failed). A write answers only after this (DESIGN.md §7: its
@@ -495,21 +509,32 @@ class ChangeDetector:
                     self._seen.pop(ident, None)
                 else:
                     self._seen[ident] = last
-            if self._unsettled.get(ident, _NOTHING) is document:
-                del self._unsettled[ident]
+            self._unsettle_drop(ident, document)
             self._forget_document(ident)
 
     def _settled(self, rows: list) -> None:
         """Committed: the documents move from the unsettled map to the bounded cache."""
         for ident, _, _, _, _, document in rows:
-            if self._unsettled.get(ident, _NOTHING) is document:
-                del self._unsettled[ident]
+            if self._unsettle_drop(ident, document):
                 self._forget_document(ident)
                 self._documents[ident] = document
                 self._documents_bytes += len(document or b"")
         while self._documents_bytes > _DOCUMENT_CACHE_BYTES:
             _, dropped = self._documents.popitem(last=False)
             self._documents_bytes -= len(dropped or b"")
+
+    def _unsettle_put(self, ident: tuple[str, str, str], document: bytes | None) -> None:
+        previous = self._unsettled.get(ident)
+        self._unsettled_bytes += len(document or b"") - len(previous or b"")
+        self._unsettled[ident] = document
+
+    def _unsettle_drop(self, ident: tuple[str, str, str], document: bytes | None) -> bool:
+        """Drop ``ident``'s unsettled document if it is still ``document``; True if it was."""
+        if self._unsettled.get(ident, _NOTHING) is not document:
+            return False
+        del self._unsettled[ident]
+        self._unsettled_bytes -= len(document or b"")
+        return True
 
     def _forget_document(self, ident: tuple[str, str, str]) -> None:
         dropped = self._documents.pop(ident, None)

@@ -120,8 +120,9 @@ def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: 
             detector = request.app.get(DETECTOR_KEY)
             awaited = detector.awaited if detector is not None else 0
             digest = inspect(resp) or ""
-            if detector is not None and detector.awaited != awaited:
-                # A change this fill found is committed before anyone is answered with it.
+            if detector is not None and (detector.awaited != awaited or detector.behind):
+                # A change this fill found is committed before anyone is answered with it
+                # (and any read waits while the writer thread is behind: backpressure).
                 await detector.settled()
         if rewrite is not None:  # the body stored is not the upstream's: no digest
             return make_response(resp.status, rewrite(resp), "application/json")
