@@ -354,12 +354,8 @@ async def test_a_fill_that_finds_a_change_answers_once_its_event_is_in_the_outbo
     assert "changed-upstream" in states
 
 
-
-async def test_a_first_read_answers_before_its_snapshot_is_committed(gateway, sandbox):
-    """A first sighting is no change a client could act on (changes.py): the fill does not
-    wait for the group commit (a crash before it records the snapshot again at the next
-    sighting, as for a poll). The event still reaches the outbox."""
-    outbox = gateway.server.app[OUTBOX_KEY]
+def hold_writer(outbox: Outbox) -> threading.Event:
+    """Hold the outbox's writer thread before its next insert until the event is set."""
     add = outbox.add
     release = threading.Event()
 
@@ -367,8 +363,17 @@ async def test_a_first_read_answers_before_its_snapshot_is_committed(gateway, sa
         release.wait(10)
         add(conn, record, claim)
 
-    pids = [p["id"] for p in await (await gateway.get("/v1/passports", headers=auth())).json()]
     outbox.add = held_add
+    return release
+
+
+async def test_a_first_read_answers_before_its_snapshot_is_committed(gateway, sandbox):
+    """A first sighting is no change a client could act on (changes.py): the fill does not
+    wait for the group commit (a crash before it records the snapshot again at the next
+    sighting, as for a poll). The event still reaches the outbox."""
+    outbox = gateway.server.app[OUTBOX_KEY]
+    pids = [p["id"] for p in await (await gateway.get("/v1/passports", headers=auth())).json()]
+    release = hold_writer(outbox)
     try:
         first = await asyncio.wait_for(
             gateway.get(PID_PATH.format(pids[2]), headers=auth()), 5)
@@ -381,6 +386,7 @@ async def test_a_first_read_answers_before_its_snapshot_is_committed(gateway, sa
     assert [(e["passport_id"], e["change"]) for e in events][-1:] == [
         (pids[2], "CHANGE_KIND_SNAPSHOT")]
 
+
 async def test_first_reads_wait_for_the_commit_once_the_writer_is_behind(gateway, sandbox,
                                                                         monkeypatch):
     """Backpressure: first sightings run ahead of the writer thread only up to a bound of
@@ -389,15 +395,8 @@ async def test_first_reads_wait_for_the_commit_once_the_writer_is_behind(gateway
     for a 256 MiB cache: every uncommitted row held its document and its event)."""
     monkeypatch.setattr(changes, "_UNSETTLED_BYTES_MAX", 1)
     outbox = gateway.server.app[OUTBOX_KEY]
-    add = outbox.add
-    release = threading.Event()
-
-    def held_add(conn, record, claim=None):  # runs in the writer thread
-        release.wait(10)
-        add(conn, record, claim)
-
     pids = [p["id"] for p in await (await gateway.get("/v1/passports", headers=auth())).json()]
-    outbox.add = held_add
+    release = hold_writer(outbox)
     try:
         # its own document is past the bound: it waits (with the default bound it answers:
         # test_a_first_read_answers_before_its_snapshot_is_committed)
