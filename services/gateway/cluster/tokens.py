@@ -21,6 +21,9 @@ Invariants:
   holds that very token (compare-and-delete in Lua): 200 concurrent 401s on any number of
   replicas drop it once, and a 401 for an old token never drops the fresh one. The next
   ``token()`` anywhere then refreshes once, under the lease.
+- A token this replica saw rejected is never adopted again, even while the cell in Redis
+  still holds it (the compare-and-delete lands after the local copy is cleared, and a
+  request in between would replay with it: 401 twice, a 502 for its caller).
 - Tokens are secrets: no repr, log line or exception carries one.
 
 Contract for the wiring (``services.gateway.tokens``): ``token()`` and ``invalidate()``
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -149,6 +153,7 @@ class SharedToken:
         self._flight: asyncio.Task[str] | None = None
         self._background: asyncio.Task[str] | None = None
         self._invalidations: dict[str, asyncio.Task[bool]] = {}
+        self._rejected: deque[str] = deque(maxlen=4)  # the last tokens answered 401
         self.fetches = 0  # IdP calls made by this replica (tests, logs)
 
     def __repr__(self) -> str:
@@ -165,16 +170,22 @@ class SharedToken:
                 self._background = asyncio.create_task(self._obtain())
                 self._background.add_done_callback(self._background_done)
             return local.token
-        if self._flight is None:
-            self._flight = asyncio.create_task(self._obtain())
-            self._flight.add_done_callback(self._flight_done)
-        # shield: a caller that gives up must not cancel the refresh others wait for
-        return await asyncio.shield(self._flight)
+        for _ in range(2):  # a flight begun before a 401 may bring back the rejected token
+            if self._flight is None:
+                self._flight = asyncio.create_task(self._obtain())
+                self._flight.add_done_callback(self._flight_done)
+            # shield: a caller that gives up must not cancel the refresh others wait for
+            token = await asyncio.shield(self._flight)
+            if token not in self._rejected:
+                break
+        return token
 
     async def invalidate(self, token: str) -> bool:
         """The upstream rejected ``token`` (401): drop it here and, if Redis still holds
         that very token, there. True when this call deleted it from Redis. Concurrent
         calls for one token on this replica share one Redis call."""
+        if token not in self._rejected:
+            self._rejected.append(token)
         if self._local is not None and self._local.token == token:
             self._local = None
         task = self._invalidations.get(token)
@@ -219,8 +230,11 @@ class SharedToken:
                      error=type(exc).__name__)
 
     async def _read(self) -> _Cell | None:
+        """The cell in Redis; None also when it holds a token rejected here (its
+        compare-and-delete is still on the way)."""
         raw = await self._store.call("token.get", lambda: self._store.redis.get(self._cell_key))
-        return _Cell.parse(raw)
+        cell = _Cell.parse(raw)
+        return None if cell is None or cell.token in self._rejected else cell
 
     def _adopt(self, cell: _Cell) -> str:
         self._local = cell

@@ -102,6 +102,26 @@ async def test_revoked_token_one_refresh_cluster_wide(redis_url, make_store, mak
     assert idp.calls == 2
 
 
+async def test_a_rejected_token_is_never_taken_back_from_redis(redis_url, make_store,
+                                                                make_channels):
+    """A 401 clears the local copy at once, but its compare-and-delete in Redis lands a
+    little later. A request on the same replica asking for a token in between reads the
+    old cell: it must not adopt the token just rejected (its replay would get 401 again:
+    a 502 for the caller)."""
+    idp = IdP(delay_s=0.05)
+    [replica] = await _replicas(1, redis_url, make_store, make_channels, idp)
+    old = await replica.token()
+    admin = await make_store(redis_url)
+    # writes wait in Redis (the compare-and-delete among them), reads go on
+    await admin.redis.execute_command("CLIENT", "PAUSE", 200, "WRITE")
+    rejected = asyncio.create_task(replica.invalidate(old))
+    await asyncio.sleep(0)
+    assert await replica.token() == "tok-2-secretvalue"
+    await rejected
+    assert await replica.token() == "tok-2-secretvalue"
+    assert idp.calls == 2
+
+
 async def test_purge_during_a_fetch_is_not_undone(redis_url, make_store, make_channels):
     idp = IdP(delay_s=0.2)
     a, b = await _replicas(2, redis_url, make_store, make_channels, idp)
