@@ -46,6 +46,7 @@ from enum import StrEnum
 import orjson
 import structlog
 
+from services.common.eager import eager_task
 from services.common.metrics import Children
 from services.common.settings import CachePolicy
 from services.gateway.cluster import ClusterUnavailable, FillResult, SharedCache, SharedEntry
@@ -121,8 +122,8 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Fill:
-    task: asyncio.Task[tuple[CachedResponse, CacheResult | None]]
     tags: tuple[Hashable, ...]
+    task: asyncio.Task[tuple[CachedResponse, CacheResult | None]] = None  # type: ignore[assignment]
     outdated: bool = False  # invalidated while in flight: do not store
     # cluster mode: the shared evictions this fill's own answer caused (a change it found)
     own_evictions: list[asyncio.Future[object]] = field(default_factory=list)
@@ -202,8 +203,8 @@ class ResponseCache:
         if entry is not None and not revalidate:
             if now < entry.swr_until:
                 self._entries.move_to_end(key)
-                if key not in self._fills:
-                    self._start_fill(key, fetch, policy, tags)  # refresh behind the caller
+                if key not in self._fills:  # refresh behind the caller
+                    self._start_fill(key, fetch, policy, tags, eager=False)
                 self._count(route, CacheResult.STALE)
                 return entry.response, CacheResult.STALE
             if now >= entry.error_until:
@@ -453,13 +454,13 @@ class ResponseCache:
 
     def _start_fill(self, key: Hashable, fetch: Callable[[], Awaitable[CachedResponse]],
                     policy: CachePolicy, tags: Collection[Hashable], *,
-                    revalidate: bool = False) -> _Fill:
-        tags = tuple(tags)
-        fill: _Fill
-        task = asyncio.create_task(self._run_fill(key, fetch, policy, tags, lambda: fill,
-                                                  revalidate))
-        fill = _Fill(task, tags)
+                    revalidate: bool = False, eager: bool = True) -> _Fill:
+        """Eager when callers wait for it: its upstream call leaves in this turn, not
+        after every request already taken in (a cold burst's other waiters)."""
+        fill = _Fill(tuple(tags))
         self._fills[key] = fill
+        run = self._run_fill(key, fetch, policy, fill, revalidate)
+        fill.task = task = eager_task(run) if eager else asyncio.create_task(run)
         self._all_fills.add(task)
         task.add_done_callback(lambda t: self._fill_done(key, fill, t))
         return fill
@@ -485,8 +486,7 @@ class ResponseCache:
                 log.exception("cache_fill_listener_failed")
 
     async def _run_fill(self, key: Hashable, fetch: Callable[[], Awaitable[CachedResponse]],
-                        policy: CachePolicy, tags: tuple[Hashable, ...],
-                        this: Callable[[], _Fill], revalidate: bool = False,
+                        policy: CachePolicy, this: _Fill, revalidate: bool = False,
                         ) -> tuple[CachedResponse, CacheResult | None]:
         """Fetch, store if allowed; returns (response, STALE | SHARED_HIT | None).
 
@@ -494,7 +494,8 @@ class ResponseCache:
         upstream client does). Stale-if-error stands in only for an upstream that is
         unavailable; an upstream 4xx about the resource (404 deleted, 410, 403) is the
         answer: the entry goes, the error reaches the caller."""
-        _CURRENT_FILL.set(this())  # this task's context (and the tasks it starts) only
+        _CURRENT_FILL.set(this)  # this task's context (and the tasks it starts) only
+        tags = this.tags
         windows: tuple[float, float, float] | None = None
         try:
             if self._shared is None:
@@ -517,7 +518,7 @@ class ResponseCache:
                 self._publish()
             raise
         source = CacheResult.SHARED_HIT if windows is not None else None
-        if this().outdated:
+        if this.outdated:
             return response, source  # invalidated meanwhile: answer, but do not store
         if response.status == 200:
             self._store(key, response, policy, tags, windows)

@@ -116,6 +116,25 @@ async def test_cold_burst_makes_one_upstream_call_and_releases_everyone_at_once(
     await cache.close()
 
 
+async def test_a_miss_asks_the_upstream_before_requests_queued_behind_it_run(cache):
+    """In a cold burst the fill's upstream call must not wait until every other request
+    already taken in has been handled: it starts in the first caller's turn."""
+    order: list[str] = []
+
+    async def fetch() -> CachedResponse:
+        order.append("upstream asked")
+        await asyncio.sleep(0.01)
+        return make_response(200, b"{}", "application/json")
+
+    async def another_request():
+        order.append("next request")
+
+    first = asyncio.create_task(cache.get_or_fetch("k", fetch, POLICY, route="r"))
+    queued = asyncio.create_task(another_request())  # ready in the same turn, behind it
+    await asyncio.gather(first, queued)
+    assert order == ["upstream asked", "next request"]
+
+
 async def test_hit_returns_the_stored_object_without_fetching(cache, registry):
     fetch = Fetcher()
     first, res1 = await cache.get_or_fetch("k", fetch, POLICY, route="r")
