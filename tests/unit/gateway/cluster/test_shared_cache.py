@@ -104,7 +104,9 @@ async def test_cold_key_on_three_replicas_makes_one_upstream_call(redis_url, mak
     assert {f.entry.body for f in fills} == {b'{"n":1}'}
     # every waiter is released by the publish right after the fill lands (no poll step)
     lag = max(finished) - upstream.answered_at[0]
-    assert lag < 0.3, f"released {lag:.3f}s after the fill landed"  # not at wait_s (2 s)
+    # a missed publish would release them at wait_s (~1.7 s after); 1 s leaves a busy CI box
+    # room (0.44 s was seen once)
+    assert lag < 1.0, f"released {lag:.3f}s after the fill landed"
     # now warm: a shared hit, no call
     hit = await replicas[1].fill("tariff:E-1", upstream.fetch)
     assert hit.result is FillResult.SHARED_HIT and upstream.calls == 1

@@ -78,8 +78,8 @@ async def test_waiters_wake_right_after_the_token_lands(redis_url, make_store, m
     await asyncio.gather(first, *(wait_on(replicas[i % 2 + 1]) for i in range(20)))
     assert idp.calls == 1
     lag = max(released) - idp.answered_at[0]
-    # by the publish (a few ms), not at their wait_s deadline (11 s)
-    assert lag < 0.5, f"waiters released {lag:.3f}s after the token landed"
+    # by the publish (a few ms; 1 s leaves a busy CI box room), not at their wait_s (11 s)
+    assert lag < 1.0, f"waiters released {lag:.3f}s after the token landed"
 
 
 async def test_revoked_token_one_refresh_cluster_wide(redis_url, make_store, make_channels):
