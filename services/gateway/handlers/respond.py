@@ -8,8 +8,15 @@ from collections.abc import Awaitable, Callable, Collection, Hashable
 from aiohttp import web
 
 from services.common.http import REQUEST_ID_KEY, TRACEPARENT_KEY
-from services.gateway.cache import CachedResponse, CacheResult, make_response
-from services.gateway.hot_path import JOINED_KEY, X_CACHE, etag_matches, sendable, wire_response
+from services.gateway.cache import CachedResponse, make_response
+from services.gateway.hot_path import (
+    JOINED_KEY,
+    X_CACHE,
+    EarlyAnswer,
+    etag_matches,
+    sendable,
+    wire_response,
+)
 from services.gateway.keys import CACHE_KEY, DETECTOR_KEY, POLICIES_KEY, SETTINGS_KEY, UPSTREAMS_KEY
 from services.gateway.upstream_client import UpstreamClient, UpstreamResponse
 
@@ -55,7 +62,8 @@ async def cached_get(
     revalidate = bool(cache_control) and ("no-cache" in cache_control.lower()
                                           or "max-age=0" in cache_control)
     cache = app[CACHE_KEY]
-    early = _Early(request) if outbound is None else None
+    # answered as the fill completes (counted and logged as before when it returns)
+    early = EarlyAnswer(request, request[REQUEST_ID_KEY]) if outbound is None else None
     try:
         entry, result = await cache.get_or_fetch(key, fetch, policy, route=route,
                                                  revalidate=revalidate, tags=tags,
@@ -69,30 +77,6 @@ async def cached_get(
     if outbound is not None:
         entry = outbound(entry)
     return send(request, entry, X_CACHE[result])
-
-
-class _Early:
-    """A waiter of a fill answered the moment the fill completes: its bytes are written
-    there, for every waiter in one go, instead of when the loop reaches each waiter in
-    turn (a cold burst's 200 waiters would otherwise see the last answer some 10 ms
-    after the first). The same bytes ``send`` answers (``wire_response``); the waiter,
-    when resumed, returns the response, which writes nothing more, and is counted and
-    logged as before. Requests ``wire_response`` cannot answer are left to ``send``."""
-
-    __slots__ = ("request", "sent")
-
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.sent: web.StreamResponse | None = None
-
-    def __call__(self, entry: CachedResponse, result: CacheResult) -> None:
-        request = self.request
-        if not sendable(request, entry):
-            return
-        response = wire_response(entry, X_CACHE[result], request[REQUEST_ID_KEY],
-                                 request.headers.get("If-None-Match"))
-        if response.send_now(request):
-            self.sent = response
 
 
 def fetcher(request: web.Request, client: UpstreamClient, operation: str, path: str,

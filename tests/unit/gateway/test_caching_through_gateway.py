@@ -422,7 +422,7 @@ def _same_but(raw: bytes) -> bytes:
 async def test_cold_burst_waiters_get_a_hits_bytes_each_with_its_own_request_id(
         gateway, sandbox, monkeypatch):
     """The waiters of a fill are answered as it completes, with the prebuilt bytes a hit
-    sends (respond._Early): each its own request id, exactly one answer per request
+    sends (hot_path.EarlyAnswer): each its own request id, exactly one answer per request
     (the next request on the same connection gets its own), a conditional waiter a 304,
     an HTTP/1.0 waiter aiohttp's general answer, one upstream call."""
     sent_early: list[int] = []
