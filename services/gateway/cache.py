@@ -5,10 +5,12 @@ stale-while-revalidate, stale-if-error, an LRU bounded by bytes, tag invalidatio
 - A miss starts ONE fill task per key. The fill belongs to no caller: a caller that
   is cancelled or gives up (its own ``wait_timeout_s``) leaves the fill running for
   the others, and every waiter is released the moment it completes (they await the
-  same task; nobody polls, unlike nginx's 500 ms lock). A caller may pass ``on_fill``:
-  it is called with the answer the moment the fill completes, before any waiter is
-  resumed, so a caller with ready-to-send bytes answers there instead of in its turn
-  on the loop (services.gateway.handlers.respond: a cold burst's 200 waiters).
+  same task; nobody polls, unlike nginx's 500 ms lock). A fill callers wait for starts
+  eagerly (services.common.eager): its upstream call leaves in the first caller's turn.
+  A caller may pass ``on_fill``: it is called with the answer the moment the fill
+  completes, before any waiter is resumed, so a caller with ready-to-send bytes answers
+  there instead of in its turn on the loop (services.gateway.hot_path.EarlyAnswer: a
+  cold burst's 200 waiters).
 - Invalidation (writes, change events, purge) detaches in-flight fills of the
   invalidated keys: their callers still get the answer, but it is not stored, and
   new callers start a fresh fill. The one exception is the fill that evicts: its own
