@@ -7,6 +7,10 @@ Bodies are read and decoded here, once: a body over ``max_body_bytes``
 (but a 204) must be a JSON document (object or array), else UpstreamBadBody (502) —
 never a 500 further in. The decoded document is ``UpstreamResponse.data``. A write's
 answer is decoded too but need not be JSON: the write happened, its answer passes on.
+
+Calls go over the client's own keep-alive connections (services/common/http1.py). One
+the upstream closed while it was idle is replaced once, before any byte of the answer,
+for methods idempotent by HTTP (``REPLAY_STALE``); a POST fails then, as it always did.
 """
 
 from __future__ import annotations
@@ -14,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 import structlog
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,6 +36,7 @@ from tenacity import (
 )
 from yarl import URL
 
+from services.common import http1
 from services.common.settings import UpstreamSettings
 from services.gateway.errors import (
     CircuitOpen,
@@ -46,6 +51,11 @@ from services.gateway.tokens import Credential
 log = structlog.get_logger(__name__)
 
 IDEMPOTENT = frozenset({"GET", "HEAD"})  # retried; writes never are (a lost answer ≠ a lost write)
+# Sent again on a fresh connection when a kept one turns out closed by the upstream before
+# any byte of the answer (it closed while idle): idempotent by HTTP (RFC 9110 §9.2.2).
+# A POST is not: the upstream may have acted on it before closing.
+REPLAY_STALE = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+USER_AGENT = "ampgate"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 5.0  # longer Retry-After: give up now rather than hold the client
 EXCERPT_CHARS = 200
@@ -73,21 +83,28 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_capped(raw: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or _TooLarge as soon as it is known to exceed ``limit`` bytes
-    (decompressed bytes count: a small gzip bomb is caught too)."""
-    if raw.content_length is not None and raw.content_length > limit:
+def _decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded from its Content-Encoding (gzip or deflate, as aiohttp accepts);
+    _TooLarge once the decoded bytes exceed ``limit`` (a small gzip bomb is caught too)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise ValueError(f"Content-Encoding {encoding!r}")
+    try:  # gzip or zlib-wrapped deflate (the header tells), else a raw deflate stream
+        decoder = zlib.decompressobj(wbits=47)
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        if encoding != "deflate":
+            raise ValueError("a gzip body that does not decode") from None
+        decoder = zlib.decompressobj(wbits=-15)
+        try:
+            out = decoder.decompress(body, limit + 1)
+        except zlib.error:
+            raise ValueError("a deflate body that does not decode") from None
+    if len(out) > limit or decoder.unconsumed_tail:
         raise _TooLarge
-    if raw.content_length is not None and not raw.headers.get("Content-Encoding"):
-        return await raw.read()  # the common case: size known and within the cap
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in raw.content.iter_chunked(_CHUNK_BYTES):
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return out
 
 
 def safe_excerpt(body: bytes, limit: int = EXCERPT_CHARS) -> str:
@@ -217,7 +234,6 @@ class UpstreamClient:
         self,
         name: str,
         settings: UpstreamSettings,
-        session: aiohttp.ClientSession,
         credential: Credential | None,
         metrics: GatewayMetrics,
         *,
@@ -229,7 +245,12 @@ class UpstreamClient:
         self.name = name
         self.max_body_bytes = max_body_bytes
         self.settings = settings
-        self._session = session
+        # Its own keep-alive connections (services/common/http1.py: ~1/4 of aiohttp's
+        # client CPU per call); the base URL's path prefix is joined per request (url()).
+        self._origin = http1.Origin(
+            str(settings.base_url), connect_s=settings.connect_timeout_s,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json",
+                     "Accept-Encoding": "gzip, deflate"})
         self._credential = credential
         self._metrics = metrics
         self._clock = clock
@@ -241,6 +262,10 @@ class UpstreamClient:
 
     def url(self, path: str) -> URL:
         return join_url(self._base_url, path)
+
+    async def close(self) -> None:
+        """Close its connections (idle and in use)."""
+        await self._origin.close()
 
     async def request(
         self,
@@ -284,7 +309,7 @@ class UpstreamClient:
         if params:
             url = url.with_query(list(params.items()) if isinstance(params, Mapping) else list(params))
         deadline = self._clock() + self.settings.timeout_s
-        base_headers: dict[str, str] = {"Accept": "application/json"}
+        base_headers: dict[str, str] = {}
         if content_type:
             base_headers["Content-Type"] = content_type
         if request_id:
@@ -375,6 +400,11 @@ class UpstreamClient:
             return _given_up(last)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _too_large(self, operation: str, status: int) -> UpstreamBadBody:
+        log.warning("upstream_body_invalid", upstream=self.name, operation=operation,
+                    status=status, reason="too_large", limit=self.max_body_bytes)
+        return UpstreamBadBody(self.name, f"a body over {self.max_body_bytes} bytes", status)
+
     async def _attempt(self, operation: str, method: str, url: URL, body: bytes | None,
                        headers: dict[str, str], deadline: float) -> UpstreamResponse:
         remaining = deadline - self._clock()
@@ -390,41 +420,41 @@ class UpstreamClient:
                 async with asyncio.timeout(remaining):
                     async with self._semaphore:
                         sent = True
-                        timeout = aiohttp.ClientTimeout(
-                            total=None, connect=min(self.settings.connect_timeout_s, remaining))
-                        async with self._session.request(
-                            method, url, data=body, headers=headers, timeout=timeout,
-                            allow_redirects=False,
-                        ) as raw:
-                            try:
-                                payload = await _read_capped(raw, self.max_body_bytes)
-                            except _TooLarge:
-                                status_label, verdict = str(raw.status), raw.status < 500
-                                log.warning("upstream_body_invalid", upstream=self.name,
-                                            operation=operation, status=raw.status,
-                                            reason="too_large", limit=self.max_body_bytes)
-                                raise UpstreamBadBody(
-                                    self.name, f"a body over {self.max_body_bytes} bytes",
-                                    raw.status) from None
-                            resp = UpstreamResponse(
-                                status=raw.status,
-                                body=payload,
-                                content_type=raw.content_type,
-                                headers=CIMultiDictProxy(CIMultiDict(raw.headers)),
-                            )
-            except TimeoutError:  # includes aiohttp's connect/read timeouts
+                        raw = await self._origin.request(
+                            method, url.raw_path_qs, headers, body,
+                            body_limit=self.max_body_bytes, replay_stale=method in REPLAY_STALE)
+            except http1.BodyTooLarge as exc:
+                status_label, verdict = str(exc.status), exc.status < 500
+                raise self._too_large(operation, exc.status) from None
+            except TimeoutError:  # includes the connect timeout
                 status_label, verdict = "timeout", (False if sent else None)
                 raise _Retryable(UpstreamTimeout(self.name, self.settings.timeout_s)) from None
-            except aiohttp.ClientError as exc:
+            except http1.HttpError as exc:
                 status_label, verdict = "error", False
-                # The exception text may hold the URL; log the type only.
+                # The exception text may hold the address; log the type only.
                 log.warning("upstream_connection_failed", upstream=self.name,
                             operation=operation, error=type(exc).__name__)
                 raise _Retryable(UpstreamError(
                     self.name, f"{self.name} could not be reached ({type(exc).__name__})"
                 )) from None
-            status_label = str(resp.status)
-            verdict = resp.status < 500
+            status_label, verdict = str(raw.status), raw.status < 500
+            payload = raw.body
+            encoding = raw.headers.get("Content-Encoding")
+            if encoding:
+                try:
+                    payload = _decompressed(payload, encoding, self.max_body_bytes)
+                except _TooLarge:
+                    raise self._too_large(operation, raw.status) from None
+                except ValueError as exc:  # not what we accept, or it does not decode
+                    verdict = False
+                    log.warning("upstream_body_invalid", upstream=self.name,
+                                operation=operation, status=raw.status, reason="encoding",
+                                error=str(exc)[:200])
+                    raise UpstreamBadBody(self.name, f"a body that does not decode ({exc})",
+                                          raw.status) from None
+            resp = UpstreamResponse(status=raw.status, body=payload,
+                                    content_type=raw.content_type,
+                                    headers=CIMultiDictProxy(raw.headers))
             if resp.status in RETRY_STATUSES:
                 hint = _retry_after(resp.headers.get("Retry-After"))
                 if hint is not None and (hint > MAX_RETRY_AFTER_S

@@ -45,7 +45,7 @@ class Upstreams:
 
 
 async def http_session_ctx(app: web.Application) -> AsyncIterator[None]:
-    # One pooled session for every upstream; per-upstream limits live in the clients.
+    # The token endpoints' session (the upstream clients have their own connections).
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                     json_serialize=None, raise_for_status=False)
@@ -83,13 +83,13 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
         history = UpstreamClient(
             "history",
             UpstreamSettings(base_url=settings.history.url, timeout_s=settings.history.timeout_s),
-            session, CallerCredential(), metrics, max_body_bytes=limit)
+            CallerCredential(), metrics, max_body_bytes=limit)
     upstreams = Upstreams(
-        passport=UpstreamClient("passport", settings.passport, session, passport_cred, metrics,
+        passport=UpstreamClient("passport", settings.passport, passport_cred, metrics,
                                 max_body_bytes=limit),
-        cpo=UpstreamClient("cpo", settings.cpo, session, cpo_cred, metrics,
+        cpo=UpstreamClient("cpo", settings.cpo, cpo_cred, metrics,
                            max_body_bytes=limit),
-        pricing=UpstreamClient("pricing", settings.pricing, session,
+        pricing=UpstreamClient("pricing", settings.pricing,
                                StaticToken("x-api-token", settings.pricing.api_token), metrics,
                                max_body_bytes=limit),
         history=history,
@@ -101,3 +101,5 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     for manager in upstreams.token_managers.values():
         await manager.stop()
+    for client in upstreams.all:
+        await client.close()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from services.common.http1 import ConnectError, HttpError, Origin
 from services.common.settings import WebhookSubscription
-from services.webhooks.http1 import ConnectError, HttpError, Origin
 from services.webhooks.signing import Signer
 
 USER_AGENT = "ampgate-webhooks/1"
@@ -79,7 +79,7 @@ class Sender:
     async def start(self) -> None:
         self._origin = Origin(self.url, timeout_s=self._timeout_s,
                               connect_s=min(self._timeout_s, 5.0),
-                              headers={"User-Agent": USER_AGENT})
+                              headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
 
     async def close(self) -> None:
         if self._origin is not None:

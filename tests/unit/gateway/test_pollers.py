@@ -51,11 +51,10 @@ class World:
         self.detector = ChangeDetector(self.outbox, self.metrics)
         assert settings.pricing and settings.passport
         self.pricing = UpstreamClient(
-            "pricing", settings.pricing, session,
-            StaticToken("x-api-token", settings.pricing.api_token), self.metrics)
+            "pricing", settings.pricing, StaticToken("x-api-token", settings.pricing.api_token), self.metrics)
         self.tokens = TokenManager("siemensid", siemensid_fetcher(settings.passport), session,
                                    self.metrics)
-        self.passport = UpstreamClient("passport", settings.passport, session, self.tokens,
+        self.passport = UpstreamClient("passport", settings.passport, self.tokens,
                                        self.metrics)
         self.prices = PricePoller(self.pricing, settings, self.detector)
         self.passports = PassportPoller(self.passport, settings, self.detector)

@@ -257,7 +257,7 @@ async def test_an_upstream_4xx_drops_the_entry_instead_of_serving_stale(
     app.router.add_get("/p1", handle)
     server = await aiohttp_server(app)
     client = UpstreamClient("passport", UpstreamSettings(base_url=str(server.make_url("/"))),
-                            session, None, metrics)
+                            None, metrics)
 
     async def fetch() -> CachedResponse:  # what handlers.respond.fetcher does
         resp = await client.request("public_get", "GET", "/p1")

@@ -88,8 +88,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 async def test_url_prefix_params_and_forwarded_headers(upstream, session, metrics, registry):
-    client = UpstreamClient("pricing", settings(upstream.url + "prefix"), session,
-                            StaticToken("x-api-token", SecretStr("pt")), metrics)
+    client = UpstreamClient("pricing", settings(upstream.url + "prefix"), StaticToken("x-api-token", SecretStr("pt")), metrics)
     resp = await client.request(
         "single", "GET", "/api/pricing/",
         params={"evseId": "DE*EEE*E000001", "page[limit]": "5", "q": "a b&c"},
@@ -109,7 +108,7 @@ async def test_url_prefix_params_and_forwarded_headers(upstream, session, metric
 
 
 async def test_base_url_with_trailing_slash_and_sequence_params(upstream, session, metrics):
-    client = UpstreamClient("cpo", settings(upstream.url + "cpo/"), session, None, metrics)
+    client = UpstreamClient("cpo", settings(upstream.url + "cpo/"), None, metrics)
     await client.request("stations", "GET", "api/cpoapi/v1/charging_stations/",
                          params=[("page[limit]", "500"), ("page[offset]", "0")])
     req = upstream.calls[0]
@@ -118,7 +117,7 @@ async def test_base_url_with_trailing_slash_and_sequence_params(upstream, sessio
 
 
 async def test_write_sends_body_and_content_type(upstream, session, metrics):
-    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), None, metrics)
     await client.request("create", "POST", "/v1/passports", body=b'{"id":"p1"}',
                          content_type="application/json")
     assert upstream.calls[0].method == "POST"
@@ -128,7 +127,7 @@ async def test_write_sends_body_and_content_type(upstream, session, metrics):
 
 async def test_timeout_is_a_504_within_the_budget(upstream, session, metrics, registry):
     upstream.delay = 2.0
-    client = UpstreamClient("cpo", settings(upstream.url, timeout_s=0.3), session, None, metrics)
+    client = UpstreamClient("cpo", settings(upstream.url, timeout_s=0.3), None, metrics)
     started = time.perf_counter()
     with pytest.raises(UpstreamTimeout) as err:
         await client.request("stations", "GET", "/x")
@@ -140,7 +139,7 @@ async def test_timeout_is_a_504_within_the_budget(upstream, session, metrics, re
 
 async def test_get_is_retried_on_503_then_succeeds(upstream, session, metrics, registry):
     upstream.script = [(503, b"", {}), (502, b"", {}), (200, b"{}", {})]
-    client = UpstreamClient("cpo", settings(upstream.url, retries=2), session, None, metrics)
+    client = UpstreamClient("cpo", settings(upstream.url, retries=2), None, metrics)
     resp = await client.request("stations", "GET", "/x")
     assert resp.status == 200 and len(upstream.calls) == 3
     assert sample(registry, "ampgate_upstream_requests_total",
@@ -149,7 +148,7 @@ async def test_get_is_retried_on_503_then_succeeds(upstream, session, metrics, r
 
 async def test_5xx_after_retries_is_a_502(upstream, session, metrics):
     upstream.script = [(503, b'{"status":"error","message":"down"}', {})]
-    client = UpstreamClient("cpo", settings(upstream.url, retries=1), session, None, metrics)
+    client = UpstreamClient("cpo", settings(upstream.url, retries=1), None, metrics)
     with pytest.raises(UpstreamStatus) as err:
         await client.request("stations", "GET", "/x")
     assert err.value.status == 502 and err.value.upstream_status == 503
@@ -160,7 +159,7 @@ async def test_5xx_after_retries_is_a_502(upstream, session, metrics):
 @pytest.mark.parametrize("method", ["POST", "DELETE"])
 async def test_writes_are_never_retried(upstream, session, metrics, method):
     upstream.script = [(503, b"", {}), (200, b"{}", {})]
-    client = UpstreamClient("passport", settings(upstream.url, retries=3), session, None, metrics)
+    client = UpstreamClient("passport", settings(upstream.url, retries=3), None, metrics)
     with pytest.raises(UpstreamStatus):
         await client.request("write", method, "/v1/passports/p1")
     assert len(upstream.calls) == 1
@@ -169,7 +168,7 @@ async def test_writes_are_never_retried(upstream, session, metrics, method):
 async def test_small_retry_after_is_honoured_large_one_is_not_waited_for(upstream, session,
                                                                           metrics):
     upstream.script = [(429, b"", {"Retry-After": "0"}), (200, b"{}", {})]
-    client = UpstreamClient("pricing", settings(upstream.url), session, None, metrics)
+    client = UpstreamClient("pricing", settings(upstream.url), None, metrics)
     assert (await client.request("single", "GET", "/x")).status == 200
     assert len(upstream.calls) == 2
 
@@ -185,7 +184,7 @@ async def test_small_retry_after_is_honoured_large_one_is_not_waited_for(upstrea
 async def test_connection_refused_is_retried_then_a_502(session, metrics, registry,
                                                         unused_tcp_port):
     client = UpstreamClient("cpo", settings(f"http://127.0.0.1:{unused_tcp_port}", retries=2),
-                            session, None, metrics)
+                            None, metrics)
     with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamError) as err:
         await client.request("stations", "GET", "/x")
     assert type(err.value) is UpstreamError and err.value.status == 502
@@ -196,7 +195,7 @@ async def test_connection_refused_is_retried_then_a_502(session, metrics, regist
 
 async def test_4xx_keeps_status_with_a_safe_excerpt(upstream, session, metrics):
     upstream.script = [(404, b'{"message":"no\x00such\x1b[31m passport' + b"x" * 500 + b'"}', {})]
-    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), None, metrics)
     with pytest.raises(UpstreamStatus) as err:
         await client.request("public", "GET", "/v1/passports/public/p1")
     assert err.value.status == 404
@@ -219,7 +218,7 @@ def token_manager(upstream, session, metrics) -> TokenManager:
 async def test_401_drops_the_token_refreshes_once_and_replays(upstream, session, metrics, method):
     upstream.check_tokens = True
     tm = token_manager(upstream, session, metrics)
-    client = UpstreamClient("passport", settings(upstream.url), session, tm, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), tm, metrics)
     old = await tm.token()
     upstream.valid_tokens = set()  # revoked before it expired
     resp = await client.request("op", method, "/v1/passports", body=b"{}" if method == "POST" else None)
@@ -232,7 +231,7 @@ async def test_401_drops_the_token_refreshes_once_and_replays(upstream, session,
 async def test_second_401_is_an_error_not_a_loop(upstream, session, metrics):
     upstream.script = [(401, b'{"message":"Unauthorized"}', {})]
     tm = token_manager(upstream, session, metrics)
-    client = UpstreamClient("passport", settings(upstream.url), session, tm, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), tm, metrics)
     with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamStatus) as err:
         await client.request("op", "GET", "/v1/passports")
     assert err.value.upstream_status == 401 and err.value.status == 502
@@ -242,8 +241,7 @@ async def test_second_401_is_an_error_not_a_loop(upstream, session, metrics):
 
 async def test_static_token_401_is_not_replayed(upstream, session, metrics):
     upstream.script = [(401, b"{}", {})]
-    client = UpstreamClient("pricing", settings(upstream.url), session,
-                            StaticToken("x-api-token", SecretStr("pt")), metrics)
+    client = UpstreamClient("pricing", settings(upstream.url), StaticToken("x-api-token", SecretStr("pt")), metrics)
     with pytest.raises(UpstreamStatus):
         await client.request("single", "GET", "/api/pricing/")
     assert len(upstream.calls) == 1
@@ -252,7 +250,7 @@ async def test_static_token_401_is_not_replayed(upstream, session, metrics):
 async def test_burst_of_401s_makes_one_token_refresh(upstream, session, metrics):
     upstream.check_tokens = True
     tm = token_manager(upstream, session, metrics)
-    client = UpstreamClient("passport", settings(upstream.url), session, tm, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), tm, metrics)
     await tm.token()
     upstream.valid_tokens = set()
     results = await asyncio.gather(*(client.request("op", "GET", "/v1/x") for _ in range(200)))
@@ -265,7 +263,7 @@ async def test_circuit_opens_fails_fast_and_closes_after_a_probe(upstream, sessi
     upstream.script = [(500, b"", {})]
     clock = FakeClock()
     client = UpstreamClient("cpo", settings(upstream.url, retries=0, breaker_failures=3,
-                                            breaker_reset_s=10), session, None, metrics,
+                                            breaker_reset_s=10), None, metrics,
                             clock=clock)
     for _ in range(3):
         with pytest.raises(UpstreamStatus):
@@ -298,7 +296,7 @@ async def test_failed_probe_reopens(upstream, session, metrics):
     upstream.script = [(502, b"", {})]
     clock = FakeClock()
     client = UpstreamClient("cpo", settings(upstream.url, retries=0, breaker_failures=1,
-                                            breaker_reset_s=5), session, None, metrics,
+                                            breaker_reset_s=5), None, metrics,
                             clock=clock)
     with pytest.raises(UpstreamStatus):
         await client.request("stations", "GET", "/x")
@@ -312,7 +310,7 @@ async def test_failed_probe_reopens(upstream, session, metrics):
 
 async def test_4xx_do_not_trip_the_breaker(upstream, session, metrics):
     upstream.script = [(404, b"", {})]
-    client = UpstreamClient("cpo", settings(upstream.url, breaker_failures=2), session, None,
+    client = UpstreamClient("cpo", settings(upstream.url, breaker_failures=2), None,
                             metrics)
     for _ in range(5):
         with pytest.raises(UpstreamStatus):
@@ -322,7 +320,7 @@ async def test_4xx_do_not_trip_the_breaker(upstream, session, metrics):
 
 async def test_concurrency_is_bounded(upstream, session, metrics):
     upstream.delay = 0.05
-    client = UpstreamClient("cpo", settings(upstream.url, max_concurrency=3), session, None,
+    client = UpstreamClient("cpo", settings(upstream.url, max_concurrency=3), None,
                             metrics)
     await asyncio.gather(*(client.request("stations", "GET", "/x") for _ in range(20)))
     assert len(upstream.calls) == 20
@@ -334,7 +332,7 @@ async def test_concurrency_is_bounded(upstream, session, metrics):
 async def test_a_get_whose_2xx_is_not_a_json_document_is_a_502(upstream, session, metrics,
                                                                registry, body):
     upstream.script = [(200, body, {})]
-    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), None, metrics)
     with pytest.raises(UpstreamBadBody) as err:
         await client.request("public_get", "GET", "/v1/passports/public/p1")
     assert err.value.status == 502 and err.value.unavailable
@@ -345,14 +343,14 @@ async def test_a_get_whose_2xx_is_not_a_json_document_is_a_502(upstream, session
 
 async def test_the_body_is_decoded_once_by_the_client(upstream, session, metrics):
     upstream.script = [(200, b'{"data": [1, 2]}', {})]
-    client = UpstreamClient("cpo", settings(upstream.url), session, None, metrics)
+    client = UpstreamClient("cpo", settings(upstream.url), None, metrics)
     resp = await client.request("stations", "GET", "/s")
     assert resp.data == {"data": [1, 2]} and resp.json() is resp.data
 
 
 async def test_a_write_answer_that_is_not_json_passes_on(upstream, session, metrics):
     upstream.script = [(200, b"OK", {})]
-    client = UpstreamClient("passport", settings(upstream.url), session, None, metrics)
+    client = UpstreamClient("passport", settings(upstream.url), None, metrics)
     resp = await client.request("update", "PUT", "/v1/passports/p1", body=b"{}")
     assert resp.status == 200 and resp.body == b"OK" and resp.data is None
 
@@ -394,7 +392,7 @@ async def big_upstream(aiohttp_server):
 @pytest.mark.parametrize("path", ["/known", "/chunked", "/gzip"])
 async def test_a_body_over_the_cap_is_a_502(big_upstream, session, metrics, path):
     cap = 100_000
-    client = UpstreamClient("cpo", settings(str(big_upstream.make_url("/"))), session, None,
+    client = UpstreamClient("cpo", settings(str(big_upstream.make_url("/"))), None,
                             metrics, max_body_bytes=cap)
     resp = await client.request("stations", "GET", path, params={"n": str(cap)})
     assert len(resp.body) == cap and resp.data["pad"]  # at the cap: fine
@@ -412,7 +410,7 @@ async def test_which_statuses_are_an_answer_and_which_an_outage(upstream, sessio
                                                                 status, client_status,
                                                                 unavailable):
     upstream.script = [(status, b'{"message": "x"}', {})]
-    client = UpstreamClient("passport", settings(upstream.url, retries=0), session, None,
+    client = UpstreamClient("passport", settings(upstream.url, retries=0), None,
                             metrics)
     with pytest.raises(UpstreamStatus) as err:
         await client.request("public_get", "GET", "/v1/passports/public/p1")
@@ -433,7 +431,7 @@ async def test_the_retrier_is_built_only_for_a_retry(upstream, session, metrics,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(upstream_client, "AsyncRetrying", counting)
-    client = UpstreamClient("passport", settings(upstream.url, retries=2), session, None, metrics)
+    client = UpstreamClient("passport", settings(upstream.url, retries=2), None, metrics)
     assert (await client.request("get", "GET", "/x")).status == 200
     assert (await client.request("update", "PUT", "/x", body=b"{}")).status == 200
     upstream.script = [(503, b"", {})]
@@ -451,7 +449,7 @@ async def test_the_first_failure_counts_as_the_retriers_attempt_one(upstream, se
     # Its Retry-After hint sets the first wait, and the attempts are numbered as before.
     upstream.script = [(429, b"", {"Retry-After": "0.05"}), (503, b"", {"Retry-After": "0.01"}),
                        (200, b"{}", {})]
-    client = UpstreamClient("pricing", settings(upstream.url, retries=2), session, None, metrics)
+    client = UpstreamClient("pricing", settings(upstream.url, retries=2), None, metrics)
     with structlog.testing.capture_logs() as logs:
         assert (await client.request("single", "GET", "/x")).status == 200
     retries = [(e["attempt"], e["reason"], e["wait_s"]) for e in logs
@@ -464,3 +462,87 @@ async def test_the_first_failure_counts_as_the_retriers_attempt_one(upstream, se
     with pytest.raises(UpstreamStatus):
         await client.request("single", "GET", "/x")
     assert len(upstream.calls) == 3  # 1 + retries, not one more
+
+
+async def test_calls_reuse_one_kept_connection(upstream, metrics):
+    client = UpstreamClient("cpo", settings(upstream.url), None, metrics)
+    for method in ("GET", "PUT", "GET", "DELETE", "POST"):
+        await client.request("op", method, "/x", body=b"{}" if method in ("PUT", "POST") else None)
+    peers = {r.transport.get_extra_info("peername") for r in upstream.calls}
+    assert len(upstream.calls) == 5 and len(peers) == 1
+    await client.close()
+
+
+class HangUpEverySecond:
+    """A raw HTTP/1.1 server: it answers a request, then hangs up on the next one of the
+    same connection before any byte (what a keep-alive upstream closing at idle looks like
+    to the client that just sent on it)."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for n in itertools.count():
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), 0)
+                self.requests.append(head.split(b"\r\n")[0] + await reader.readexactly(length))
+                if n % 2:
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 2\r\n\r\n{}")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_kept_connection_closed_by_the_upstream_replays_idempotent_calls_only(metrics):
+    raw = HangUpEverySecond()
+    async with raw as url:
+        client = UpstreamClient("passport", settings(url, retries=0), None, metrics)
+        assert (await client.request("update", "PUT", "/p/1", body=b"{}")).status == 200
+        # the kept connection hangs up on this PUT: sent again on a fresh one
+        assert (await client.request("update", "PUT", "/p/1", body=b"{}")).status == 200
+        assert [r[:12] for r in raw.requests] == [b"PUT /p/1 HTT"] * 3
+        # ... and on this POST: the upstream may have acted on it, so it is not sent again
+        with pytest.raises(UpstreamError) as err:
+            await client.request("create", "POST", "/p", body=b"{}")
+        assert err.value.status == 502 and "ServerDisconnectedError" in err.value.detail
+        assert [r[:8] for r in raw.requests[3:]] == [b"POST /p "]
+        await client.close()
+
+
+@pytest.mark.parametrize(("encoding", "encode"), [
+    ("gzip", lambda b: __import__("gzip").compress(b)),
+    ("deflate", lambda b: __import__("zlib").compress(b)),  # zlib-wrapped, as RFC 9110 says
+    ("deflate", lambda b: __import__("zlib").compress(b, wbits=-15)),  # raw, as some send it
+])
+async def test_compressed_answers_are_decoded(upstream, metrics, encoding, encode):
+    upstream.script = [(200, encode(b'{"a": 1}'), {"Content-Encoding": encoding})]
+    client = UpstreamClient("cpo", settings(upstream.url), None, metrics)
+    resp = await client.request("stations", "GET", "/s")
+    assert resp.body == b'{"a": 1}' and resp.data == {"a": 1}
+    assert upstream.calls[0].headers["Accept-Encoding"] == "gzip, deflate"
+    await client.close()
+
+
+@pytest.mark.parametrize(("encoding", "body"), [("br", b"\x1b\x07"), ("gzip", b"not gzip")])
+async def test_an_answer_that_does_not_decode_is_a_502(upstream, metrics, encoding, body):
+    upstream.script = [(200, body, {"Content-Encoding": encoding})]
+    client = UpstreamClient("cpo", settings(upstream.url, retries=0), None, metrics)
+    with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamBadBody) as err:
+        await client.request("stations", "GET", "/s")
+    assert err.value.status == 502 and "does not decode" in err.value.detail
+    assert [e["reason"] for e in logs if e["event"] == "upstream_body_invalid"] == ["encoding"]
+    await client.close()

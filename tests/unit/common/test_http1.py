@@ -1,4 +1,4 @@
-"""The webhook HTTP/1.1 client against a scripted raw server: keep-alive, answer framing
+"""The HTTP/1.1 client (services/common/http1.py) against a scripted raw server: keep-alive, answer framing
 (Content-Length, chunked, 1xx, close), stale connections, timeouts, header injection."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from services.webhooks.http1 import (
+from services.common.http1 import (
     BadResponseError,
+    BodyTooLarge,
     ConnectError,
     Origin,
     ServerDisconnectedError,
@@ -36,8 +37,8 @@ class RawServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
+                length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length")), b"0"))
                 request = head + await reader.readexactly(length)
                 self.requests.append(request)
                 answer = self.script(len(self.requests), request)
@@ -183,7 +184,8 @@ async def test_interim_1xx_answers_are_skipped_with_their_headers(serve):
     server, origin = await serve(lambda n, req: answers[n - 1])
     first = await origin.post(b"{}", HEADERS)
     assert first.status == 429
-    assert first.headers == {"retry-after": "3", "content-length": "0"}  # no "link"
+    assert {k.lower(): v for k, v in first.headers.items()} == {"retry-after": "3",
+                                                          "content-length": "0"}  # no "link"
     assert (await origin.post(b"{}", HEADERS)).status == 204
     assert server.connections == 1
 
@@ -217,3 +219,92 @@ async def test_upgrade_and_oversized_head_are_bad_answers(serve):
     for _ in answers:
         with pytest.raises(BadResponseError):
             await origin.post(b"{}", HEADERS)
+
+
+# -- request(): any method, the answer's body read whole (the gateway's upstream calls) --
+
+
+async def test_request_reads_each_framing_whole_and_keeps_the_connection(serve):
+    answers = [(b"HTTP/1.1 200 OK\r\nContent-Type: Application/JSON; charset=utf-8\r\n"
+                b"Content-Length: 7\r\n\r\n{\"a\":1}"),
+               (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n"),
+               NO_CONTENT,
+               b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n"]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    got = [await origin.request("GET", "/v1/x?a=%20", {"X-Request-ID": "r1"},
+                                body_limit=100, replay_stale=True) for _ in answers]
+    assert [(r.status, r.body) for r in got] == [(200, b'{"a":1}'), (200, b"[1,2]"),
+                                                 (204, b""), (200, b"")]
+    assert got[0].content_type == "application/json"
+    assert got[3].headers.getall("set-cookie") == ["a=1", "b=2"]  # repeated headers kept
+    assert server.connections == 1
+    first = server.requests[0].split(b"\r\n")
+    assert first[0] == b"GET /v1/x?a=%20 HTTP/1.1" and b"X-Request-ID: r1" in first
+    assert not any(line.lower().startswith(b"content-length") for line in first)
+
+
+async def test_request_sends_a_body_with_its_length(serve):
+    server, origin = await serve(lambda n, req: NO_CONTENT)
+    await origin.request("PUT", "/v1/p/1", {"Content-Type": "application/json"}, b'{"a":1}',
+                         body_limit=100, replay_stale=True)
+    head, body = server.requests[0].split(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"PUT /v1/p/1 HTTP/1.1"
+    assert b"Content-Length: 7" in head.split(b"\r\n") and body == b'{"a":1}'
+
+
+async def test_a_body_that_runs_to_the_close_is_read_whole(serve):
+    answers = [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000, NO_CONTENT]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    first = await origin.request("GET", "/", {}, body_limit=200_000, replay_stale=True)
+    assert first.status == 200 and first.body == b"x" * 100_000
+    assert (await origin.request("GET", "/", {}, body_limit=10, replay_stale=True)).status == 204
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n",  # known at the head: not read
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nxxxxxx\r\n6\r\nxxxxxx\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 11,
+])
+async def test_a_body_over_the_limit_is_refused_and_the_connection_closed(serve, answer):
+    answers = [answer, NO_CONTENT]
+    server, origin = await serve(lambda n, req: answers[n - 1])
+    with pytest.raises(BodyTooLarge) as err:
+        await origin.request("GET", "/", {}, body_limit=10, replay_stale=True)
+    assert err.value.status == 200
+    assert (await origin.request("GET", "/", {}, body_limit=10, replay_stale=True)).status == 204
+    assert server.connections == 2  # the refused answer's connection was not reused
+
+
+async def test_an_answer_to_head_has_no_body(serve):
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", NO_CONTENT]
+    _, origin = await serve(lambda n, req: answers[n - 1])
+    head = await origin.request("HEAD", "/", {}, body_limit=100, replay_stale=True)
+    assert (head.status, head.body, head.headers["content-length"]) == (200, b"", "5")
+    assert (await origin.request("GET", "/", {}, body_limit=100, replay_stale=True)).status == 204
+
+
+async def test_a_stale_connection_is_replaced_only_when_the_caller_allows_it(serve):
+    # The server answers, then hangs up on the next request before answering.
+    server, origin = await serve(lambda n, req: NO_CONTENT if n % 2 else None)
+    assert (await origin.request("POST", "/", {}, b"{}", body_limit=10,
+                                 replay_stale=False)).status == 204
+    await asyncio.sleep(0.05)
+    with pytest.raises(ServerDisconnectedError):
+        await origin.request("POST", "/", {}, b"{}", body_limit=10, replay_stale=False)
+    assert len(server.requests) == 2  # sent once, never again
+    assert (await origin.request("PUT", "/", {}, b"{}", body_limit=10,
+                                 replay_stale=True)).status == 204  # fresh connection (3)
+    await asyncio.sleep(0.05)
+    assert (await origin.request("PUT", "/", {}, b"{}", body_limit=10,
+                                 replay_stale=True)).status == 204  # 4 hung up, 5 answered
+    assert len(server.requests) == 5 and server.connections == 3
+
+
+async def test_request_line_breaks_are_refused(serve):
+    server, origin = await serve(lambda n, req: NO_CONTENT)
+    for method, target in (("GET", "/a\r\nX-Injected: 1"), ("GET\r\n", "/")):
+        with pytest.raises(ValueError):
+            await origin.request(method, target, {}, body_limit=10, replay_stale=True)
+    assert server.requests == []
