@@ -31,9 +31,10 @@ each class lives in the module named beside it).
 Private control-flow exceptions (a leading ``_``) stay inside their modules, and the
 sandbox's are the simulated vendors', not ours.
 
-Foreign exceptions are translated where they enter our code: aiohttp client errors and
-timeouts in the upstream client (``services.gateway.upstream_client``: UpstreamError,
-UpstreamTimeout) and in the token managers (TokenUnavailable); redis errors in
+Foreign exceptions are translated where they enter our code: HTTP client errors
+(``services.common.http1``) and timeouts in the upstream client
+(``services.gateway.upstream_client``: UpstreamError, UpstreamTimeout), aiohttp's in the
+token managers (TokenUnavailable); redis errors in
 ``ClusterStore.call`` (ClusterUnavailable); aiokafka errors never leave the outbox
 publisher (they become its degraded status and a retry) nor the consumer runtime's
 group loop (it reconnects); TopicsMissing is raised where topics are checked.

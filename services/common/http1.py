@@ -328,8 +328,7 @@ class Origin:
             async with asyncio.timeout(self._connect_s):
                 _, conn = await loop.create_connection(
                     _Connection, self._host, self._port, ssl=self._ssl,
-                    server_hostname=self._host if self._ssl else None,
-                    happy_eyeballs_delay=0.25)
+                    server_hostname=self._host if self._ssl else None)
         except TimeoutError:
             raise
         except (OSError, ssl.SSLError) as exc:
