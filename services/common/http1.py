@@ -18,6 +18,9 @@ The request is a few lines of bytes written here, with CR/LF refused in every va
   requests). A reused connection found closed by the server before any byte of the
   answer is replaced once (the usual stale keep-alive race) when the caller allows it
   (``replay_stale``: not for a POST the upstream may have acted on); other failures surface.
+- ``idle_s``: an idle connection is reused for that long at most, and never past the
+  server's own idle timeout if its answers announce one (``Keep-Alive: timeout=N``, less
+  a second). One the server closed while idle is dropped as soon as its close arrives.
 - ``timeout_s`` (if given) bounds the whole exchange, connect included; ``connect_s``
   bounds the connect alone. A connection that timed out, failed or was cancelled is
   closed, never reused.
@@ -48,6 +51,7 @@ from multidict import CIMultiDict
 MAX_DRAIN = 64 * 1024        # answer body bytes read (and dropped) to keep the connection
 MAX_HEAD = 64 * 1024         # an answer's status line and headers
 IDLE_S = 15.0                # an idle connection older than this is not reused (aiohttp's default)
+KEEP_ALIVE_MARGIN_S = 1.0    # under a server's own ``Keep-Alive: timeout=N``: its close may be on the way
 _NO_BODY = frozenset({204, 304})
 
 
@@ -90,10 +94,12 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.keep_s: float | None = None  # the server's idle timeout (Keep-Alive), if it said
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Response] | None = None
         self._got_bytes = False
-        self._headers: list[tuple[str, str]] = []
+        self._fields: list[tuple[str, str]] = []  # the head being read
+        self._headers: CIMultiDict[str] = CIMultiDict()  # of the final answer
         self._status = 0  # of the final (non-1xx) answer, once its head is complete
         self._head_bytes = 0
         self._limit: int | None = None  # None: drain the body; else read up to this many bytes
@@ -141,11 +147,11 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._status:  # a second answer to one request: out of step
             self.close()
-        self._headers = []  # an interim 1xx answer's headers are dropped with it
+        self._fields = []  # an interim 1xx answer's headers are dropped with it
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._status:  # not the trailers of a chunked body
-            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            self._fields.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         if self._status:
@@ -157,8 +163,7 @@ class _Connection(asyncio.Protocol):
                 self.close()
             return
         self._status = status
-        headers = CIMultiDict(self._headers)
-        self._headers = headers  # type: ignore[assignment]
+        self._headers = headers = CIMultiDict(self._fields)
         length = int(headers.get("content-length", -1))
         if self._head_only:  # an answer to HEAD has no body, whatever its headers say
             self._finish(keep=False)
@@ -225,13 +230,14 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, *, keep: bool) -> None:
         if self._waiter is not None and not self._waiter.done():
-            headers: CIMultiDict[str] = self._headers  # type: ignore[assignment]
-            ctype = headers.get("content-type", "")
+            ctype = self._headers.get("content-type", "")
             self._waiter.set_result(Response(
-                self._status, headers, b"".join(self._chunks),
+                self._status, self._headers, b"".join(self._chunks),
                 ctype.partition(";")[0].strip().lower()))
         if not keep:
             self.close()
+        elif "keep-alive" in self._headers:
+            self.keep_s = _keep_alive_timeout(self._headers["keep-alive"])
 
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -245,7 +251,7 @@ class Origin:
     are added here); ``post`` sends to the URL's own path and query, ``request`` to any."""
 
     def __init__(self, url: str, *, connect_s: float, headers: Mapping[str, str],
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, idle_s: float = IDLE_S) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise ValueError(f"unsupported scheme {parts.scheme!r}")
@@ -266,6 +272,7 @@ class Origin:
         self._post_head = b"POST %s HTTP/1.1\r\n%s" % (self.target.encode("latin-1"), self._fixed)
         self._timeout_s = timeout_s
         self._connect_s = connect_s
+        self._idle_s = idle_s
         self._idle: list[_Connection] = []   # most recently used last
         self._busy: set[_Connection] = set()
 
@@ -319,7 +326,8 @@ class Origin:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.reusable and now - conn.idle_since < IDLE_S:
+            idle_s = self._idle_s if conn.keep_s is None else min(self._idle_s, conn.keep_s)
+            if conn.reusable and now - conn.idle_since < idle_s:
                 self._busy.add(conn)
                 return conn, True
             conn.close()
@@ -355,6 +363,18 @@ class Origin:
         for conn in conns:
             conn.close()
         await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+def _keep_alive_timeout(value: str) -> float | None:
+    """``timeout=N`` of a Keep-Alive header, less the margin; None if it has none."""
+    for param in value.split(","):
+        name, _, number = param.partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                return max(0.0, float(number.strip()) - KEEP_ALIVE_MARGIN_S)
+            except ValueError:
+                return None
+    return None
 
 
 def _check_header_values(values: Iterable[str]) -> None:

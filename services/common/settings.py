@@ -90,6 +90,10 @@ class UpstreamLimits(_Group):
 
     # A larger answer is an upstream failure (502), never read whole.
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    # How long an idle upstream connection is kept for reuse (never past the upstream's own
+    # ``Keep-Alive: timeout``): under the 60 s idle timeout of common load balancers, so the
+    # first call after a quiet minute does not pay a new TCP and TLS handshake.
+    keepalive_s: float = Field(50.0, gt=0)
 
 
 class PassportPaths(_Group):

@@ -241,6 +241,7 @@ class UpstreamClient:
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 1.0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        keepalive_s: float = http1.IDLE_S,
     ) -> None:
         self.name = name
         self.max_body_bytes = max_body_bytes
@@ -248,7 +249,7 @@ class UpstreamClient:
         # Its own keep-alive connections (services/common/http1.py: ~1/4 of aiohttp's
         # client CPU per call); the base URL's path prefix is joined per request (url()).
         self._origin = http1.Origin(
-            str(settings.base_url), connect_s=settings.connect_timeout_s,
+            str(settings.base_url), connect_s=settings.connect_timeout_s, idle_s=keepalive_s,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json",
                      "Accept-Encoding": "gzip, deflate"})
         self._credential = credential

@@ -77,21 +77,22 @@ async def upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
             return ClusterCredential(cell, manager)
         passport_cred = shared(siemens, settings.passport.timeout_s + 1.0)
         cpo_cred = shared(cognito, settings.cpo.timeout_s + 1.0)
-    limit = settings.upstream.max_body_bytes
+    limits = {"max_body_bytes": settings.upstream.max_body_bytes,
+              "keepalive_s": settings.upstream.keepalive_s}
     history = None
     if settings.history.url is not None:
         history = UpstreamClient(
             "history",
             UpstreamSettings(base_url=settings.history.url, timeout_s=settings.history.timeout_s),
-            CallerCredential(), metrics, max_body_bytes=limit)
+            CallerCredential(), metrics, **limits)
     upstreams = Upstreams(
         passport=UpstreamClient("passport", settings.passport, passport_cred, metrics,
-                                max_body_bytes=limit),
+                                **limits),
         cpo=UpstreamClient("cpo", settings.cpo, cpo_cred, metrics,
-                           max_body_bytes=limit),
+                           **limits),
         pricing=UpstreamClient("pricing", settings.pricing,
                                StaticToken("x-api-token", settings.pricing.api_token), metrics,
-                               max_body_bytes=limit),
+                               **limits),
         history=history,
         token_managers={"siemensid": passport_cred, "cognito": cpo_cred},
     )

@@ -667,9 +667,10 @@ def test_without_managed_values_pods_mount_nothing_and_get_the_settings_defaults
         s = pod_settings(docs, workload, tmp_path / component, monkeypatch)
         assert s.kafka.security_protocol == "PLAINTEXT" and s.kafka.ssl_ca_file is None
         assert s.kafka.create_topics is True and s.kafka.sasl_password is None
-    # gateway.config.upstream.maxBodyBytes: the chart's default is the service's.
+    # gateway.config.upstream.maxBodyBytes, keepaliveS: the chart's defaults are the service's.
     env = container_env(gateway(docs))
     assert env["AMPGATE_UPSTREAM__MAX_BODY_BYTES"]["value"] == str(UpstreamLimits().max_body_bytes)
+    assert float(env["AMPGATE_UPSTREAM__KEEPALIVE_S"]["value"]) == UpstreamLimits().keepalive_s
 
 
 def test_managed_passwords_stay_in_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -717,5 +718,5 @@ def test_readme_shows_how_to_reach_managed_kafka_and_redis() -> None:
     for words in ("MSK", "Confluent Cloud", "Aiven", "SASL_SSL", "SCRAM-SHA-512", "PLAIN",
                   "kafka.tls.existingSecret", "secrets.kafkaSaslPassword", "createTopics: false",
                   "rediss://", "cluster.redisUsername", "cluster.tls.existingSecret", "ACL",
-                  "upstream tokens", "maxBodyBytes"):
+                  "upstream tokens", "maxBodyBytes", "keepaliveS"):
         assert words in readme, words

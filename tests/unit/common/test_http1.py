@@ -63,10 +63,11 @@ async def serve():
     servers: list[RawServer] = []
     origins: list[Origin] = []
 
-    async def start(script: Script, timeout_s: float = 2.0) -> tuple[RawServer, Origin]:
+    async def start(script: Script, timeout_s: float = 2.0, **kw) -> tuple[RawServer, Origin]:
         server = RawServer(script)
         url = await server.start()
-        origin = Origin(url, timeout_s=timeout_s, connect_s=1.0, headers={"User-Agent": "t/1"})
+        origin = Origin(url, timeout_s=timeout_s, connect_s=1.0, headers={"User-Agent": "t/1"},
+                        **kw)
         servers.append(server)
         origins.append(origin)
         return server, origin
@@ -308,3 +309,28 @@ async def test_request_line_breaks_are_refused(serve):
         with pytest.raises(ValueError):
             await origin.request(method, target, {}, body_limit=10, replay_stale=True)
     assert server.requests == []
+
+
+async def test_an_idle_connection_is_kept_for_idle_s_only(serve):
+    server, origin = await serve(lambda n, req: NO_CONTENT, idle_s=0.2)
+    await origin.post(b"{}", HEADERS)
+    await asyncio.sleep(0.05)
+    await origin.post(b"{}", HEADERS)  # idle 0.05 s: reused
+    assert server.connections == 1
+    await asyncio.sleep(0.3)
+    await origin.post(b"{}", HEADERS)  # idle 0.3 s: a new one
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(("keep_alive", "connections"), [
+    ("timeout=1", 2),  # the server closes at 1 s idle: with the margin, never reused
+    ("timeout=5, max=100", 1),
+    ("max=100", 1),  # no timeout announced: idle_s alone
+])
+async def test_the_servers_keep_alive_timeout_bounds_reuse(serve, keep_alive, connections):
+    answer = b"HTTP/1.1 204 No Content\r\nKeep-Alive: %s\r\n\r\n" % keep_alive.encode()
+    server, origin = await serve(lambda n, req: answer, idle_s=60)
+    await origin.post(b"{}", HEADERS)
+    await asyncio.sleep(0.05)
+    await origin.post(b"{}", HEADERS)
+    assert server.connections == connections

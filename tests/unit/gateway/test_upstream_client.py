@@ -31,6 +31,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.calls: list[web.Request] = []
+        self.peers: list[tuple[str, int]] = []  # the client's address of each call
         self.bodies: list[bytes] = []
         self.script: list[tuple[int, bytes, dict[str, str]]] = [(200, b'{"ok": true}', {})]
         self.delay = 0.0
@@ -50,6 +51,7 @@ class Upstream:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls.append(request)
+        self.peers.append(request.transport.get_extra_info("peername"))
         self.bodies.append(await request.read())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -468,8 +470,17 @@ async def test_calls_reuse_one_kept_connection(upstream, metrics):
     client = UpstreamClient("cpo", settings(upstream.url), None, metrics)
     for method in ("GET", "PUT", "GET", "DELETE", "POST"):
         await client.request("op", method, "/x", body=b"{}" if method in ("PUT", "POST") else None)
-    peers = {r.transport.get_extra_info("peername") for r in upstream.calls}
-    assert len(upstream.calls) == 5 and len(peers) == 1
+    assert len(upstream.calls) == 5 and len(set(upstream.peers)) == 1
+    await client.close()
+
+
+async def test_an_idle_connection_is_kept_for_keepalive_s(upstream, metrics):
+    client = UpstreamClient("cpo", settings(upstream.url), None, metrics, keepalive_s=0.2)
+    for pause in (0.05, 0.3):  # reused after 0.05 s idle, a new connection after 0.3 s
+        await client.request("op", "GET", "/x")
+        await asyncio.sleep(pause)
+    await client.request("op", "GET", "/x")
+    assert upstream.peers[0] == upstream.peers[1] != upstream.peers[2]
     await client.close()
 
 
