@@ -4,6 +4,7 @@ place that picks the event loop. Every ``ampgate`` service starts through ``serv
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -48,6 +49,20 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 T = TypeVar("T")
 
 
+def settle_heap() -> None:
+    """Once the app has started, move what survived its startup (modules, classes, pydantic
+    schemas, settings, clients: ~90k objects in the gateway) into the collector's permanent
+    generation: a full collection no longer walks it.
+
+    Measured in the gateway at 400-500 PUTs/s (bench/events_bench.py, gc.callbacks): a
+    full collection ran every few seconds and held the loop ~250 ms each, i.e. the write
+    latency's p99 and ~10 % of a core; after the freeze, 8-20 ms (on a loaded machine).
+    The collections found no cyclic garbage there (0 collected), so the young thresholds
+    stay CPython's: raising them only made each young pause longer."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(app: web.Application, http: HttpSettings, *, shutdown_timeout: float = 10) -> None:
     """Serve ``app`` on ``http.host:http.port`` until SIGTERM/SIGINT; then the app's
     cleanup runs, with ``shutdown_timeout`` for requests in flight.
@@ -82,6 +97,7 @@ async def _serve(app: web.Application, http: HttpSettings, shutdown_timeout: flo
     await runner.setup()
     try:
         install_front_handler(runner)
+        settle_heap()
         await web.TCPSite(runner, http.host, http.port, backlog=128).start()
         await asyncio.Event().wait()  # until a signal (GracefulExit) or a cancel
     finally:
