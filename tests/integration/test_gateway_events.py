@@ -253,13 +253,16 @@ async def test_sigkilled_gateway_publishes_pending_events_after_restart(private_
     port = free_port()
     gw = await asyncio.to_thread(start_service, "gateway", port, env)
     pid = f"BP-KILL-{uuid.uuid4().hex[:8]}"
-    async with aiohttp.ClientSession(headers=auth(WRITER_KEY)) as http:
-        async with http.post(f"{gw.url}/v1/passports", json=new_passport(pid, "v0")) as resp:
-            assert resp.status == 201
-        for n in range(1, 20):
-            async with http.put(f"{gw.url}/v1/passports/{pid}", json=new_passport(pid, f"v{n}")) as r:
-                assert r.status == 200
-    gw.kill()
+    try:
+        async with aiohttp.ClientSession(headers=auth(WRITER_KEY)) as http:
+            async with http.post(f"{gw.url}/v1/passports", json=new_passport(pid, "v0")) as r:
+                assert r.status == 201
+            for n in range(1, 20):
+                async with http.put(f"{gw.url}/v1/passports/{pid}",
+                                    json=new_passport(pid, f"v{n}")) as r:
+                    assert r.status == 200
+    finally:
+        gw.kill()  # the SIGKILL under test; also when an answer above fails the test
     await asyncio.to_thread(private_kafka.start)
     gw = await asyncio.to_thread(start_service, "gateway", port, env)
     try:
