@@ -135,6 +135,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
+        self._state_gauge = metrics.circuit_state.labels(upstream)  # resolved once
         self._gauge(0)
 
     @property
@@ -194,7 +195,7 @@ class CircuitBreaker:
             self._probing = False
 
     def _gauge(self, value: int) -> None:
-        self._metrics.circuit_state.labels(self.upstream).set(value)
+        self._state_gauge.set(value)
 
 
 class _Retryable(Exception):
@@ -257,6 +258,7 @@ class UpstreamClient:
         self._clock = clock
         self._base_url = str(settings.base_url)
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._counted: dict[tuple[str, str], tuple[Any, Any]] = {}  # labelled children
         self._backoff = wait_random_exponential(multiplier=backoff_base_s, max=backoff_max_s)
         self.breaker = CircuitBreaker(name, settings.breaker_failures, settings.breaker_reset_s,
                                       metrics, clock=clock)
@@ -401,6 +403,16 @@ class UpstreamClient:
             return _given_up(last)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _children(self, operation: str, status: str) -> tuple[Any, Any]:
+        """The labelled metric children of one (operation, status), resolved once: a
+        ``labels()`` call costs a lock and a dict lookup per metric per call."""
+        children = self._counted.get((operation, status))
+        if children is None:
+            children = self._counted[(operation, status)] = (
+                self._metrics.upstream_requests.labels(self.name, operation, status),
+                self._metrics.upstream_duration.labels(self.name, operation))
+        return children
+
     def _too_large(self, operation: str, status: int) -> UpstreamBadBody:
         log.warning("upstream_body_invalid", upstream=self.name, operation=operation,
                     status=status, reason="too_large", limit=self.max_body_bytes)
@@ -471,7 +483,7 @@ class UpstreamClient:
             else:
                 self.breaker.record_abandoned(probe)
             if status_label is not None:
-                self._metrics.upstream_requests.labels(self.name, operation, status_label).inc()
-                self._metrics.upstream_duration.labels(self.name, operation).observe(
-                    time.perf_counter() - started)
+                requests, duration = self._children(operation, status_label)
+                requests.inc()
+                duration.observe(time.perf_counter() - started)
 
