@@ -85,6 +85,7 @@ from services.common.events import (
     digest_of,
     rfc3339,
 )
+from services.common.events.envelope import new_event_id
 from services.common.outbox import ClaimSpec, Outbox
 from services.gateway.metrics import GatewayMetrics
 
@@ -383,7 +384,7 @@ class ChangeDetector:
                  detected_by: Detection, change: ChangeKind | None, *,
                  vanished: bool = False) -> int:
         # Cheap pass first: most observations are unchanged and cost a dump and a hash.
-        pending: list[tuple[Observation, str, EventRecord, ChangeKind, str | None]] = []
+        pending: list[tuple[Observation, str, EventRecord, ChangeKind, str | None, str]] = []
         unchanged: list[tuple[str, str]] = []
         seeding = self._claims is not None and detected_by is Detection.POLL
         now = self._clock()
@@ -403,26 +404,26 @@ class ChangeDetector:
                 continue  # unchanged (or still gone / never known and absent)
             previous = self._document(entity, context, obs.key) if last else None
             kind = _kind(detected_by, change, obs.document, last)
+            event_id = new_event_id()  # the record's ce_id, kept at hand (no header scans)
             try:
                 record = _build(entity, context, obs.key, kind, detected_by, last or "", new,
-                                previous, obs.document, now, stamp)
+                                previous, obs.document, now, stamp, event_id)
             except ValueError as exc:
                 # Not representable in the contract (build_event checks): skip it, and do
                 # not remember it either, rather than fail the request that saw it.
                 log.error("change_event_invalid", entity=entity, error=str(exc)[:200])
                 continue
-            pending.append((obs, new, record, kind, last))
+            pending.append((obs, new, record, kind, last, event_id))
         if unchanged:
             self._claims.seed(unchanged)  # type: ignore[union-attr]
         if not pending:
             return 0
         seen_at = stamp
         rows = []
-        for obs, new, record, _, last in pending:
+        for obs, new, record, _, last, event_id in pending:
             claim = None
             if self._claims is not None:
-                claim = ClaimSpec(shared_entity(entity, context, obs.key), last, new,
-                                  (record.header("ce_id") or b"").decode(),
+                claim = ClaimSpec(shared_entity(entity, context, obs.key), last, new, event_id,
                                   always=detected_by is Detection.WRITE)
             document = orjson.dumps(obs.document) if obs.document is not None else None
             rows.append(((entity, context, obs.key), new, last, record, claim, document))
@@ -440,7 +441,7 @@ class ChangeDetector:
 
         committed = outbox.write(commit)
         self._queued += 1
-        if self._claims is not None or any(k is not ChangeKind.SNAPSHOT for _, _, _, k, _ in pending):
+        if self._claims is not None or any(k is not ChangeKind.SNAPSHOT for _, _, _, k, _, _ in pending):
             self._awaited += 1
         # Memory follows now: with group commit the next detection (of the same entity too)
         # must compare with this one. Should the commit fail, _unsettle puts it back.
@@ -455,10 +456,9 @@ class ChangeDetector:
         if self._on_change is not None:
             # Eviction does not wait for the commit: evicting early is harmless, and a
             # failed commit fails the write that waits for it (settled()).
-            for obs, new, record, kind, _ in pending:
+            for obs, new, _, kind, _, event_id in pending:
                 try:
-                    self._on_change(entity, context, obs.key, kind.value,
-                                    (record.header("ce_id") or b"").decode(), new,
+                    self._on_change(entity, context, obs.key, kind.value, event_id, new,
                                     detected_by.value)
                 except Exception:  # the event is queued; a failed eviction is logged
                     log.exception("change_eviction_failed", entity=entity)
@@ -651,7 +651,8 @@ def _replaced_paths(prefix: str, previous: dict, current: dict, out: list[str]) 
 
 def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: Detection,
            previous_digest: str, new_digest: str, previous: Any | None,
-           current: Mapping[str, Any] | None, now: datetime, stamp: str) -> EventRecord:
+           current: Mapping[str, Any] | None, now: datetime, stamp: str,
+           event_id: str) -> EventRecord:
     """The event, in proto3 JSON: defaults (empty strings, empty lists) omitted."""
     paths = _changed_paths(kind, previous, current)
     data: dict[str, Any] = {
@@ -681,7 +682,7 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
     # A passport is any JSON object inside a Struct, and the rest are our own strings:
     # nothing to catch there, at a third of the event's cost. Tariffs carry typed fields
     # taken from upstream, so they are still checked.
-    return build_event(topic, ce_type, key, data, time=now, time_text=stamp,
+    return build_event(topic, ce_type, key, data, event_id=event_id, time=now, time_text=stamp,
                        validate=entity == PRICE)
 
 

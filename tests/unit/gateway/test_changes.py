@@ -371,6 +371,24 @@ async def test_unsettled_changes_diff_against_each_other(grouped, db) -> None:
     assert events[2].data["previous_digest"] == digest_of(b)
 
 
+def test_on_change_names_each_events_own_id(outbox, registry) -> None:
+    """The event id handed to on_change (own events skipped on the way back, claims) is
+    the ce_id of the record queued: for writes, reads, polls and deletions alike."""
+    told: list[tuple[str, str, str]] = []
+    detector = ChangeDetector(outbox, GatewayMetrics(registry), clock=lambda: T0,
+                              on_change=lambda e, c, key, kind, event_id, d, by:
+                              told.append((key, kind, event_id)))
+    assert detector.passport("BP-1", PASSPORT, Detection.READ)
+    assert detector.passport("BP-1", {**PASSPORT, "x": 1}, Detection.WRITE, ChangeKind.UPDATED)
+    assert detector.passports([Observation("BP-2", PASSPORT), Observation("BP-3", PASSPORT)],
+                              Detection.POLL) == 2
+    assert detector.passport("BP-1", None, Detection.WRITE, ChangeKind.DELETED)
+    assert detector.tariff("DE*EEE*E000001", "fleet", tariff_of(UNPRICED), Detection.POLL)
+    events = drain(outbox)
+    assert [(e.key, e.data["change"], e.headers["ce_id"]) for e in events] == told
+    assert len({event_id for _, _, event_id in told}) == len(told) == 6
+
+
 async def test_recent_documents_are_diffed_without_decoding_them(grouped, db,
                                                                 monkeypatch) -> None:
     """The last document of a recently changed passport, committed or not, is the one the
