@@ -25,9 +25,7 @@ once, without waiting for its own event to come back from Kafka.
 
 Calls are synchronous and cheap on the common path: last digests are held in memory
 (loaded once), so an unchanged entity costs one canonical dump and one hash; the last
-documents of recently changed entities too (the very objects the callers handed in: a
-document given to the detector is a JSON value as orjson.loads makes them, never changed
-afterwards), so a change reads no row and decodes nothing.
+documents of recently changed entities too (bytes), so a change reads no row.
 
 Group commit (the gateway starts the outbox's writer thread, services.common.outbox.writer):
 a change's transaction is queued, not run, and many share one COMMIT off the loop. Memory
@@ -223,12 +221,9 @@ class Claims(Protocol):
 
 # --- the detector --------------------------------------------------------------------------
 
-# Recent documents kept (as the callers gave them), bounded by their encoded size: ~170
-# passports of ~6 KB, the hot set of a busy writer; older ones are read from their row. In
-# memory a document takes ~1x its encoded size when long strings make it up (bench/run.sh
-# rss: 64 KiB padded passports), ~3x for a passport of many small values (~17 KB for the
-# events bench's 5.3 KB). (A count bound of 1,024 cost 64 MiB of RSS beside the cache's
-# budget with 64 KiB documents: bench/run.sh rss.)
+# Recent documents kept as bytes, bounded by size: ~170 passports of ~6 KB, the hot set of a
+# busy writer; older ones are read from their row. (A count bound of 1,024 cost 64 MiB of RSS
+# beside the cache's budget with 64 KiB documents: bench/run.sh rss.)
 _DOCUMENT_CACHE_BYTES = 1024 * 1024
 # Documents detected but not yet committed, beyond which a first sighting waits for the
 # commit like any change (``behind``): without it a stream of reads of new entities outruns
@@ -237,6 +232,7 @@ _DOCUMENT_CACHE_BYTES = 1024 * 1024
 # 370, as when every read waited). ~40 uncommitted passports of ~6 KB: a cold burst's one
 # first sighting still answers before its commit.
 _UNSETTLED_BYTES_MAX = 256 * 1024
+_NOTHING = object()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS change_seen (
@@ -286,13 +282,12 @@ class ChangeDetector:
         # (entity, context, key) -> last digest ('' = tombstone). Only this detector writes
         # these rows, so memory and file agree once loaded.
         self._seen: dict[tuple[str, str, str], str] = {}
-        # The last document of an entity (None: deleted) as the caller gave it, beside its
-        # orjson bytes (the row's): detections not yet committed (group commit), then a
-        # bounded cache of recent ones (size of the bytes, document), so the next diff of
-        # a busy entity reads no row, inflates nothing and decodes nothing.
-        self._unsettled: dict[tuple[str, str, str], tuple[bytes | None, Any]] = {}
+        # The last document of an entity as orjson bytes (None: deleted): detections not yet
+        # committed (group commit), then a bounded cache of recent ones, so the next diff
+        # of a busy entity reads no row and inflates nothing.
+        self._unsettled: dict[tuple[str, str, str], bytes | None] = {}
         self._unsettled_bytes = 0
-        self._documents: OrderedDict[tuple[str, str, str], tuple[int, Any]] = OrderedDict()
+        self._documents: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
         self._documents_bytes = 0
         self._last_commit: asyncio.Future[Any] | None = None
         self._queued = 0  # transactions handed to the outbox so far
@@ -445,9 +440,9 @@ class ChangeDetector:
             self._awaited += 1
         # Memory follows now: with group commit the next detection (of the same entity too)
         # must compare with this one. Should the commit fail, _unsettle puts it back.
-        for (ident, new, _, _, _, document), (obs, *_) in zip(rows, pending, strict=True):
+        for ident, new, _, _, _, document in rows:
             self._seen[ident] = new
-            self._unsettle_put(ident, document, obs.document)
+            self._unsettle_put(ident, document)
         if committed is None:
             self._settled(rows)
         else:
@@ -520,52 +515,44 @@ class ChangeDetector:
     def _settled(self, rows: list) -> None:
         """Committed: the documents move from the unsettled map to the bounded cache."""
         for ident, _, _, _, _, document in rows:
-            entry = self._unsettle_drop(ident, document)
-            if entry is not None:
+            if self._unsettle_drop(ident, document):
                 self._forget_document(ident)
-                size = len(document or b"")
-                self._documents[ident] = (size, entry[1])
-                self._documents_bytes += size
+                self._documents[ident] = document
+                self._documents_bytes += len(document or b"")
         while self._documents_bytes > _DOCUMENT_CACHE_BYTES:
-            _, (size, _) = self._documents.popitem(last=False)
-            self._documents_bytes -= size
+            _, dropped = self._documents.popitem(last=False)
+            self._documents_bytes -= len(dropped or b"")
 
-    def _unsettle_put(self, ident: tuple[str, str, str], document: bytes | None,
-                      decoded: Any) -> None:
+    def _unsettle_put(self, ident: tuple[str, str, str], document: bytes | None) -> None:
         previous = self._unsettled.get(ident)
-        self._unsettled_bytes += len(document or b"") - len((previous or (None,))[0] or b"")
-        self._unsettled[ident] = (document, decoded)
+        self._unsettled_bytes += len(document or b"") - len(previous or b"")
+        self._unsettled[ident] = document
 
-    def _unsettle_drop(self, ident: tuple[str, str, str],
-                       document: bytes | None) -> tuple[bytes | None, Any] | None:
-        """Drop ``ident``'s unsettled document if it is still ``document``; the entry if
-        it was (None if not)."""
-        entry = self._unsettled.get(ident)
-        if entry is None or entry[0] is not document:
-            return None
+    def _unsettle_drop(self, ident: tuple[str, str, str], document: bytes | None) -> bool:
+        """Drop ``ident``'s unsettled document if it is still ``document``; True if it was."""
+        if self._unsettled.get(ident, _NOTHING) is not document:
+            return False
         del self._unsettled[ident]
         self._unsettled_bytes -= len(document or b"")
-        return entry
+        return True
 
     def _forget_document(self, ident: tuple[str, str, str]) -> None:
         dropped = self._documents.pop(ident, None)
-        if dropped is not None:
-            self._documents_bytes -= dropped[0]
+        self._documents_bytes -= len(dropped or b"")
 
     def _document(self, entity: str, context: str, key: str) -> Any | None:
         """The document last seen: from memory (not yet committed, or recently seen), else
         from the file (committed: the reader connection sees it)."""
         ident = (entity, context, key)
-        entry = self._unsettled.get(ident)
-        if entry is None:
-            entry = self._documents.get(ident)
-        if entry is not None:
-            return entry[1]  # the caller's document: read, never changed, here
-        row = self._outbox.reader.execute(
-            "SELECT document FROM change_seen WHERE entity = ? AND context = ? AND key = ?",
-            (entity, context, key)).fetchone()
-        return orjson.loads(zlib.decompress(row[0])) if row is not None and row[0] is not None \
-            else None
+        raw = self._unsettled.get(ident, _NOTHING)
+        if raw is _NOTHING:
+            raw = self._documents.get(ident, _NOTHING)
+        if raw is _NOTHING:
+            row = self._outbox.reader.execute(
+                "SELECT document FROM change_seen WHERE entity = ? AND context = ? AND key = ?",
+                (entity, context, key)).fetchone()
+            raw = zlib.decompress(row[0]) if row is not None and row[0] is not None else None
+        return None if raw is None else orjson.loads(raw)
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:

@@ -389,32 +389,6 @@ def test_on_change_names_each_events_own_id(outbox, registry) -> None:
     assert len({event_id for _, _, event_id in told}) == len(told) == 6
 
 
-async def test_recent_documents_are_diffed_without_decoding_them(grouped, db,
-                                                                monkeypatch) -> None:
-    """The last document of a recently changed passport, committed or not, is the one the
-    detector was given: its next change reads no row and decodes nothing."""
-    from services.gateway import changes
-
-    _, detector = grouped
-    b, c = {**PASSPORT, "x": 1}, {**PASSPORT, "x": 2}
-    assert detector.passport("BP-1", PASSPORT, Detection.READ)
-    assert detector.passport("BP-2", PASSPORT, Detection.READ)
-    await detector.settled()  # BP-1 and BP-2 committed; then BP-2 unsettled again
-    assert detector.passport("BP-2", b, Detection.READ)
-
-    def no_decoding(raw):
-        raise AssertionError("decoded a document the detector was given")
-
-    monkeypatch.setattr(changes.orjson, "loads", no_decoding)
-    assert detector.passport("BP-1", b, Detection.READ)
-    assert detector.passport("BP-2", c, Detection.READ)
-    monkeypatch.undo()
-    await detector.settled()
-    events, _ = file_state(db)
-    assert [(e.key, e.data.get("changed_paths")) for e in events] == [
-        ("BP-1", None), ("BP-2", None), ("BP-2", ["/x"]), ("BP-1", ["/x"]), ("BP-2", ["/x"])]
-
-
 async def test_a_failed_commit_is_forgotten_and_announced_again(grouped, db, monkeypatch) -> None:
     box, detector = grouped
     assert detector.passport("BP-1", PASSPORT, Detection.READ)
