@@ -83,6 +83,7 @@ from services.common.events import (
     digest_of,
     rfc3339,
 )
+from services.common.events.envelope import new_event_id
 from services.common.outbox import ClaimSpec, Outbox
 from services.gateway.metrics import GatewayMetrics
 
@@ -220,10 +221,14 @@ class Claims(Protocol):
 
 # --- the detector --------------------------------------------------------------------------
 
-# Recent documents kept as bytes, bounded by size: ~170 passports of ~6 KB, the hot set of a
-# busy writer; older ones are read from their row. (A count bound of 1,024 cost 64 MiB of RSS
-# beside the cache's budget with 64 KiB documents: bench/run.sh rss.)
-_DOCUMENT_CACHE_BYTES = 1024 * 1024
+# Recent documents kept in memory, bounded by size: ~340 passports of ~6 KB, the hot set of
+# a busy writer; older ones are read from their row (a diff against one read from its row
+# costs ~60-70 us more on the loop than against one kept here: the row, zlib, the decode; the
+# events bench's 200 passports of ~5.3 KB did not fit 1 MiB, so every diff there read its
+# row). (A count bound of 1,024 cost 64 MiB of RSS beside the cache's budget with 64 KiB
+# documents: bench/run.sh rss. This bound at 1 MiB: 369.4 / 373.9 / 370.7 MiB there, at
+# 2 MiB 372.6 / 376.1, target 377.)
+_DOCUMENT_CACHE_BYTES = 2 * 1024 * 1024
 # Documents detected but not yet committed, beyond which a first sighting waits for the
 # commit like any change (``behind``): without it a stream of reads of new entities outruns
 # the writer thread (the loop holds the GIL), each waiting row holding its document and its
@@ -281,12 +286,14 @@ class ChangeDetector:
         # (entity, context, key) -> last digest ('' = tombstone). Only this detector writes
         # these rows, so memory and file agree once loaded.
         self._seen: dict[tuple[str, str, str], str] = {}
-        # The last document of an entity as orjson bytes (None: deleted): detections not yet
-        # committed (group commit), then a bounded cache of recent ones, so the next diff
-        # of a busy entity reads no row and inflates nothing.
-        self._unsettled: dict[tuple[str, str, str], bytes | None] = {}
+        # The last document of an entity (None: deleted) as (size of its orjson bytes, its
+        # members' orjson bytes, or the whole document's when it is not a plain object):
+        # detections not yet committed (group commit), then a bounded cache of recent ones,
+        # so the next diff of a busy entity reads no row, inflates nothing and compares the
+        # members by their bytes, decoding only those that differ (_stored).
+        self._unsettled: dict[tuple[str, str, str], _Stored | None] = {}
         self._unsettled_bytes = 0
-        self._documents: OrderedDict[tuple[str, str, str], bytes | None] = OrderedDict()
+        self._documents: OrderedDict[tuple[str, str, str], _Stored | None] = OrderedDict()
         self._documents_bytes = 0
         self._last_commit: asyncio.Future[Any] | None = None
         self._queued = 0  # transactions handed to the outbox so far
@@ -378,7 +385,8 @@ class ChangeDetector:
                  detected_by: Detection, change: ChangeKind | None, *,
                  vanished: bool = False) -> int:
         # Cheap pass first: most observations are unchanged and cost a dump and a hash.
-        pending: list[tuple[Observation, str, EventRecord, ChangeKind, str | None]] = []
+        pending: list[tuple[Observation, str, EventRecord, ChangeKind, str | None, str,
+                            _Stored | None]] = []
         unchanged: list[tuple[str, str]] = []
         seeding = self._claims is not None and detected_by is Detection.POLL
         now = self._clock()
@@ -397,34 +405,35 @@ class ChangeDetector:
                     unchanged.append((shared_entity(entity, context, obs.key), new))
                 continue  # unchanged (or still gone / never known and absent)
             previous = self._document(entity, context, obs.key) if last else None
+            stored = _stored(obs.document) if obs.document is not None else None
             kind = _kind(detected_by, change, obs.document, last)
+            event_id = new_event_id()  # the record's ce_id, kept at hand (no header scans)
             try:
                 record = _build(entity, context, obs.key, kind, detected_by, last or "", new,
-                                previous, obs.document, now, stamp)
+                                previous, obs.document, now, stamp, event_id, stored)
             except ValueError as exc:
                 # Not representable in the contract (build_event checks): skip it, and do
                 # not remember it either, rather than fail the request that saw it.
                 log.error("change_event_invalid", entity=entity, error=str(exc)[:200])
                 continue
-            pending.append((obs, new, record, kind, last))
+            pending.append((obs, new, record, kind, last, event_id, stored))
         if unchanged:
             self._claims.seed(unchanged)  # type: ignore[union-attr]
         if not pending:
             return 0
         seen_at = stamp
         rows = []
-        for obs, new, record, _, last in pending:
+        for obs, new, record, _, last, event_id, stored in pending:
             claim = None
             if self._claims is not None:
-                claim = ClaimSpec(shared_entity(entity, context, obs.key), last, new,
-                                  (record.header("ce_id") or b"").decode(),
+                claim = ClaimSpec(shared_entity(entity, context, obs.key), last, new, event_id,
                                   always=detected_by is Detection.WRITE)
-            document = orjson.dumps(obs.document) if obs.document is not None else None
-            rows.append(((entity, context, obs.key), new, last, record, claim, document))
+            rows.append(((entity, context, obs.key), new, last, record, claim, stored))
         outbox = self._outbox
 
         def commit(conn: sqlite3.Connection) -> None:  # the writer thread (or inline)
-            for (_, _, key), new, _, record, claim, document in rows:
+            for (_, _, key), new, _, record, claim, stored in rows:
+                document = _row_bytes(stored) if stored is not None else None
                 outbox.add(conn, record, claim)
                 conn.execute("INSERT OR REPLACE INTO change_seen "
                              "(entity, context, key, digest, document, seen_at) "
@@ -435,7 +444,7 @@ class ChangeDetector:
 
         committed = outbox.write(commit)
         self._queued += 1
-        if self._claims is not None or any(k is not ChangeKind.SNAPSHOT for _, _, _, k, _ in pending):
+        if self._claims is not None or any(k is not ChangeKind.SNAPSHOT for _, _, _, k, _, _, _ in pending):
             self._awaited += 1
         # Memory follows now: with group commit the next detection (of the same entity too)
         # must compare with this one. Should the commit fail, _unsettle puts it back.
@@ -450,10 +459,9 @@ class ChangeDetector:
         if self._on_change is not None:
             # Eviction does not wait for the commit: evicting early is harmless, and a
             # failed commit fails the write that waits for it (settled()).
-            for obs, new, record, kind, _ in pending:
+            for obs, new, _, kind, _, event_id, _ in pending:
                 try:
-                    self._on_change(entity, context, obs.key, kind.value,
-                                    (record.header("ce_id") or b"").decode(), new,
+                    self._on_change(entity, context, obs.key, kind.value, event_id, new,
                                     detected_by.value)
                 except Exception:  # the event is queued; a failed eviction is logged
                     log.exception("change_eviction_failed", entity=entity)
@@ -518,41 +526,89 @@ class ChangeDetector:
             if self._unsettle_drop(ident, document):
                 self._forget_document(ident)
                 self._documents[ident] = document
-                self._documents_bytes += len(document or b"")
+                self._documents_bytes += document[0] if document else 0
         while self._documents_bytes > _DOCUMENT_CACHE_BYTES:
             _, dropped = self._documents.popitem(last=False)
-            self._documents_bytes -= len(dropped or b"")
+            self._documents_bytes -= dropped[0] if dropped else 0
 
-    def _unsettle_put(self, ident: tuple[str, str, str], document: bytes | None) -> None:
+    def _unsettle_put(self, ident: tuple[str, str, str], document: _Stored | None) -> None:
         previous = self._unsettled.get(ident)
-        self._unsettled_bytes += len(document or b"") - len(previous or b"")
+        self._unsettled_bytes += (document[0] if document else 0) - \
+            (previous[0] if previous else 0)
         self._unsettled[ident] = document
 
-    def _unsettle_drop(self, ident: tuple[str, str, str], document: bytes | None) -> bool:
+    def _unsettle_drop(self, ident: tuple[str, str, str], document: _Stored | None) -> bool:
         """Drop ``ident``'s unsettled document if it is still ``document``; True if it was."""
         if self._unsettled.get(ident, _NOTHING) is not document:
             return False
         del self._unsettled[ident]
-        self._unsettled_bytes -= len(document or b"")
+        self._unsettled_bytes -= document[0] if document else 0
         return True
 
     def _forget_document(self, ident: tuple[str, str, str]) -> None:
         dropped = self._documents.pop(ident, None)
-        self._documents_bytes -= len(dropped or b"")
+        self._documents_bytes -= dropped[0] if dropped else 0
 
-    def _document(self, entity: str, context: str, key: str) -> Any | None:
-        """The document last seen: from memory (not yet committed, or recently seen), else
-        from the file (committed: the reader connection sees it)."""
+    def _document(self, entity: str, context: str, key: str) -> _Stored | Any | None:
+        """The document last seen: from memory (not yet committed, or recently seen) as
+        stored there (a _Stored), else decoded from the file (committed: the reader
+        connection sees it)."""
         ident = (entity, context, key)
-        raw = self._unsettled.get(ident, _NOTHING)
-        if raw is _NOTHING:
-            raw = self._documents.get(ident, _NOTHING)
-        if raw is _NOTHING:
-            row = self._outbox.reader.execute(
-                "SELECT document FROM change_seen WHERE entity = ? AND context = ? AND key = ?",
-                (entity, context, key)).fetchone()
-            raw = zlib.decompress(row[0]) if row is not None and row[0] is not None else None
-        return None if raw is None else orjson.loads(raw)
+        stored = self._unsettled.get(ident, _NOTHING)
+        if stored is _NOTHING:
+            stored = self._documents.get(ident, _NOTHING)
+        if stored is not _NOTHING:
+            return stored
+        row = self._outbox.reader.execute(
+            "SELECT document FROM change_seen WHERE entity = ? AND context = ? AND key = ?",
+            (entity, context, key)).fetchone()
+        return orjson.loads(zlib.decompress(row[0])) if row is not None and row[0] is not None \
+            else None
+
+
+class _Stored(tuple):
+    """A document as the detector keeps it in memory: (size of its orjson bytes, keys
+    counted in characters; payload).
+    The payload of a plain object with string keys is ``{member: orjson bytes of its
+    value}`` in member order (the diff compares unchanged members by these bytes and
+    decodes only the members that differ); of anything else, the document's orjson bytes."""
+
+    __slots__ = ()
+
+
+def _stored(document: Any) -> _Stored:
+    if type(document) is dict:
+        members: dict[str, bytes] = {}
+        size = 1  # braces, quotes, colons, commas: 1 + (4 + key + value) a member
+        dumps = orjson.dumps
+        for key, value in document.items():
+            if type(key) is not str:
+                break
+            members[key] = raw = dumps(value)
+            size += len(raw) + len(key) + 4
+        else:
+            return _Stored((max(size, 2), members))
+    raw = orjson.dumps(document)
+    return _Stored((len(raw), raw))
+
+
+def _row_bytes(stored: _Stored) -> bytes:
+    """The document's orjson bytes: what ``orjson.dumps(document)`` gives."""
+    payload = stored[1]
+    if type(payload) is bytes:
+        return payload
+    dumps = orjson.dumps
+    return b"{" + b",".join([dumps(k) + b":" + v for k, v in payload.items()]) + b"}"
+
+
+def _decoded(previous: Any) -> Any:
+    """A document as _document answers it, decoded."""
+    if type(previous) is not _Stored:
+        return previous
+    payload = previous[1]
+    if type(payload) is bytes:
+        return orjson.loads(payload)
+    return {k: orjson.loads(v) for k, v in payload.items()}
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
@@ -611,6 +667,35 @@ def _changed_paths(kind: ChangeKind, previous: Any | None, current: Any | None) 
     return paths
 
 
+def _changed_members(previous: dict[str, bytes], current: dict, current_bytes: dict[str, bytes],
+                     ) -> list[str] | None:
+    """``_replaced_paths("", decoded previous, current)`` for a previous document kept as
+    its members' bytes (_Stored), decoding only members whose bytes differ: equal orjson
+    bytes are equal canonical bytes, and unequal ones are compared canonically, decoded, as
+    there. None where that answers False (jsonpatch decides, given the whole document)."""
+    if len(previous) != len(current):
+        return None
+    out: list[str] = []
+    for key, old_bytes in previous.items():
+        if key not in current:
+            return None
+        if old_bytes == current_bytes[key]:
+            continue
+        old, new = orjson.loads(old_bytes), current[key]
+        if _canonical(old) == _canonical(new):
+            continue
+        pointer = "/" + key.replace("~", "~0").replace("/", "~1")
+        if type(old) is dict and type(new) is dict:
+            if not _replaced_paths(pointer, old, new, out):
+                return None
+        elif (isinstance(old, MutableSequence) and isinstance(new, MutableSequence)) or \
+                (isinstance(old, MutableMapping) and isinstance(new, MutableMapping)):
+            return None
+        else:
+            out.append(pointer)
+    return out
+
+
 def _replaced_paths(prefix: str, previous: dict, current: dict, out: list[str]) -> bool:
     """The pointers jsonpatch's diff names when ``current`` differs from ``previous`` only
     by values replaced under objects with the same members (replace operations, in
@@ -638,9 +723,19 @@ def _replaced_paths(prefix: str, previous: dict, current: dict, out: list[str]) 
 
 def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: Detection,
            previous_digest: str, new_digest: str, previous: Any | None,
-           current: Mapping[str, Any] | None, now: datetime, stamp: str) -> EventRecord:
-    """The event, in proto3 JSON: defaults (empty strings, empty lists) omitted."""
-    paths = _changed_paths(kind, previous, current)
+           current: Mapping[str, Any] | None, now: datetime, stamp: str,
+           event_id: str, stored: _Stored | None = None) -> EventRecord:
+    """The event, in proto3 JSON: defaults (empty strings, empty lists) omitted.
+    ``previous``: as _document answers it; ``stored``: ``_stored(current)``."""
+    if type(previous) is _Stored and stored is not None and kind is not ChangeKind.SNAPSHOT \
+            and type(previous[1]) is dict and type(stored[1]) is dict:
+        paths = _changed_members(previous[1], current, stored[1])
+        if paths is None:
+            previous = _decoded(previous)
+            paths = _changed_paths(kind, previous, current)
+    else:
+        previous = _decoded(previous)
+        paths = _changed_paths(kind, previous, current)
     data: dict[str, Any] = {
         "passport_id" if entity == PASSPORT else "evse_id": key,
     }
@@ -660,7 +755,7 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
         topic, ce_type = PASSPORT_TOPIC, PASSPORT_CE_TYPE
     else:
         if previous is not None:
-            data["previous"] = previous
+            data["previous"] = _decoded(previous)
         if current is not None:
             data["current"] = current
         topic, ce_type = PRICE_TOPIC, PRICE_CE_TYPE
@@ -668,7 +763,7 @@ def _build(entity: str, context: str, key: str, kind: ChangeKind, detected_by: D
     # A passport is any JSON object inside a Struct, and the rest are our own strings:
     # nothing to catch there, at a third of the event's cost. Tariffs carry typed fields
     # taken from upstream, so they are still checked.
-    return build_event(topic, ce_type, key, data, time=now, time_text=stamp,
+    return build_event(topic, ce_type, key, data, event_id=event_id, time=now, time_text=stamp,
                        validate=entity == PRICE)
 
 

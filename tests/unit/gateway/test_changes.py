@@ -25,8 +25,12 @@ from services.gateway.changes import (
     ChangeKind,
     Detection,
     Observation,
+    _build,
     _changed_paths,
+    _decoded,
     _replaced_paths,
+    _row_bytes,
+    _stored,
     tariff_comparable,
     tariff_of,
 )
@@ -255,7 +259,7 @@ def _rss_mib() -> float:
 
 def test_recent_documents_are_bounded_by_bytes_and_diffs_still_read_the_file(
         detector, outbox) -> None:
-    """Big documents: what the detector keeps in memory stays near its 1 MiB bound (it once
+    """Big documents: what the detector keeps in memory stays near its 2 MiB bound (it once
     kept its last 1,024 documents: 64 MiB of them with 64 KiB passports; here 20 MiB grew the
     RSS by ~60 MiB, bounded by ~5), and a passport no longer in memory is still diffed
     against its last version, read from the file."""
@@ -371,6 +375,24 @@ async def test_unsettled_changes_diff_against_each_other(grouped, db) -> None:
     assert events[2].data["previous_digest"] == digest_of(b)
 
 
+def test_on_change_names_each_events_own_id(outbox, registry) -> None:
+    """The event id handed to on_change (own events skipped on the way back, claims) is
+    the ce_id of the record queued: for writes, reads, polls and deletions alike."""
+    told: list[tuple[str, str, str]] = []
+    detector = ChangeDetector(outbox, GatewayMetrics(registry), clock=lambda: T0,
+                              on_change=lambda e, c, key, kind, event_id, d, by:
+                              told.append((key, kind, event_id)))
+    assert detector.passport("BP-1", PASSPORT, Detection.READ)
+    assert detector.passport("BP-1", {**PASSPORT, "x": 1}, Detection.WRITE, ChangeKind.UPDATED)
+    assert detector.passports([Observation("BP-2", PASSPORT), Observation("BP-3", PASSPORT)],
+                              Detection.POLL) == 2
+    assert detector.passport("BP-1", None, Detection.WRITE, ChangeKind.DELETED)
+    assert detector.tariff("DE*EEE*E000001", "fleet", tariff_of(UNPRICED), Detection.POLL)
+    events = drain(outbox)
+    assert [(e.key, e.data["change"], e.headers["ce_id"]) for e in events] == told
+    assert len({event_id for _, _, event_id in told}) == len(told) == 6
+
+
 async def test_a_failed_commit_is_forgotten_and_announced_again(grouped, db, monkeypatch) -> None:
     box, detector = grouped
     assert detector.passport("BP-1", PASSPORT, Detection.READ)
@@ -455,3 +477,66 @@ def test_changed_paths_match_jsonpatch(previous, current, flips) -> None:
         walked: list[str] = []
         if _replaced_paths("", previous, candidate, walked):
             assert walked == expected  # in jsonpatch's order too
+
+
+@settings(max_examples=400, deadline=None)
+@given(previous=_documents, current=_documents, flips=st.lists(st.integers(0, 3), max_size=3))
+def test_diffs_against_kept_member_bytes_match_diffs_of_decoded_documents(
+        previous, current, flips) -> None:
+    """A recent document is kept as its members' bytes: the event's changed_paths and
+    previous are those the decoded document gives, and the row's bytes are orjson's."""
+    keys = sorted(previous)
+    same_shape = {k: current.get(k, previous[k]) for k in keys}
+    kept = _stored(previous)
+    assert _row_bytes(kept) == orjson.dumps(previous) and _decoded(kept) == previous
+    for candidate in (current, same_shape, {**previous, **{keys[i % len(keys)]: True
+                                                           for i in flips}} if keys else {}):
+        for entity, kind in (("passport", ChangeKind.UPDATED), ("price", ChangeKind.UPDATED)):
+            got = _outcome(entity, kind, kept, candidate, _stored(candidate))
+            want = _outcome(entity, kind, orjson.loads(orjson.dumps(previous)), candidate, None)
+            assert got == want
+
+
+def _outcome(entity, kind, previous, current, stored):
+    try:
+        return _build(entity, "ctx", "K", kind, Detection.READ, "sha256:a", "sha256:b", previous,
+                      current, T0, "2026-01-01T00:00:00Z", "id-1", stored)
+    except ValueError as exc:  # a price that is no Tariff: the same refusal
+        return str(exc)
+
+
+@given(document=st.dictionaries(st.text(max_size=4), _json, max_size=5) | _json)
+def test_kept_bytes_are_orjsons(document) -> None:
+    assert _row_bytes(_stored(document)) == orjson.dumps(document)
+
+
+async def test_a_diff_against_a_recent_document_decodes_only_the_members_that_differ(
+        grouped, db, monkeypatch) -> None:
+    """Committed or not, a recent document's unchanged members are compared by their bytes:
+    the diff decodes the one member that changed, never the whole document."""
+    from services.gateway import changes
+
+    _, detector = grouped
+    b = {**PASSPORT, "x": {"n": 1}}
+    c, d = {**b, "x": {"n": 2}}, {**b, "x": {"n": 3}}
+    for pid in ("BP-1", "BP-2"):
+        assert detector.passport(pid, b, Detection.READ)
+    await detector.settled()  # BP-1 and BP-2 committed; then BP-2 unsettled again
+    assert detector.passport("BP-2", c, Detection.READ)
+    decoded: list[bytes] = []
+    loads = changes.orjson.loads
+
+    def recording(raw):
+        decoded.append(bytes(raw))
+        return loads(raw)
+
+    monkeypatch.setattr(changes.orjson, "loads", recording)
+    assert detector.passport("BP-1", c, Detection.READ)
+    assert detector.passport("BP-2", d, Detection.READ)
+    monkeypatch.undo()
+    assert decoded == [b'{"n":1}', b'{"n":2}']
+    await detector.settled()
+    events, _ = file_state(db)
+    assert [(e.key, e.data.get("changed_paths")) for e in events] == [
+        ("BP-1", None), ("BP-2", None), ("BP-2", ["/x/n"]), ("BP-1", ["/x/n"]),
+        ("BP-2", ["/x/n"])]
