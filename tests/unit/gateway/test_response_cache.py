@@ -410,3 +410,36 @@ async def test_on_fill_is_not_called_for_a_caller_that_gave_up_or_a_failed_fill(
         await cache.get_or_fetch("other", fetch, POLICY, route="r",
                                  on_fill=lambda *_: called.append("failed"))
     assert called == ["stayed"]
+
+
+async def test_after_answers_runs_once_every_waiter_is_answered_whatever_the_outcome(cache):
+    """Work a fill puts off (``after_answers``, called in the fill) runs right after every
+    ``on_fill`` and before any waiter resumes; for a failed fill too; outside a fill at
+    once."""
+    events: list[str] = []
+
+    async def fetch() -> CachedResponse:
+        await asyncio.sleep(0.02)
+        cache.after_answers(lambda: events.append("after"))
+        return make_response(200, b'{"v": 1}', "application/json")
+
+    async def caller(i: int) -> None:
+        await cache.get_or_fetch("k", fetch, POLICY, route="r",
+                                 on_fill=lambda *_: events.append("on_fill"))
+        events.append("resumed")
+
+    await asyncio.gather(*(caller(i) for i in range(5)))
+    assert events == ["on_fill"] * 5 + ["after"] + ["resumed"] * 5
+
+    events.clear()
+
+    async def failing() -> CachedResponse:
+        cache.after_answers(lambda: events.append("after"))
+        raise UpstreamBadBody("passport", "not JSON", 200)
+
+    with pytest.raises(UpstreamBadBody):
+        await cache.get_or_fetch("other", failing, POLICY, route="r")
+    assert events == ["after"]
+
+    cache.after_answers(lambda: events.append("at once"))  # no fill here
+    assert events == ["after", "at once"]
