@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import hashlib
 import time
 from collections import OrderedDict
@@ -498,11 +499,21 @@ class ResponseCache:
                 return
             # The task's first done callback: the waiters themselves resume after it.
             response, source = task.result()
-            for on_fill, result in listeners:
-                try:
-                    on_fill(response, _final(result, source))
-                except Exception:  # that caller still answers when it resumes
-                    log.exception("cache_fill_listener_failed")
+            # No collection while the answers go out: a cold burst's 200 writes allocate
+            # enough for one every time (a young one ~0.2 ms, one in ~7 an older one,
+            # 3-5 ms, before the last answer). It runs right after instead.
+            collecting = gc.isenabled() and len(listeners) > 1
+            if collecting:
+                gc.disable()
+            try:
+                for on_fill, result in listeners:
+                    try:
+                        on_fill(response, _final(result, source))
+                    except Exception:  # that caller still answers when it resumes
+                        log.exception("cache_fill_listener_failed")
+            finally:
+                if collecting:
+                    gc.enable()
         finally:
             fill.done = True
             after, fill.after = fill.after, []

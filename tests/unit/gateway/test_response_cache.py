@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import aiohttp
@@ -443,3 +444,26 @@ async def test_after_answers_runs_once_every_waiter_is_answered_whatever_the_out
 
     cache.after_answers(lambda: events.append("at once"))  # no fill here
     assert events == ["after", "at once"]
+
+
+async def test_no_garbage_collection_while_the_waiters_are_answered(cache):
+    """A fill's ``on_fill`` listeners run with the collector paused (a cold burst's answers
+    are not held up by a collection); it is on again afterwards, and stays off when it was
+    off before."""
+    seen: list[bool] = []
+    fetch = Fetcher(delay=0.02)
+
+    async def callers(n: int, key: str) -> None:
+        await asyncio.gather(*(cache.get_or_fetch(
+            key, fetch, POLICY, route="r", on_fill=lambda *_: seen.append(gc.isenabled()))
+            for _ in range(n)))
+
+    assert gc.isenabled()
+    await callers(3, "k")
+    assert seen == [False] * 3 and gc.isenabled()
+    gc.disable()
+    try:
+        await callers(2, "other")
+        assert seen[3:] == [False] * 2 and not gc.isenabled()
+    finally:
+        gc.enable()
