@@ -37,9 +37,11 @@ remembered digest together (one transaction), so the next sighting announces it 
 Nor does a read that only saw entities for the first time (SNAPSHOT, single-replica
 mode; ``awaited``): a first sighting is no change a client could act on — nothing here
 held another version, and a crash takes the memory tier with it — so the same holds as
-for a poll (the next sighting records it again). In cluster mode a local first sighting
-may be a change cluster-wide (another replica or Redis holds an older version): those
-reads wait, like any change. Should a commit fail, memory is
+for a poll (the next sighting records it again). A read may even have it recorded a
+moment later (``passport(later=...)``: a cache fill, once its waiters are answered); until
+then any other call records it first, so detections keep their order. In cluster mode a
+local first sighting may be a change cluster-wide (another replica or Redis holds an older
+version): those reads wait, like any change. Should a commit fail, memory is
 put back to what the file holds, for the same reason; evictions already done stay done
 (evicting early is harmless). Without the writer thread each call commits before it
 returns, as it always did.
@@ -299,6 +301,9 @@ class ChangeDetector:
         self._queued = 0  # transactions handed to the outbox so far
         self._awaited = 0  # of those, the ones a read must await (not only first sightings)
         self._counters: dict[tuple[str, Detection], Any] = {}  # labelled children, resolved once
+        # A first sighting put off (``passport(later=...)``): (entity, context, observations,
+        # detected_by, when). At most one: every other call records it first.
+        self._deferred: tuple[str, str, list[Observation], Detection, datetime] | None = None
         with outbox.transaction() as conn:
             _create_schema(conn)
             for entity, context, key, dig in conn.execute(
@@ -308,10 +313,25 @@ class ChangeDetector:
     # -- public API --------------------------------------------------------------------
 
     def passport(self, passport_id: str, document: Mapping[str, Any] | None,
-                 detected_by: Detection, change: ChangeKind | None = None) -> bool:
-        """Record a passport as seen; True if an event was enqueued. ``None`` = deleted."""
-        return self._observe(PASSPORT, "", [Observation(passport_id, passport_of(document))],
-                             detected_by, change) > 0
+                 detected_by: Detection, change: ChangeKind | None = None, *,
+                 later: Callable[[Callable[[], None]], None] | None = None) -> bool:
+        """Record a passport as seen; True if an event was enqueued. ``None`` = deleted.
+
+        ``later`` (a read: the cache's ``after_answers``): a first sighting that read would
+        not await anyway (a SNAPSHOT in single-replica mode, the writer not ``behind``) is
+        then recorded by the work handed to ``later`` — digest, event, outbox row, eviction,
+        all as now — which must run soon: the cache runs it once the fill's waiters are
+        answered, so a cold burst's answers do not wait for the event's build nor share the
+        loop with the writer thread it wakes. Until it has run, every other call of this
+        detector runs it first: detections (of one key, and of all) stay in their order, and
+        the next one compares with it. The SNAPSHOT carries the time it was seen. True: an
+        event is (or will be) enqueued."""
+        observation = Observation(passport_id, passport_of(document))
+        if later is not None and self._may_defer(PASSPORT, "", observation, detected_by, change):
+            self._deferred = (PASSPORT, "", [observation], detected_by, self._clock())
+            later(self._record_deferred)
+            return True
+        return self._observe(PASSPORT, "", [observation], detected_by, change) > 0
 
     def tariff(self, evse_id: str, context: str, tariff: Mapping[str, Any] | None,
                detected_by: Detection, change: ChangeKind | None = None) -> bool:
@@ -338,15 +358,18 @@ class ChangeDetector:
 
     def known_evses(self, context: str) -> set[str]:
         """EVSEs with a live (not deleted) tariff under this context."""
+        self._record_deferred()
         return {k for (e, c, k), d in self._seen.items() if e == PRICE and c == context and d}
 
     def shared_digests(self) -> list[tuple[str, str]]:
         """Every last-seen digest as (shared entity, digest): what this replica can seed
         into an emptied cluster store (cluster mode)."""
+        self._record_deferred()
         return [(shared_entity(e, c, k), d) for (e, c, k), d in self._seen.items()]
 
     def last_digest(self, entity: str, key: str, context: str = "") -> str | None:
         """The digest last seen (None if never seen or deleted)."""
+        self._record_deferred()
         return self._seen.get((entity, context, key)) or None
 
     # -- poll bookkeeping --------------------------------------------------------------
@@ -381,15 +404,39 @@ class ChangeDetector:
 
     # -- the work ----------------------------------------------------------------------
 
+    def _may_defer(self, entity: str, context: str, obs: Observation, detected_by: Detection,
+                   change: ChangeKind | None) -> bool:
+        """Would ``obs`` be a first sighting no read awaits (see ``passport``): not even
+        for backpressure, its own document counted (``behind`` once it is recorded)?"""
+        self._record_deferred()  # the one before first: compare with what it records
+        return (self._claims is None and detected_by is Detection.READ and change is None
+                and obs.document is not None and (entity, context, obs.key) not in self._seen
+                and self._unsettled_bytes + len(orjson.dumps(obs.document))
+                <= _UNSETTLED_BYTES_MAX)
+
+    def _record_deferred(self) -> None:
+        """Record the first sighting put off (if any) now. A failure is logged: the read
+        that saw it has been answered, and a first sighting not recorded is recorded by the
+        next one (as after a crash before its commit)."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None:
+            return
+        entity, context, observations, detected_by, when = deferred
+        try:
+            self._observe(entity, context, observations, detected_by, None, now=when)
+        except Exception:
+            log.exception("change_detection_failed", entity=entity)
+
     def _observe(self, entity: str, context: str, observations: list[Observation],
                  detected_by: Detection, change: ChangeKind | None, *,
-                 vanished: bool = False) -> int:
+                 vanished: bool = False, now: datetime | None = None) -> int:
+        self._record_deferred()  # in order: the first sighting put off goes first
         # Cheap pass first: most observations are unchanged and cost a dump and a hash.
         pending: list[tuple[Observation, str, EventRecord, ChangeKind, str | None, str,
                             _Stored | None]] = []
         unchanged: list[tuple[str, str]] = []
         seeding = self._claims is not None and detected_by is Detection.POLL
-        now = self._clock()
+        now = self._clock() if now is None else now
         stamp = rfc3339(now)  # observed_at, ce_time and seen_at: one moment, formatted once
         if len({o.key for o in observations}) != len(observations):
             observations = list({o.key: o for o in observations}.values())  # last one wins
@@ -499,6 +546,7 @@ class ChangeDetector:
         if the last commit failed). A write answers only after this (DESIGN.md §7: its
         event is in the outbox before the client is answered). Without group commit
         (``Outbox.start_writer``) detections are committed when they return."""
+        self._record_deferred()
         commit = self._last_commit
         if commit is not None:
             await asyncio.shield(commit)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -24,11 +24,12 @@ def _paths(request: web.Request):
 
 
 def _detect(request: web.Request, passport_id: str, doc: Any, how: Detection,
-            change: ChangeKind | None = None) -> None:
+            change: ChangeKind | None = None, *,
+            later: Callable[[Callable[[], None]], None] | None = None) -> None:
     detector = request.app.get(DETECTOR_KEY)
     if detector is None:
         return
-    detector.passport(passport_id, doc, how, change)
+    detector.passport(passport_id, doc, how, change, later=later)
 
 
 async def _written(request: web.Request) -> None:
@@ -57,6 +58,7 @@ async def get_public(request: web.Request, query: Any) -> web.StreamResponse:
     pid = key[2]
 
     client = upstreams(request).passport
+    cache = request.app[CACHE_KEY]
 
     def inspect(resp: UpstreamResponse) -> str:
         if not isinstance(resp.data, dict):
@@ -64,8 +66,9 @@ async def get_public(request: web.Request, query: Any) -> web.StreamResponse:
         if resp.status != 200:
             return ""
         # a new version evicts the owned views too; this fill stores the new one, with
-        # its digest: the event announcing it (back from Kafka) leaves it in place
-        _detect(request, pid, resp.data, Detection.READ)
+        # its digest: the event announcing it (back from Kafka) leaves it in place. A
+        # first sighting (nothing to await) is recorded once the fill's waiters are answered.
+        _detect(request, pid, resp.data, Detection.READ, later=cache.after_answers)
         return passport_digest(resp.data)
 
     fetch = fetcher(request, client, "public_get", _paths(request).public.format(id=pid),

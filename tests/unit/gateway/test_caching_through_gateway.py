@@ -490,3 +490,38 @@ async def _read_response_of(port: int, raw_request: bytes) -> bytes:
         return await _read_response(reader)
     finally:
         writer.close()
+
+
+async def test_a_cold_reads_waiters_are_answered_before_its_snapshot_is_built(
+        gateway, sandbox, monkeypatch):
+    """A first sighting (the SNAPSHOT no read awaits) is recorded once the fill's waiters
+    are answered (ResponseCache.after_answers): its digest, event and outbox row are not
+    between the upstream's answer and the waiters' bytes, nor the writer thread it wakes.
+    The event still reaches the outbox."""
+    order: list[str] = []
+    send_now, build = WireResponse.send_now, changes._build
+
+    def sent(self, request):
+        order.append("sent")
+        return send_now(self, request)
+
+    def built(*args, **kwargs):
+        order.append("built")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(WireResponse, "send_now", sent)
+    monkeypatch.setattr(changes, "_build", built)
+    outbox = gateway.server.app[OUTBOX_KEY]
+    pid = (await (await gateway.get("/v1/passports", headers=auth())).json())[3]["id"]
+    await sandbox.fault("passport.public", "latency", latency_ms=100)
+    order.clear()
+    answers = await asyncio.gather(*(gateway.get(PID_PATH.format(pid), headers=auth())
+                                     for _ in range(5)))
+    await sandbox.clear_faults()
+    assert [a.status for a in answers] == [200] * 5
+    assert order == ["sent"] * 5 + ["built"]
+    outbox.writer.idle()
+    with Outbox(outbox.path) as box:
+        events = [orjson.loads(r.value) for _, r in box.next_batch(1000)]
+    assert [(e["passport_id"], e["change"]) for e in events][-1:] == [
+        (pid, "CHANGE_KIND_SNAPSHOT")]

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from services.common.events import PASSPORT_TOPIC, PRICE_TOPIC, digest_of
 from services.common.events.schemas import PassportChanged, PriceChanged, check
 from services.common.outbox import Outbox
+from services.gateway import changes
 from services.gateway.changes import (
     ChangeDetector,
     ChangeKind,
@@ -447,6 +448,80 @@ def test_in_cluster_mode_a_first_sighting_is_awaited_too(outbox, registry) -> No
                               claims=Seeds())
     assert detector.passport("BP-1", PASSPORT, Detection.READ)
     assert (detector.queued, detector.awaited) == (1, 1)
+
+
+
+def test_a_first_sighting_handed_to_later_is_recorded_when_the_work_runs(detector, outbox,
+                                                                         registry) -> None:
+    """``passport(later=...)``: a first sighting no read awaits is recorded by the work
+    handed to ``later`` (the cache runs it once the fill's waiters are answered): nothing
+    in the outbox before, the SNAPSHOT with its own time after; running it twice records
+    nothing more."""
+    clock = iter([T0] + [T0.replace(second=5)] * 10)  # seen at T0, recorded after
+    detector._clock = lambda: next(clock)
+    later: list = []
+    assert detector.passport("BP-1", PASSPORT, Detection.READ, later=later.append)
+    assert len(later) == 1 and drain(outbox) == [] and detector.queued == 0
+    later[0]()
+    later[0]()
+    events = drain(outbox)
+    assert [(e.key, e.data["change"]) for e in events] == [("BP-1", "CHANGE_KIND_SNAPSHOT")]
+    assert events[0].data["observed_at"] == "2026-11-21T10:00:00.123456Z"
+    assert (detector.queued, detector.awaited) == (1, 0)
+    assert counted(registry, "passport", "read") == 1
+    # seen now: the same again is no change, a new version is one the read awaits (at once)
+    assert not detector.passport("BP-1", PASSPORT, Detection.READ, later=later.append)
+    assert detector.passport("BP-1", {**PASSPORT, "x": 1}, Detection.READ, later=later.append)
+    assert len(later) == 1 and (detector.queued, detector.awaited) == (2, 1)
+
+
+def test_a_put_off_first_sighting_goes_before_any_later_detection(detector, outbox) -> None:
+    """Order: whatever the detector is asked next runs the work put off first, so events
+    of one key (and of all) leave in the order they were seen, and the next detection of
+    the key compares with the first sighting (UPDATED, not a second SNAPSHOT)."""
+    later: list = []
+    assert detector.passport("BP-1", PASSPORT, Detection.READ, later=later.append)
+    assert detector.passport("BP-1", {**PASSPORT, "x": 1}, Detection.WRITE,
+                             ChangeKind.UPDATED)
+    assert detector.passport("BP-2", PASSPORT, Detection.READ, later=later.append)
+    assert detector.last_digest("passport", "BP-2") == digest_of(PASSPORT)  # runs it too
+    later[0]()  # already run: nothing twice
+    later[1]()
+    assert [(e.key, e.data["change"]) for e in drain(outbox)] == [
+        ("BP-1", "CHANGE_KIND_SNAPSHOT"), ("BP-1", "CHANGE_KIND_UPDATED"),
+        ("BP-2", "CHANGE_KIND_SNAPSHOT")]
+
+
+async def test_settled_records_a_put_off_first_sighting_first(detector, outbox) -> None:
+    later: list = []
+    assert detector.passport("BP-1", PASSPORT, Detection.READ, later=later.append)
+    await detector.settled()
+    assert [e.data["change"] for e in drain(outbox)] == ["CHANGE_KIND_SNAPSHOT"]
+
+
+def test_only_a_first_sighting_no_read_awaits_is_put_off(outbox, registry, monkeypatch) -> None:
+    """Not put off (recorded at once, ``later`` not called): a write, a poll, a CREATED
+    after a tombstone, a document past the backpressure bound, cluster mode."""
+    detector = ChangeDetector(outbox, GatewayMetrics(registry), clock=lambda: T0)
+    later: list = []
+    assert detector.passport("BP-1", PASSPORT, Detection.WRITE, later=later.append)
+    assert detector.passport("BP-2", PASSPORT, Detection.POLL, later=later.append)
+    assert detector.passport("BP-3", PASSPORT, Detection.READ)
+    assert detector.passport("BP-3", None, Detection.READ)
+    assert detector.passport("BP-3", PASSPORT, Detection.READ, later=later.append)  # created
+    monkeypatch.setattr(changes, "_UNSETTLED_BYTES_MAX", 10)
+    assert detector.passport("BP-4", PASSPORT, Detection.READ, later=later.append)
+    monkeypatch.undo()
+    assert later == [] and detector.queued == 6
+
+    class Seeds:
+        def seed(self, items):
+            pass
+
+    clustered = ChangeDetector(outbox, GatewayMetrics(CollectorRegistry()), clock=lambda: T0,
+                               claims=Seeds())
+    assert clustered.passport("BP-5", PASSPORT, Detection.READ, later=later.append)
+    assert later == [] and (clustered.queued, clustered.awaited) == (1, 1)
 
 
 # --- changed paths: the fast walk names what jsonpatch names ---------------------------------

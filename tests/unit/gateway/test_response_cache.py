@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import aiohttp
@@ -410,3 +411,59 @@ async def test_on_fill_is_not_called_for_a_caller_that_gave_up_or_a_failed_fill(
         await cache.get_or_fetch("other", fetch, POLICY, route="r",
                                  on_fill=lambda *_: called.append("failed"))
     assert called == ["stayed"]
+
+
+async def test_after_answers_runs_once_every_waiter_is_answered_whatever_the_outcome(cache):
+    """Work a fill puts off (``after_answers``, called in the fill) runs right after every
+    ``on_fill`` and before any waiter resumes; for a failed fill too; outside a fill at
+    once."""
+    events: list[str] = []
+
+    async def fetch() -> CachedResponse:
+        await asyncio.sleep(0.02)
+        cache.after_answers(lambda: events.append("after"))
+        return make_response(200, b'{"v": 1}', "application/json")
+
+    async def caller(i: int) -> None:
+        await cache.get_or_fetch("k", fetch, POLICY, route="r",
+                                 on_fill=lambda *_: events.append("on_fill"))
+        events.append("resumed")
+
+    await asyncio.gather(*(caller(i) for i in range(5)))
+    assert events == ["on_fill"] * 5 + ["after"] + ["resumed"] * 5
+
+    events.clear()
+
+    async def failing() -> CachedResponse:
+        cache.after_answers(lambda: events.append("after"))
+        raise UpstreamBadBody("passport", "not JSON", 200)
+
+    with pytest.raises(UpstreamBadBody):
+        await cache.get_or_fetch("other", failing, POLICY, route="r")
+    assert events == ["after"]
+
+    cache.after_answers(lambda: events.append("at once"))  # no fill here
+    assert events == ["after", "at once"]
+
+
+async def test_no_garbage_collection_while_the_waiters_are_answered(cache):
+    """A fill's ``on_fill`` listeners run with the collector paused (a cold burst's answers
+    are not held up by a collection); it is on again afterwards, and stays off when it was
+    off before."""
+    seen: list[bool] = []
+    fetch = Fetcher(delay=0.02)
+
+    async def callers(n: int, key: str) -> None:
+        await asyncio.gather(*(cache.get_or_fetch(
+            key, fetch, POLICY, route="r", on_fill=lambda *_: seen.append(gc.isenabled()))
+            for _ in range(n)))
+
+    assert gc.isenabled()
+    await callers(3, "k")
+    assert seen == [False] * 3 and gc.isenabled()
+    gc.disable()
+    try:
+        await callers(2, "other")
+        assert seen[3:] == [False] * 2 and not gc.isenabled()
+    finally:
+        gc.enable()
