@@ -223,14 +223,10 @@ class Claims(Protocol):
 
 # --- the detector --------------------------------------------------------------------------
 
-# Recent documents kept in memory, bounded by size: ~340 passports of ~6 KB, the hot set of
-# a busy writer; older ones are read from their row (a diff against one read from its row
-# costs ~60-70 us more on the loop than against one kept here: the row, zlib, the decode; the
-# events bench's 200 passports of ~5.3 KB did not fit 1 MiB, so every diff there read its
-# row). (A count bound of 1,024 cost 64 MiB of RSS beside the cache's budget with 64 KiB
-# documents: bench/run.sh rss. This bound at 1 MiB: 369.4 / 373.9 / 370.7 MiB there, at
-# 2 MiB 372.6 / 376.1, target 377.)
-_DOCUMENT_CACHE_BYTES = 2 * 1024 * 1024
+# Recent documents kept as bytes, bounded by size: ~170 passports of ~6 KB, the hot set of a
+# busy writer; older ones are read from their row. (A count bound of 1,024 cost 64 MiB of RSS
+# beside the cache's budget with 64 KiB documents: bench/run.sh rss.)
+_DOCUMENT_CACHE_BYTES = 1024 * 1024
 # Documents detected but not yet committed, beyond which a first sighting waits for the
 # commit like any change (``behind``): without it a stream of reads of new entities outruns
 # the writer thread (the loop holds the GIL), each waiting row holding its document and its

@@ -260,7 +260,7 @@ def _rss_mib() -> float:
 
 def test_recent_documents_are_bounded_by_bytes_and_diffs_still_read_the_file(
         detector, outbox) -> None:
-    """Big documents: what the detector keeps in memory stays near its 2 MiB bound (it once
+    """Big documents: what the detector keeps in memory stays near its 1 MiB bound (it once
     kept its last 1,024 documents: 64 MiB of them with 64 KiB passports; here 20 MiB grew the
     RSS by ~60 MiB, bounded by ~5), and a passport no longer in memory is still diffed
     against its last version, read from the file."""
