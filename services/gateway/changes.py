@@ -223,9 +223,11 @@ class Claims(Protocol):
 
 # --- the detector --------------------------------------------------------------------------
 
-# Recent documents kept as bytes, bounded by size: ~170 passports of ~6 KB, the hot set of a
-# busy writer; older ones are read from their row. (A count bound of 1,024 cost 64 MiB of RSS
-# beside the cache's budget with 64 KiB documents: bench/run.sh rss.)
+# Recent documents (their members' bytes), bounded by size: ~170 passports of ~6 KB, the hot
+# set of a busy writer; older ones are read from their row (a diff against one read from its
+# row costs ~60-70 us more on the loop: the row, zlib, the decode). 2 MiB would hold the events
+# bench's 200 passports, but put bench/run.sh rss at 376-377 MiB against its 377.8 target.
+# (A count bound of 1,024 cost 64 MiB of RSS beside the cache's budget with 64 KiB documents.)
 _DOCUMENT_CACHE_BYTES = 1024 * 1024
 # Documents detected but not yet committed, beyond which a first sighting waits for the
 # commit like any change (``behind``): without it a stream of reads of new entities outruns
