@@ -728,17 +728,8 @@ def _changed_members(previous: dict[str, bytes], current: dict, current_bytes: d
         if old_bytes == current_bytes[key]:
             continue
         old, new = orjson.loads(old_bytes), current[key]
-        if _canonical(old) == _canonical(new):
-            continue
-        pointer = "/" + key.replace("~", "~0").replace("/", "~1")
-        if type(old) is dict and type(new) is dict:
-            if not _replaced_paths(pointer, old, new, out):
-                return None
-        elif (isinstance(old, MutableSequence) and isinstance(new, MutableSequence)) or \
-                (isinstance(old, MutableMapping) and isinstance(new, MutableMapping)):
+        if _canonical(old) != _canonical(new) and not _replaced_member("", key, old, new, out):
             return None
-        else:
-            out.append(pointer)
     return out
 
 
@@ -755,15 +746,22 @@ def _replaced_paths(prefix: str, previous: dict, current: dict, out: list[str]) 
         new = current[key]
         if old is new or _canonical(old) == _canonical(new):
             continue
-        pointer = prefix + "/" + key.replace("~", "~0").replace("/", "~1")
-        if type(old) is dict and type(new) is dict:
-            if not _replaced_paths(pointer, old, new, out):
-                return False
-        elif (isinstance(old, MutableSequence) and isinstance(new, MutableSequence)) or \
-                (isinstance(old, MutableMapping) and isinstance(new, MutableMapping)):
-            return False  # arrays (or mappings that are not dicts): jsonpatch's answer
-        else:
-            out.append(pointer)
+        if not _replaced_member(prefix, key, old, new, out):
+            return False
+    return True
+
+
+def _replaced_member(prefix: str, key: str, old: Any, new: Any, out: list[str]) -> bool:
+    """One member whose values differ: its pointer (or those under it, objects on both
+    sides) appended to ``out``; False for arrays (or mappings that are not dicts): items
+    may have moved, and jsonpatch matches them up."""
+    pointer = prefix + "/" + key.replace("~", "~0").replace("/", "~1")
+    if type(old) is dict and type(new) is dict:
+        return _replaced_paths(pointer, old, new, out)
+    if (isinstance(old, MutableSequence) and isinstance(new, MutableSequence)) or \
+            (isinstance(old, MutableMapping) and isinstance(new, MutableMapping)):
+        return False
+    out.append(pointer)
     return True
 
 
