@@ -34,26 +34,29 @@ class _Answer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done.done():
             return
-        self.buf += data
+        buf = self.buf
+        buf += data
         if self._end is None and not self._chunked:
-            head_end = self.buf.find(b"\r\n\r\n")
+            head_end = buf.find(b"\r\n\r\n")
             if head_end < 0:
                 return
+            # Parsed with a few C calls: the client's own time per answer is part of every
+            # answer after it (200 answers on one loop; the dict-per-answer parse cost ~3 ms).
             self._head = head_end + 4
-            lines = bytes(self.buf[:head_end]).decode("latin-1").split("\r\n")
-            self.status = int(lines[0].split()[1])
-            fields = {k.strip().lower(): v.strip()
-                      for k, _, v in (line.partition(":") for line in lines[1:])}
-            if "content-length" in fields:
-                self._end = self._head + int(fields["content-length"])
-            elif fields.get("transfer-encoding", "").lower() == "chunked":
+            head = bytes(buf[:self._head]).lower()
+            self.status = int(head[9:12])
+            at = head.find(b"\r\ncontent-length:")
+            if at >= 0:
+                at += 17
+                self._end = self._head + int(head[at:head.index(b"\r\n", at)])
+            elif b"\r\ntransfer-encoding: chunked\r\n" in head:
                 self._chunked = True
             else:
                 raise ValueError("an answer without Content-Length or chunked framing")
-        if self._end is not None and len(self.buf) >= self._end:
+        if self._end is not None and len(buf) >= self._end:
             self._finish(self._end - self._head)
-        elif self._chunked and self.buf.endswith(b"\r\n0\r\n\r\n"):
-            self._finish(len(self.buf) - self._head)  # framing bytes included: a size only
+        elif self._chunked and buf.endswith(b"\r\n0\r\n\r\n"):
+            self._finish(len(buf) - self._head)  # framing bytes included: a size only
 
     def _finish(self, body_bytes: int) -> None:
         self.at = time.perf_counter()

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from services.common.eager import eager_task
 from services.common.settings import CachePolicy, UpstreamSettings
 from services.gateway.cache import CachedResponse, CacheResult, ResponseCache, make_response
 from services.gateway.errors import UpstreamBadBody, UpstreamStatus, UpstreamTimeout
@@ -386,6 +387,44 @@ async def test_on_fill_answers_every_waiter_before_any_is_resumed(cache, registr
     _, res = await cache.get_or_fetch("k", fetch, POLICY, route="r",
                                       on_fill=lambda *_: events.append(("hit", -1, res)))
     assert res is CacheResult.HIT and len(events) == 100
+
+
+async def test_on_fill_answers_in_the_fills_own_turn_and_a_caller_joining_after_it(cache):
+    """The waiters are answered in the step the upstream's answer arrives in, not a loop
+    turn later (where a task's done callbacks run); a caller that joins the fill in that
+    turn (no fresh entry for it: it asked to revalidate) is answered too, and no second
+    upstream call is made."""
+    events: list[str] = []
+    late: list[asyncio.Future] = []
+    calls = 0
+
+    async def fetch() -> CachedResponse:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.02)
+        asyncio.get_running_loop().call_soon(next_turn)  # the turn right after this step
+        return make_response(200, b"filled", "application/json")
+
+    def next_turn() -> None:
+        events.append("next turn")
+        late.append(eager_task(cache.get_or_fetch(  # joins in this turn
+            "k", fetch, POLICY, route="r", revalidate=True,
+            on_fill=lambda _, result: events.append(f"late {result.name}"))))
+
+    def on_fill(name: str):
+        return lambda _, result: events.append(f"{name} {result.name}")
+
+    first = asyncio.create_task(cache.get_or_fetch("k", fetch, POLICY, route="r",
+                                                   on_fill=on_fill("first")))
+    await asyncio.sleep(0)
+    resp, res = await cache.get_or_fetch("k", fetch, POLICY, route="r",
+                                         on_fill=on_fill("second"))
+    assert (resp.body, res) == (b"filled", CacheResult.COALESCED)
+    assert (await first)[1] is CacheResult.MISS
+    late_resp, late_res = await late[0]
+    assert (late_resp.body, late_res) == (b"filled", CacheResult.MISS)
+    assert events == ["first MISS", "second COALESCED", "next turn", "late MISS"]
+    assert calls == 1
 
 
 async def test_on_fill_is_not_called_for_a_caller_that_gave_up_or_a_failed_fill(cache):
