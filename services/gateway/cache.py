@@ -491,12 +491,10 @@ class ResponseCache:
             del self._fills[key]
         try:
             if task.cancelled():
-                fill.listeners = []
                 return
             if (exc := task.exception()) is not None:
                 # retrieved here: a background refresh has nobody else to look at it
                 log.info("cache_fill_failed", error=type(exc).__name__)
-                fill.listeners = []
                 return
             # The task's first done callback: the waiters themselves resume after it. Its
             # listeners were answered in the task's last step (``_run_fill``); these joined
@@ -504,6 +502,7 @@ class ResponseCache:
             self._answer(fill, *task.result())
         finally:
             fill.done = True
+            fill.listeners = []  # a failed or cancelled fill answers nobody
             after, fill.after = fill.after, []
             for work in after:
                 try:
